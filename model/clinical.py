@@ -1,0 +1,233 @@
+"""Clinical fields of the service contract and the text the model reads.
+
+The contract (``shared/specs/service-contract.md``) fixes the JSON shape; this module
+validates it and renders the reference template, e.g.
+``"N1mi, cT2, breast conserving surgery, left side"``, clauses joined by ``"; "``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from model.errors import DatasetError, InvalidClinicalError
+
+T_STAGE_PATTERN = re.compile(r"^(is|1mi|1[abc]?|[23]|4[abcd]?)$")
+N_STAGE_PATTERN = re.compile(r"^(0|1mi|[123][abc]?)$")
+
+
+class Side(str, Enum):
+    """Treated side."""
+
+    LEFT = "left"
+    RIGHT = "right"
+
+
+class Surgery(str, Enum):
+    """Type of breast surgery."""
+
+    BREAST_CONSERVING = "breast_conserving"
+    TOTAL_MASTECTOMY = "total_mastectomy"
+
+
+class Pathology(str, Enum):
+    """Histology; recorded, not used by the target rule."""
+
+    IDC = "IDC"
+    ILC = "ILC"
+    DCIS = "DCIS"
+
+
+_SURGERY_TEXT = {
+    Surgery.BREAST_CONSERVING: "breast conserving surgery",
+    Surgery.TOTAL_MASTECTOMY: "total mastectomy surgery",
+}
+
+
+class Diagnosis(BaseModel):
+    """One treated side."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    side: Side
+    surgery: Surgery
+    t_stage: str = Field(description="is|1|2|3|4 with optional suffix (1mi, 1a-1c, 4a-4d)")
+    n_stage: str = Field(description="0|1mi|1|2|3 with optional a/b/c suffix")
+
+    @field_validator("t_stage")
+    @classmethod
+    def _t_stage(cls, value: str) -> str:
+        if not T_STAGE_PATTERN.match(value):
+            raise ValueError(f"t_stage {value!r} is not one of is|1|2|3|4 (+ suffix)")
+        return value
+
+    @field_validator("n_stage")
+    @classmethod
+    def _n_stage(cls, value: str) -> str:
+        if not N_STAGE_PATTERN.match(value):
+            raise ValueError(f"n_stage {value!r} is not one of 0|1mi|1|2|3 (+ a/b/c)")
+        return value
+
+    @property
+    def node_positive(self) -> bool:
+        """N1, N2 or N3 (not N0, not N1mi): regional nodes are part of the target."""
+        return self.n_stage not in ("0", "1mi")
+
+    def render(self) -> str:
+        """The reference template clause for this side."""
+        return (
+            f"N{self.n_stage}, cT{self.t_stage}, {_SURGERY_TEXT[self.surgery]}, "
+            f"{self.side.value} side"
+        )
+
+
+class ClinicalRecord(BaseModel):
+    """The clinical JSON of the service contract."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    diagnoses: tuple[Diagnosis, ...] = Field(min_length=1, max_length=2)
+    age: int | None = Field(default=None, ge=0, le=120)
+    pathology: Pathology | None = None
+    neoadjuvant_chemotherapy: bool | None = None
+    note: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _one_entry_per_side(self) -> ClinicalRecord:
+        sides = [d.side for d in self.diagnoses]
+        if len(set(sides)) != len(sides):
+            raise ValueError("diagnoses: a side is given twice")
+        return self
+
+    def prompt_text(self) -> str:
+        """The text the model reads: ``note`` verbatim if given, else the rendered template."""
+        if self.note is not None and self.note.strip():
+            return self.note
+        ordered = sorted(self.diagnoses, key=lambda d: d.side.value)
+        return "; ".join(d.render() for d in ordered)
+
+
+def parse_clinical(data: Mapping[str, Any] | str | bytes) -> ClinicalRecord:
+    """Validate clinical JSON (a mapping or a JSON string).
+
+    Raises
+    ------
+    InvalidClinicalError
+        Naming the offending field.
+    """
+    try:
+        if isinstance(data, str | bytes):
+            return ClinicalRecord.model_validate_json(data)
+        return ClinicalRecord.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "clinical"
+        raise InvalidClinicalError(f"{where}: {first['msg']}") from exc
+
+
+def note_hash(text: str) -> str:
+    """Content hash of a note, the key part that identifies its text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- clinical CSV (one row per case) -------------------------------------------------------
+CSV_COLUMNS = (
+    "case_id",
+    "side",
+    "surgery",
+    "t_stage",
+    "n_stage",
+    "age",
+    "pathology",
+    "neoadjuvant_chemotherapy",
+    "note",
+)
+"""Columns of the clinical CSV. For bilateral disease, ``side``, ``surgery``, ``t_stage``
+and ``n_stage`` hold two values separated by ``;`` in the same order."""
+
+
+def record_to_row(case_id: str, record: ClinicalRecord) -> dict[str, str]:
+    """Flatten a record into one CSV row."""
+
+    def joined(attr: str) -> str:
+        values = [getattr(d, attr) for d in record.diagnoses]
+        return ";".join(v.value if isinstance(v, Enum) else str(v) for v in values)
+
+    return {
+        "case_id": case_id,
+        "side": joined("side"),
+        "surgery": joined("surgery"),
+        "t_stage": joined("t_stage"),
+        "n_stage": joined("n_stage"),
+        "age": "" if record.age is None else str(record.age),
+        "pathology": "" if record.pathology is None else record.pathology.value,
+        "neoadjuvant_chemotherapy": ""
+        if record.neoadjuvant_chemotherapy is None
+        else str(record.neoadjuvant_chemotherapy).lower(),
+        "note": record.note or "",
+    }
+
+
+def row_to_record(row: Mapping[str, str]) -> ClinicalRecord:
+    """Parse one CSV row into a validated record (raises :class:`InvalidClinicalError`)."""
+    parts = {k: (row.get(k) or "").split(";") for k in ("side", "surgery", "t_stage", "n_stage")}
+    counts = {len(v) for v in parts.values()}
+    if len(counts) != 1:
+        raise InvalidClinicalError(
+            "side/surgery/t_stage/n_stage must list the same number of ';'-separated values"
+        )
+    diagnoses = [
+        {k: parts[k][i].strip() for k in parts} for i in range(counts.pop())
+    ]
+    chemo = (row.get("neoadjuvant_chemotherapy") or "").strip().lower()
+    payload: dict[str, Any] = {
+        "diagnoses": diagnoses,
+        "age": int(row["age"]) if (row.get("age") or "").strip() else None,
+        "pathology": (row.get("pathology") or "").strip() or None,
+        "neoadjuvant_chemotherapy": None if not chemo else chemo in ("true", "1", "yes"),
+        "note": (row.get("note") or "") or None,
+    }
+    return parse_clinical(payload)
+
+
+def write_clinical_csv(path: Path, rows: Iterable[tuple[str, ClinicalRecord]]) -> None:
+    """Write ``(case_id, record)`` pairs as a clinical CSV."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS))
+        writer.writeheader()
+        for case_id, record in rows:
+            writer.writerow(record_to_row(case_id, record))
+
+
+def read_clinical_csv(path: Path) -> dict[str, ClinicalRecord]:
+    """Read a clinical CSV into ``{case_id: record}``.
+
+    Raises
+    ------
+    DatasetError
+        Missing columns, duplicate case ids, or an invalid row (naming its line).
+    """
+    if not path.is_file():
+        raise DatasetError(f"clinical CSV not found: {path}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"case_id", "side", "surgery", "t_stage", "n_stage"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{path}: missing columns {sorted(missing)}")
+        records: dict[str, ClinicalRecord] = {}
+        for line, row in enumerate(reader, start=2):
+            case_id = (row.get("case_id") or "").strip()
+            if not case_id or case_id in records:
+                raise DatasetError(f"{path}:{line}: empty or duplicate case_id")
+            try:
+                records[case_id] = row_to_record(row)
+            except InvalidClinicalError as exc:
+                raise DatasetError(f"{path}:{line}: {exc.detail}") from exc
+    return records

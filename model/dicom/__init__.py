@@ -1,0 +1,1 @@
+"""DICOM input and output: CT series, RT structure sets."""

@@ -1,0 +1,1 @@
+"""HTTP gateway (FastAPI): arrives with issue #4."""

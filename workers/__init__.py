@@ -1,0 +1,1 @@
+"""Celery GPU workers: arrive with issue #5."""
