@@ -11,7 +11,7 @@ import csv
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,21 @@ T_STAGE_PATTERN = re.compile(r"^(is|1mi|1[abc]?|[23]|4[abcd]?)$")
 N_STAGE_PATTERN = re.compile(r"^(0|1mi|[123][abc]?)$")
 
 
-class Side(str, Enum):
+class Side(StrEnum):
     """Treated side."""
 
     LEFT = "left"
     RIGHT = "right"
 
 
-class Surgery(str, Enum):
+class Surgery(StrEnum):
     """Type of breast surgery."""
 
     BREAST_CONSERVING = "breast_conserving"
     TOTAL_MASTECTOMY = "total_mastectomy"
 
 
-class Pathology(str, Enum):
+class Pathology(StrEnum):
     """Histology; recorded, not used by the target rule."""
 
     IDC = "IDC"
@@ -183,9 +183,7 @@ def row_to_record(row: Mapping[str, str]) -> ClinicalRecord:
         raise InvalidClinicalError(
             "side/surgery/t_stage/n_stage must list the same number of ';'-separated values"
         )
-    diagnoses = [
-        {k: parts[k][i].strip() for k in parts} for i in range(counts.pop())
-    ]
+    diagnoses = [{k: parts[k][i].strip() for k in parts} for i in range(counts.pop())]
     chemo = (row.get("neoadjuvant_chemotherapy") or "").strip().lower()
     payload: dict[str, Any] = {
         "diagnoses": diagnoses,
@@ -218,7 +216,8 @@ def read_clinical_csv(path: Path) -> dict[str, ClinicalRecord]:
         raise DatasetError(f"clinical CSV not found: {path}")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = {"case_id", "side", "surgery", "t_stage", "n_stage"} - set(reader.fieldnames or [])
+        required = {"case_id", "side", "surgery", "t_stage", "n_stage"}
+        missing = required - set(reader.fieldnames or [])
         if missing:
             raise DatasetError(f"{path}: missing columns {sorted(missing)}")
         records: dict[str, ClinicalRecord] = {}

@@ -1,0 +1,195 @@
+"""The ``llmctv`` command: ``params``, ``train``, ``evaluate``, ``predict``, ``phantoms``.
+
+Each sub-command parses its options here and calls library code; nothing heavy is imported
+until a sub-command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from model.errors import LlmctvError
+
+if TYPE_CHECKING:
+    from model.config import NetworkConfig
+
+log = logging.getLogger("llmctv")
+
+
+# --- params ---------------------------------------------------------------------------------------
+def _add_network_options(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--preset", default=default_preset, help="paper | cpu | tiny")
+    p.add_argument("--text-dim", type=int, default=None, help="override the text width D")
+    p.add_argument(
+        "--tuning",
+        default=None,
+        choices=["multi_prompt", "single_prompt", "lora", "none"],
+        help="text-side tuning mode (paper Table 4a)",
+    )
+    p.add_argument("--vision-only", action="store_true", help="the baseline without text")
+
+
+def network_config(args: argparse.Namespace, text_dim: int | None) -> NetworkConfig:
+    """The network config from ``--preset``, ``--text-dim``, ``--tuning``, ``--vision-only``."""
+    from model.config import preset
+
+    overrides: dict[str, Any] = {}
+    dim = getattr(args, "text_dim", None) or text_dim
+    if dim is not None:
+        overrides["text_dim"] = dim
+    if args.tuning:
+        overrides["tuning"] = args.tuning
+    if args.vision_only:
+        overrides["multimodal"] = False
+    return preset(args.preset, **overrides)
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Trainable parameter counts, built on the meta device (no weights loaded)."""
+    from model.params import parameter_report
+
+    report = parameter_report(network_config(args, None))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report["millions"].items():
+            print(f"{key:>12}: {value:8.3f} M")
+    return 0
+
+
+# --- train, evaluate, predict ---------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    """Build the cache from DICOM, then train."""
+    from model.workflows import train_from_dicom
+
+    result = train_from_dicom(args)
+    print(
+        f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
+        f"{result.seconds:.0f} s; checkpoint {Path(args.out) / 'best'}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate checkpoints on a DICOM data set; write the report."""
+    from model.workflows import evaluate_from_dicom
+
+    paths = evaluate_from_dicom(args)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Contour one CT; write a NIfTI mask on the input grid."""
+    from model.workflows import predict_one
+
+    out = predict_one(args)
+    print(out)
+    return 0
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, help="data set folder (see README)")
+    p.add_argument(
+        "--csv", type=Path, default=None, help="clinical CSV (default DATA/clinical.csv)"
+    )
+    p.add_argument("--roi-include", nargs="+", default=[r"^ctv$"], help="ROI name regexes")
+    p.add_argument("--roi-exclude", nargs="*", default=[], help="ROI name regexes to exclude")
+    p.add_argument(
+        "--spacing",
+        nargs=3,
+        type=float,
+        default=[3.0, 1.0, 1.0],
+        metavar=("DK", "DJ", "DI"),
+        help="network grid spacing (slice, row, col) mm",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``llmctv``."""
+    parser = argparse.ArgumentParser(prog="llmctv", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("params", help="trainable parameter counts (meta device)")
+    _add_network_options(p, "paper")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("train", help="train from DICOM + clinical CSV")
+    _add_network_options(p, "cpu")
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--cache", type=Path, default=None, help="preprocessed cache (default OUT/cache)"
+    )
+    p.add_argument("--text-encoder", default="smollm2", help="smollm2 | minilm | tiny-llama | DIR")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--steps-per-epoch", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--train-fraction", type=float, default=1.0, help="use a subset (Table 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="Dice / IoU / HD95 with bootstrap CIs")
+    _add_data_options(p)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--text-encoder", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="contour one CT series")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--ct", type=Path, required=True, help="folder of the CT series")
+    p.add_argument("--clinical", required=True, help="clinical JSON file or JSON text")
+    p.add_argument("--out", type=Path, required=True, help="mask.nii.gz")
+    p.add_argument("--text-encoder", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    try:
+        from model.phantoms.command import register
+    except ImportError:  # pragma: no cover - phantoms ship with the package
+        register = None
+    if register is not None:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmctv`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from model.settings import get_settings
+
+    threads = get_settings().torch_threads
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        return int(args.func(args))
+    except LlmctvError as exc:
+        print(f"llmctv {args.command}: error [{exc.code}]: {exc.detail}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Sliding-window inference on one CT, with the context embedding computed once.
+
+The CT is resampled to the network grid (:mod:`model.preprocessing`), the network runs over
+overlapping windows (MONAI, gaussian blending, several windows per batch, AMP on CUDA), and
+the foreground probability is taken back to the input CT grid through patient coordinates,
+so the returned mask lies on the input grid ``(k, j, i)`` exactly where the CT is.
+
+The language model never runs per window: ``g`` is computed (or looked up) once per note and
+shared by every window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.inferers import sliding_window_inference
+
+from model.checkpoint import Checkpoint, attach_encoder, load_checkpoint
+from model.context import ContextCache, PromptContext, contexts_for
+from model.encoders import load_text_encoder
+from model.errors import ConfigurationError
+from model.geometry import Volume
+from model.network import ContourNet
+from model.preprocessing import PreprocessConfig, preprocess_ct, to_source_grid
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float], None]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """Number of sliding windows MONAI uses for ``shape`` (each axis padded up to ``roi``)."""
+    total = 1
+    for size, r in zip(shape, roi, strict=True):
+        interval = max(int(r * (1 - overlap)), 1)
+        total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
+    return total
+
+
+@dataclass
+class Prediction:
+    """A predicted target on the input CT grid.
+
+    Attributes
+    ----------
+    mask
+        bool ``(k, j, i)`` on the input CT's grid.
+    probability
+        float32 foreground probability on the same grid.
+    timings
+        Seconds per stage (``preprocess``, ``context``, ``network``, ``postprocess``).
+    windows
+        Sliding windows evaluated.
+    """
+
+    mask: npt.NDArray[np.bool_]
+    probability: npt.NDArray[np.float32]
+    timings: dict[str, float] = field(default_factory=dict)
+    windows: int = 0
+
+
+class Predictor:
+    """Runs a trained network on CT volumes.
+
+    Parameters
+    ----------
+    network
+        The segmentation network (multimodal or vision-only).
+    context
+        The text side with its encoder attached (``None`` for vision-only, or when every
+        note's ``g`` is passed in directly).
+    preprocess
+        Must match what the network was trained with.
+    overlap, sw_batch_size
+        Sliding-window overlap fraction and windows per forward batch.
+    """
+
+    def __init__(
+        self,
+        network: ContourNet,
+        context: PromptContext | None = None,
+        *,
+        preprocess: PreprocessConfig | None = None,
+        device: str | torch.device = "auto",
+        overlap: float = 0.25,
+        sw_batch_size: int = 2,
+        cache: ContextCache | None = None,
+        checkpoint_hash: str = "",
+    ) -> None:
+        self.device = resolve_device(str(device))
+        self.network = network.to(self.device).eval()
+        self.context = context
+        self.preprocess = preprocess or PreprocessConfig()
+        self.overlap = overlap
+        self.sw_batch_size = sw_batch_size
+        self.cache = cache if cache is not None else ContextCache()
+        self.checkpoint_hash = checkpoint_hash
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        folder: Path,
+        *,
+        text_encoder: str | Path | None = None,
+        device: str = "auto",
+        **kwargs: float | int,
+    ) -> Predictor:
+        """Load a checkpoint; its stored text encoder name is used unless one is given."""
+        ckpt = load_checkpoint(folder, device="cpu")
+        context = _context_for(ckpt, text_encoder)
+        pre = ckpt.meta.get("preprocessing") or {}
+        preprocess = PreprocessConfig(
+            target_spacing=tuple(pre.get("target_spacing", (3.0, 1.0, 1.0))),
+            hu_window=tuple(pre.get("hu_window", (-1000.0, 1000.0))),
+        )
+        return cls(
+            ckpt.network,
+            context,
+            preprocess=preprocess,
+            device=device,
+            checkpoint_hash=ckpt.short_hash,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    def context_for(self, note: str) -> torch.Tensor:
+        """``g`` for one note, ``(1, N, D)``, from the cache or one encoder pass."""
+        if self.context is None:
+            raise ConfigurationError("this predictor has no text encoder attached")
+        return contexts_for(self.context, [note], self.cache)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        volume: Volume,
+        note: str | None = None,
+        *,
+        context: torch.Tensor | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Prediction:
+        """Contour one CT. Give ``note`` or a precomputed ``context`` (multimodal only)."""
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        image, plan = preprocess_ct(volume, self.preprocess)
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        g = self._context(note, context)
+        timings["context"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prob, windows = self._sliding_window(image, g, progress)
+        timings["network"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        on_ct = to_source_grid(prob, plan, mode="linear").astype(np.float32, copy=False)
+        mask = on_ct >= 0.5
+        timings["postprocess"] = time.perf_counter() - t0
+        return Prediction(mask, on_ct, timings, windows)
+
+    def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:
+        if self.network.alignment is None:
+            return None
+        if context is not None:
+            return context.reshape(1, *context.shape[-2:]).to(self.device)
+        if note is None:
+            raise ConfigurationError("the multimodal network needs a clinical note or context")
+        return self.context_for(note).to(self.device)
+
+    def _sliding_window(
+        self, image: npt.NDArray[np.float32], g: torch.Tensor | None, progress: ProgressFn | None
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        return sliding_window_probability(
+            self.network,
+            image,
+            g,
+            overlap=self.overlap,
+            sw_batch_size=self.sw_batch_size,
+            progress=progress,
+        )
+
+
+@torch.no_grad()
+def sliding_window_probability(
+    network: ContourNet,
+    image: npt.NDArray[np.float32],
+    g: torch.Tensor | None,
+    *,
+    overlap: float = 0.25,
+    sw_batch_size: int = 2,
+    progress: ProgressFn | None = None,
+) -> tuple[npt.NDArray[np.float32], int]:
+    """Foreground probability on the network grid ``(k, j, i)`` and the window count.
+
+    ``image`` is the preprocessed CT on the network grid; ``g`` ``(1, N, D)`` is shared by
+    every window (``None`` for the vision-only network). AMP is used on CUDA.
+    """
+    device = next(network.parameters()).device
+    roi = network.config.roi_size
+    total = count_windows(image.shape, roi, overlap)
+    done = 0
+    use_amp = device.type == "cuda"
+
+    def run(patches: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            logits = network(patches, g)
+        done += patches.shape[0]
+        if progress is not None:
+            progress(min(done / total, 1.0))
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    out = sliding_window_inference(x, roi, sw_batch_size, run, overlap=overlap, mode="gaussian")
+    prob = out if isinstance(out, torch.Tensor) else out[0]  # type: ignore[index]
+    return prob[0, 0].float().cpu().numpy(), done
+
+
+def _context_for(ckpt: Checkpoint, text_encoder: str | Path | None) -> PromptContext | None:
+    if ckpt.context is None:
+        return None
+    name = text_encoder or ckpt.meta.get("text_encoder_name")
+    if name is None:
+        raise ConfigurationError("checkpoint names no text encoder; pass --text-encoder")
+    return attach_encoder(ckpt, load_text_encoder(name))

@@ -1,0 +1,151 @@
+"""End-to-end workflows behind the CLI: train from DICOM, evaluate, predict one case."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.cli import network_config
+from model.clinical import parse_clinical
+from model.dataset import build_cache, iter_cases, load_cached
+from model.dicom.series import read_ct_series
+from model.dicom.structures import RoiRule
+from model.encoders import load_text_encoder
+from model.errors import ConfigurationError, DatasetError, LlmctvError
+from model.geometry import Grid
+from model.inference import Predictor
+from model.preprocessing import PreprocessConfig
+from model.training import TrainConfig, Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+def _rule(args: argparse.Namespace) -> RoiRule:
+    return RoiRule(include=tuple(args.roi_include), exclude=tuple(args.roi_exclude or ()))
+
+
+def _preprocess(args: argparse.Namespace) -> PreprocessConfig:
+    return PreprocessConfig(target_spacing=tuple(args.spacing))
+
+
+def train_from_dicom(args: argparse.Namespace) -> TrainResult:
+    """``llmctv train``: cache the DICOM data set, then train and keep the best checkpoint."""
+    pre = _preprocess(args)
+    cache = args.cache or args.out / "cache"
+    report = build_cache(args.data, cache, rule=_rule(args), preprocess=pre, csv_path=args.csv)
+    print(report.summary())
+    cases = load_cached(cache, report.built + report.reused)
+    if args.train_fraction < 1.0:
+        order = sorted(cases, key=lambda c: c.case_id)
+        random.Random(args.seed).shuffle(order)
+        cases = order[: max(2, round(len(order) * args.train_fraction))]
+    encoder = None if args.vision_only else load_text_encoder(args.text_encoder)
+    config = network_config(args, encoder.hidden_size if encoder else None)
+    train_cfg = TrainConfig(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device=args.device,
+    )
+    meta = {
+        "text_encoder_name": None if args.vision_only else str(args.text_encoder),
+        "preprocessing": {
+            "target_spacing": list(pre.target_spacing),
+            "hu_window": list(pre.hu_window),
+        },
+        "roi_rule": {"include": list(args.roi_include), "exclude": list(args.roi_exclude or [])},
+        "n_cases": len(cases),
+    }
+    trainer = Trainer(config, train_cfg, args.out, encoder, meta)
+    return trainer.fit(cases, resume=args.resume)
+
+
+def _parse_models(specs: list[str]) -> dict[str, Path]:
+    models = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"--model takes NAME=CHECKPOINT, got {spec!r}")
+        models[name] = Path(path)
+    return models
+
+
+def evaluate_from_dicom(args: argparse.Namespace) -> list[Path]:
+    """``llmctv evaluate``: metrics per case and model on the CT grid; report files."""
+    from model.report import write_evaluation_report
+
+    models = _parse_models(args.model)
+    predictors = {
+        name: Predictor.from_checkpoint(path, text_encoder=args.text_encoder, device=args.device)
+        for name, path in models.items()
+    }
+    results = evaluate_cases(predictors, args.data, _rule(args), args.csv)
+    return write_evaluation_report(results, args.out, seed=args.seed)
+
+
+def evaluate_cases(
+    predictors: dict[str, Predictor], data_dir: Path, rule: RoiRule, csv_path: Path | None = None
+) -> dict[str, Any]:
+    """Per-model, per-case metrics (Dice, IoU, HD95 in mm on the CT's own spacing)."""
+    from model.dataset import load_case
+    from model.metrics import evaluate_case
+
+    per_model: dict[str, list[dict[str, Any]]] = {name: [] for name in predictors}
+    skipped = []
+    for case_id, folder, record in iter_cases(data_dir, csv_path):
+        try:
+            case = load_case(folder, record, rule)
+        except LlmctvError as exc:
+            skipped.append({"case_id": case_id, "code": exc.code, "detail": exc.detail})
+            continue
+        spacing = case.ct.volume.grid.spacing
+        for name, predictor in predictors.items():
+            pred = predictor.predict(case.ct.volume, record.prompt_text())
+            metrics = evaluate_case(pred.mask, case.mask, spacing)
+            per_model[name].append(
+                {"case_id": case_id, "note": record.prompt_text(), **asdict(metrics)}
+            )
+    if not any(per_model.values()):
+        raise DatasetError(f"no case of {data_dir} could be evaluated")
+    return {"models": per_model, "skipped": skipped, "data": str(data_dir)}
+
+
+def predict_one(args: argparse.Namespace) -> Path:
+    """``llmctv predict``: one CT series + clinical JSON -> NIfTI mask on the input grid."""
+    text = args.clinical
+    if Path(text).is_file():
+        text = Path(text).read_text()
+    record = parse_clinical(text)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, text_encoder=args.text_encoder, device=args.device
+    )
+    ct = read_ct_series(args.ct)
+    pred = predictor.predict(ct.volume, record.prompt_text())
+    write_nifti(args.out, pred.mask.astype(np.uint8), ct.volume.grid)
+    log.info("prediction timings %s", json.dumps(pred.timings))
+    return Path(args.out)
+
+
+def write_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
+    """Write a ``(k, j, i)`` array as NIfTI with the grid's RAS affine (no hand flips).
+
+    NIfTI stores ``(i, j, k)``; the array is transposed and the affine maps those indices
+    through the grid's LPS geometry converted to RAS.
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), grid.affine_ras())
+    image.header.set_xyzt_units("mm")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
