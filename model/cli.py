@@ -161,12 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    try:
-        from model.phantoms.command import register
-    except ImportError:  # pragma: no cover - phantoms ship with the package
-        register = None
-    if register is not None:
-        register(sub)
+    from model.phantoms.command import register
+
+    register(sub)
     return parser
 
 

@@ -144,3 +144,10 @@ class PayloadTooLargeError(InputError):
     """An upload or archive exceeds the configured size limit."""
 
     code = "payload_too_large"
+
+
+# --- output ------------------------------------------------------------------------------------
+class StructureSetWriteError(LlmctvError):
+    """An RTSTRUCT cannot be built from the given ROIs and referenced series (a bug upstream)."""
+
+    code = "rtstruct_write_failed"

@@ -88,7 +88,8 @@ class Grid:
     @property
     def extent_mm(self) -> tuple[float, float, float]:
         """Physical size ``(k, j, i)`` covered by the voxel centres plus one voxel."""
-        return tuple(float(n * s) for n, s in zip(self.shape, self.spacing))  # type: ignore[return-value]
+        k, j, i = (float(n * s) for n, s in zip(self.shape, self.spacing, strict=True))
+        return (k, j, i)
 
 
 @dataclass

@@ -127,6 +127,7 @@ class Predictor:
         preprocess = PreprocessConfig(
             target_spacing=tuple(pre.get("target_spacing", (3.0, 1.0, 1.0))),
             hu_window=tuple(pre.get("hu_window", (-1000.0, 1000.0))),
+            orientation=pre.get("orientation", "source"),
         )
         return cls(
             ckpt.network,

@@ -43,8 +43,10 @@ def random_crop(
     image = _pad_to(case.image, roi)
     label = _pad_to(case.label, roi)
     fg = np.flatnonzero(label) if rng.random() < pos_fraction else np.empty(0, dtype=np.int64)
+    centre: tuple[int, ...]
     if fg.size:
-        centre = np.unravel_index(int(fg[rng.integers(fg.size)]), label.shape)
+        flat = int(fg[rng.integers(fg.size)])
+        centre = tuple(int(c) for c in np.unravel_index(flat, label.shape))
     else:
         centre = tuple(int(rng.integers(s)) for s in label.shape)
     starts = [

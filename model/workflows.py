@@ -63,6 +63,7 @@ def train_from_dicom(args: argparse.Namespace) -> TrainResult:
         "preprocessing": {
             "target_spacing": list(pre.target_spacing),
             "hu_window": list(pre.hu_window),
+            "orientation": pre.orientation,
         },
         "roi_rule": {"include": list(args.roi_include), "exclude": list(args.roi_exclude or [])},
         "n_cases": len(cases),

@@ -1,0 +1,90 @@
+"""Training: the loss falls on a text-dependent toy task; runs resume; best is kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.checkpoint import load_checkpoint
+from model.config import preset
+from model.encoders import tiny_llama
+from model.sampling import TrainingCase, random_crop
+from model.training import TrainConfig, Trainer, lr_lambda, split_cases
+
+
+def _toy_cases(n: int = 6) -> list[TrainingCase]:
+    """Two identical bright blocks left and right; the note says which one is the target."""
+    cases = []
+    for idx in range(n):
+        rng = np.random.default_rng(idx)
+        image = (rng.random((32, 64, 64)) * 0.1).astype(np.float32)
+        image[8:24, 20:44, 6:26] += 0.8
+        image[8:24, 20:44, 38:58] += 0.8
+        label = np.zeros(image.shape, np.uint8)
+        side = "left" if idx % 2 == 0 else "right"
+        if side == "left":  # LPS: patient left is +x, i.e. larger column index
+            label[8:24, 20:44, 38:58] = 1
+        else:
+            label[8:24, 20:44, 6:26] = 1
+        cases.append(TrainingCase(f"c{idx}", image, label, f"N0, cT1, {side} side", (3, 1, 1)))
+    return cases
+
+
+def _trainer(tmp_path: Path, epochs: int) -> Trainer:
+    cfg = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=4,
+        batch_size=2,
+        lr=3e-2,
+        val_fraction=0.34,
+        device="cpu",
+        seed=0,
+    )
+    return Trainer(preset("tiny"), cfg, tmp_path, tiny_llama(), {"text_encoder_name": "tiny-llama"})
+
+
+def test_loss_falls_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
+    result = _trainer(tmp_path, epochs=6).fit(_toy_cases())
+    losses = [row["loss"] for row in result.history]
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
+    ckpt = load_checkpoint(tmp_path / "best", expected=preset("tiny"))
+    assert ckpt.meta["metrics"]["best_epoch"] == result.best_epoch
+    assert "seg" in ckpt.text_state, "the trained [SEG] embedding is in the checkpoint"
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, 7))
+
+
+def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
+    cases = _toy_cases(4)
+    _trainer(tmp_path, epochs=2).fit(cases)
+    resumed = _trainer(tmp_path, epochs=3)
+    result = resumed.fit(cases, resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+def test_vision_only_trains_without_encoder(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, device="cpu")
+    result = Trainer(preset("tiny", multimodal=False), cfg, tmp_path).fit(_toy_cases(3))
+    assert result.history and np.isfinite(result.history[0]["loss"])
+
+
+def test_split_and_schedule() -> None:
+    train, val = split_cases(_toy_cases(5), 0.2, seed=1)
+    assert len(val) == 1 and len(train) == 4
+    assert {c.case_id for c in train}.isdisjoint({c.case_id for c in val})
+    f = lr_lambda(total_steps=100, warmup_steps=10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5, abs=0.02) and f(100) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_crops_cover_the_target() -> None:
+    case = _toy_cases(1)[0]
+    rng = np.random.default_rng(0)
+    hits = [random_crop(case, (16, 16, 16), rng, pos_fraction=1.0)[1].any() for _ in range(20)]
+    assert all(hits)
+    image, label = random_crop(case, (48, 80, 80), rng, pos_fraction=0.5)
+    assert image.shape == (48, 80, 80) and label.shape == (48, 80, 80), "small volumes are padded"
