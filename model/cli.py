@@ -102,14 +102,6 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--roi-include", nargs="+", default=[r"^ctv$"], help="ROI name regexes")
     p.add_argument("--roi-exclude", nargs="*", default=[], help="ROI name regexes to exclude")
-    p.add_argument(
-        "--spacing",
-        nargs=3,
-        type=float,
-        default=[3.0, 1.0, 1.0],
-        metavar=("DK", "DJ", "DI"),
-        help="network grid spacing (slice, row, col) mm",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train from DICOM + clinical CSV")
     _add_network_options(p, "cpu")
     _add_data_options(p)
+    p.add_argument(
+        "--spacing",
+        nargs=3,
+        type=float,
+        default=[3.0, 1.0, 1.0],
+        metavar=("DK", "DJ", "DI"),
+        help="network grid spacing (slice, row, col) mm",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--cache", type=Path, default=None, help="preprocessed cache (default OUT/cache)"

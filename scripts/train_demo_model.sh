@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Reproduces the shipped CPU demo models (multimodal + vision-only) from synthetic phantoms.
+# Usage: scripts/train_demo_model.sh [WORK_DIR]   (default out/demo-model)
+# Wall time on a 2-core CPU is reported in docs/ and the README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-out/demo-model}
+LLMCTV=${LLMCTV:-.venv/bin/llmctv}
+EPOCHS=${EPOCHS:-60}
+STEPS=${STEPS:-30}
+mkdir -p "$WORK"
+[ -f "$WORK/train-A/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/train-A" --cases 48 --site A --seed 101 --scale 0.25
+common=(--data "$WORK/train-A" --preset cpu --spacing 6 4 4 --epochs "$EPOCHS" --steps-per-epoch "$STEPS"
+        --batch-size 2 --lr 1e-3 --val-fraction 0.15 --seed 0 --device cpu)
+case "${2:-multimodal}" in
+  multimodal) $LLMCTV train "${common[@]}" --out "$WORK/multimodal" --text-encoder smollm2 ;;
+  vision)     $LLMCTV train "${common[@]}" --out "$WORK/vision" --vision-only ;;
+esac
