@@ -161,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    from model.phantoms.command import register
+    from model.experiments import register as register_experiments
+    from model.phantoms.command import register as register_phantoms
 
-    register(sub)
+    register_phantoms(sub)
+    register_experiments(sub)
     return parser
 
 
