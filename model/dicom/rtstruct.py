@@ -46,14 +46,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    ExplicitVRLittleEndian,
     RTStructureSetStorage,
     generate_uid,
 )
 
 from model.dicom.contours import corner_loops
+from model.dicom.part10 import file_meta
 from model.dicom.rtstruct_reference import ReferencedSeries
 from model.dicom.rtstruct_types import (
     LO_MAX,
@@ -250,13 +248,8 @@ def _set_optional(ds: Dataset, keyword: str, value: str | None) -> None:
 
 
 def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "LLMCTV_RTSS_1"
-    return meta
+    """File meta information: RTStructureSetStorage, Explicit VR Little Endian."""
+    return file_meta(RTStructureSetStorage, sop_instance_uid, "LLMCTV_RTSS_1")
 
 
 def _character_set(reference: ReferencedSeries, info: WriterInfo) -> tuple[str, ...] | None:

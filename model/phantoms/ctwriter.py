@@ -15,13 +15,11 @@ import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
     CTImageStorage,
-    ExplicitVRLittleEndian,
 )
 from pydicom.valuerep import format_number_as_ds
 
+from model.dicom.part10 import file_meta
 from model.phantoms.case import PhantomCase
 from model.phantoms.sites import SPEC_VERSION
 
@@ -43,14 +41,8 @@ def storage(case: PhantomCase) -> tuple[int, int, int]:
 
 
 def _file_meta(sop_instance_uid: str) -> FileMetaDataset:
-    """File meta information: CT Image Storage, Explicit VR Little Endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "LLMCTV_PHANTOM"
-    return meta
+    """File meta information: CTImageStorage, Explicit VR Little Endian."""
+    return file_meta(CTImageStorage, sop_instance_uid, "LLMCTV_PHANTOM")
 
 
 def _patient_study(ds: Dataset, case: PhantomCase) -> None:
