@@ -104,6 +104,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-exclude", nargs="*", default=[], help="ROI name regexes to exclude")
 
 
+def _add_window_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-1)")
+    p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward batch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``llmctv``."""
     parser = argparse.ArgumentParser(prog="llmctv", description=__doc__)
@@ -150,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    _add_window_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="contour one CT series")
@@ -157,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ct", type=Path, required=True, help="folder of the CT series")
     p.add_argument("--clinical", required=True, help="clinical JSON file or JSON text")
     p.add_argument("--out", type=Path, required=True, help="mask.nii.gz")
+    p.add_argument("--rtstruct", type=Path, default=None, help="also write an RTSTRUCT here")
     p.add_argument("--text-encoder", default=None)
     p.add_argument("--device", default="auto")
+    _add_window_options(p)
     p.set_defaults(func=cmd_predict)
 
     from model.experiments import register as register_experiments

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,10 +75,19 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+VOLATILE_CONFIG_KEYS = ("transformers_version", "_name_or_path", "dtype", "torch_dtype")
+
+
 def folder_identity(path: Path) -> str:
-    """Stable identity of a model folder: its name, config hash and weight-file sizes."""
-    config = path / "config.json"
-    digest = hashlib.sha256(config.read_bytes())
+    """Stable identity of a model folder: its name, architecture config and weight sizes.
+
+    Keys that change with the library version or the loading dtype are left out, so the same
+    weights keep the same identity (and the same cached embeddings) across upgrades.
+    """
+    config = json.loads((path / "config.json").read_text())
+    for key in VOLATILE_CONFIG_KEYS:
+        config.pop(key, None)
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
     return f"{path.name}:{digest.hexdigest()[:16]}"
@@ -96,12 +106,13 @@ def load_folder(path: Path, dtype: torch.dtype = torch.float32) -> TextEncoder:
     if not path.is_dir() or not (path / "config.json").is_file():
         raise ModelNotFoundError(f"text encoder folder not found or has no config.json: {path}")
     try:
+        identity = folder_identity(path)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise ModelNotFoundError(f"cannot load text encoder from {path}: {exc}") from exc
     hidden = int(model.config.hidden_size)
-    return TextEncoder(_freeze(model), tokenizer, folder_identity(path), hidden)
+    return TextEncoder(_freeze(model), tokenizer, identity, hidden)
 
 
 def _wheel_dir(module: str) -> Path:

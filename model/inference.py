@@ -118,7 +118,8 @@ class Predictor:
         *,
         text_encoder: str | Path | None = None,
         device: str = "auto",
-        **kwargs: float | int,
+        overlap: float = 0.25,
+        sw_batch_size: int = 2,
     ) -> Predictor:
         """Load a checkpoint; its stored text encoder name is used unless one is given."""
         ckpt = load_checkpoint(folder, device="cpu")
@@ -135,7 +136,8 @@ class Predictor:
             preprocess=preprocess,
             device=device,
             checkpoint_hash=ckpt.short_hash,
-            **kwargs,  # type: ignore[arg-type]
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
         )
 
     def context_for(self, note: str) -> torch.Tensor:

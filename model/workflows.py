@@ -15,7 +15,7 @@ import numpy as np
 from model.cli import network_config
 from model.clinical import parse_clinical
 from model.dataset import build_cache, iter_cases, load_cached
-from model.dicom.series import read_ct_series
+from model.dicom.series import CtSeries, read_ct_series
 from model.dicom.structures import RoiRule
 from model.encoders import load_text_encoder
 from model.errors import ConfigurationError, DatasetError, LlmctvError
@@ -72,6 +72,12 @@ def train_from_dicom(args: argparse.Namespace) -> TrainResult:
     return trainer.fit(cases, resume=args.resume)
 
 
+def _window(args: argparse.Namespace) -> dict[str, Any]:
+    if not 0.0 <= args.overlap < 1.0 or args.sw_batch_size < 1:
+        raise ConfigurationError("--overlap must be in [0, 1) and --sw-batch-size >= 1")
+    return {"device": args.device, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
+
+
 def _parse_models(specs: list[str]) -> dict[str, Path]:
     models = {}
     for spec in specs:
@@ -88,7 +94,7 @@ def evaluate_from_dicom(args: argparse.Namespace) -> list[Path]:
 
     models = _parse_models(args.model)
     predictors = {
-        name: Predictor.from_checkpoint(path, text_encoder=args.text_encoder, device=args.device)
+        name: Predictor.from_checkpoint(path, text_encoder=args.text_encoder, **_window(args))
         for name, path in models.items()
     }
     results = evaluate_cases(predictors, args.data, _rule(args), args.csv)
@@ -129,13 +135,27 @@ def predict_one(args: argparse.Namespace) -> Path:
         text = Path(text).read_text()
     record = parse_clinical(text)
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, text_encoder=args.text_encoder, device=args.device
+        args.checkpoint, text_encoder=args.text_encoder, **_window(args)
     )
     ct = read_ct_series(args.ct)
     pred = predictor.predict(ct.volume, record.prompt_text())
     write_nifti(args.out, pred.mask.astype(np.uint8), ct.volume.grid)
+    if args.rtstruct is not None:
+        write_prediction_rtstruct(args.rtstruct, ct, pred.mask, predictor.checkpoint_hash)
     log.info("prediction timings %s", json.dumps(pred.timings))
     return Path(args.out)
+
+
+def write_prediction_rtstruct(path: Path, ct: CtSeries, mask: np.ndarray, model_hash: str) -> None:
+    """An RTSTRUCT with one ROI ``CTV`` (RTROIInterpretedType CTV) on the input series."""
+    from model import __version__
+    from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
+
+    info = WriterInfo(
+        model_name="llmctv multimodal CTV",
+        software_versions=(f"llmctv {__version__}", f"checkpoint {model_hash or 'unknown'}"),
+    )
+    write_rtstruct(path, ReferencedSeries.from_datasets(ct.datasets), [RoiSpec("CTV", mask)], info)
 
 
 def write_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
