@@ -19,6 +19,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ class PromptContext(nn.Module):
         self.prompts = nn.Parameter(torch.randn(n, m, d) * 0.02) if config.uses_prompts else None
         self.seg = nn.Parameter(torch.zeros(d), requires_grad=config.tuning is not TuningMode.NONE)
         self._encoder: list[TextEncoder] = []
+        self._digest: str | None = None
         self.forward_calls = 0
         if encoder is not None:
             self.attach(encoder)
@@ -149,12 +151,30 @@ class PromptContext(nn.Module):
         return {k: v for k, v in self.state_dict().items()}
 
     def digest(self) -> str:
-        """Hash of the text-side weights (part of the g cache key)."""
+        """Hash of the text-side weights (part of the g cache key).
+
+        Cached in eval mode; training mode (weights may change) or loading weights
+        recomputes it.
+        """
+        if self._digest is not None and not self.training:
+            return self._digest
         h = hashlib.sha256()
         for name, tensor in sorted(self.text_state().items()):
             h.update(name.encode())
             h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        digest = h.hexdigest()[:16]
+        self._digest = None if self.training else digest
+        return digest
+
+    def train(self, mode: bool = True) -> PromptContext:
+        """Switch mode; forget the cached digest."""
+        self._digest = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Load weights; forget the cached digest."""
+        self._digest = None
+        return super().load_state_dict(*args, **kwargs)
 
 
 class ContextCache:

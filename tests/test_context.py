@@ -134,3 +134,13 @@ def test_smollm2_from_its_wheel_converted_once() -> None:
     assert torch.isfinite(g).all()
     again = load_text_encoder("smollm2")
     assert again.identity == enc.identity
+
+
+def test_digest_follows_the_weights() -> None:
+    ctx = _ctx().eval()
+    before = ctx.digest()
+    assert ctx.digest() == before
+    state = {k: v.clone() for k, v in ctx.state_dict().items()}
+    state["seg"] += 1.0
+    ctx.load_state_dict(state)
+    assert ctx.digest() != before, "new weights must give new cache keys"
