@@ -330,17 +330,6 @@ def write_experiment_report(
 
 
 # --- command line ----------------------------------------------------------------------------
-def _pairs(specs: Sequence[str] | None, option: str) -> dict[str, Path]:
-    """``NAME=PATH`` strings -> ``{NAME: PATH}`` (raises on a malformed or repeated name)."""
-    out: dict[str, Path] = {}
-    for spec in specs or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path or name in out:
-            raise ConfigurationError(f"{option} takes distinct NAME=CHECKPOINT, got {spec!r}")
-        out[name] = Path(path)
-    return out
-
-
 def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add the ``experiments`` sub-command to ``subparsers``; returns its parser."""
     p = subparsers.add_parser(
@@ -365,38 +354,37 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     return p
 
 
-def _evaluate_all(
-    specs: Mapping[str, Path], splits: Mapping[str, Path], args: argparse.Namespace
-) -> dict[str, Any]:
-    """``{split: evaluate_cases output}`` for the checkpoints ``specs`` (target ROI ``CTV``)."""
-    from model.dicom.structures import RoiRule
+def _predictors(specs: Mapping[str, Path], args: argparse.Namespace) -> dict[str, Any]:
     from model.inference import Predictor
-    from model.workflows import evaluate_cases
 
-    predictors = {
+    return {
         n: Predictor.from_checkpoint(p, text_encoder=args.text_encoder, device=args.device)
         for n, p in specs.items()
     }
+
+
+def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> dict[str, Any]:
+    """``{split: evaluate_cases output}`` for ``predictors`` (target ROI ``CTV``)."""
+    from model.dicom.structures import RoiRule
+    from model.workflows import evaluate_cases
+
     rule = RoiRule(include=(r"^ctv$",))
-    return {s: evaluate_cases(predictors, d, rule) for s, d in splits.items()}
+    return {s: evaluate_cases(dict(predictors), d, rule) for s, d in splits.items()}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every requested experiment and write the report; errors propagate (exit 2)."""
-    from model.inference import Predictor
     from model.perturbation import merge_studies, perturbation_study
+    from model.workflows import parse_models
 
-    models = _pairs(args.model, "--model")
+    models = parse_models(args.model, "--model")
     splits = {s: d for s, d in (("internal", args.internal), ("external", args.external)) if d}
     if not splits:
         raise ConfigurationError("give --internal and/or --external")
     if args.max_overlays < 0:
         raise ConfigurationError(f"--max-overlays must be >= 0, got {args.max_overlays}")
-    predictors = {
-        n: Predictor.from_checkpoint(p, text_encoder=args.text_encoder, device=args.device)
-        for n, p in models.items()
-    }
-    table1 = _evaluate_all(models, splits, args)
+    predictors = _predictors(models, args)
+    table1 = _evaluate_all(predictors, splits)
     studies = [
         perturbation_study(
             predictors,
@@ -411,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
     extras = {}
     for title, option in zip(EXTRA_TITLES, (args.data_efficiency, args.tuning_modes), strict=True):
         if option:
-            extras[title] = _evaluate_all(_pairs(option, title), splits, args)
+            extras[title] = _evaluate_all(_predictors(parse_models(option, title), args), splits)
     paths = write_experiment_report(
         args.out, table1, merge_studies(studies, args.seed), extras, seed=args.seed
     )

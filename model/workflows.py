@@ -78,12 +78,13 @@ def _window(args: argparse.Namespace) -> dict[str, Any]:
     return {"device": args.device, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
 
 
-def _parse_models(specs: list[str]) -> dict[str, Path]:
-    models = {}
-    for spec in specs:
+def parse_models(specs: list[str] | None, option: str = "--model") -> dict[str, Path]:
+    """``NAME=CHECKPOINT`` strings -> ``{NAME: Path}``; malformed or repeated names raise."""
+    models: dict[str, Path] = {}
+    for spec in specs or []:
         name, sep, path = spec.partition("=")
-        if not sep or not name:
-            raise ConfigurationError(f"--model takes NAME=CHECKPOINT, got {spec!r}")
+        if not sep or not name or not path or name in models:
+            raise ConfigurationError(f"{option} takes distinct NAME=CHECKPOINT, got {spec!r}")
         models[name] = Path(path)
     return models
 
@@ -92,7 +93,7 @@ def evaluate_from_dicom(args: argparse.Namespace) -> list[Path]:
     """``llmctv evaluate``: metrics per case and model on the CT grid; report files."""
     from model.report import write_evaluation_report
 
-    models = _parse_models(args.model)
+    models = parse_models(args.model)
     predictors = {
         name: Predictor.from_checkpoint(path, text_encoder=args.text_encoder, **_window(args))
         for name, path in models.items()
