@@ -14,7 +14,7 @@ from conftest import SHARED_DATA
 from model.cli import main
 from model.dataset import build_cache, load_cached, load_case
 from model.dicom.series import read_ct_series
-from model.dicom.structures import RoiRule
+from model.dicom.structures import RoiRule, read_structure_set
 from model.phantoms.cohort import write_cohort
 from model.preprocessing import PreprocessConfig
 
@@ -129,13 +129,20 @@ def test_train_evaluate_predict_through_the_cli(cohort: Path, tmp_path: Path) ->
                 str(clinical),
                 "--out",
                 str(out),
+                "--rtstruct",
+                str(tmp_path / "rtss.dcm"),
                 "--device",
                 "cpu",
             ]
         )
         == 0
     )
-    grid = read_ct_series(ct_dir).volume.grid
+    ct = read_ct_series(ct_dir)
+    grid = ct.volume.grid
+    structures = read_structure_set(tmp_path / "rtss.dcm")
+    assert structures.roi_names == ("CTV",)
+    assert structures.frame_of_reference_uid == ct.frame_of_reference_uid
+    assert structures.rois[0].interpreted_type == "CTV"
     image = nib.load(str(out))
     assert image.shape == grid.shape[::-1], "NIfTI stores (i, j, k)"
     np.testing.assert_allclose(image.affine, grid.affine_ras(), atol=1e-4)
