@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped CPU demo models (multimodal + vision-only) from synthetic phantoms.
-# Usage: scripts/train_demo_model.sh [WORK_DIR]   (default out/demo-model)
+# Usage: scripts/train_demo_model.sh [WORK_DIR [multimodal|vision|none]]   (default out/demo-model multimodal)
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,5 @@ common=(--data "$WORK/train-A" --preset cpu --spacing 6 4 4 --epochs "$EPOCHS" -
 case "${2:-multimodal}" in
   multimodal) $LLMCTV train "${common[@]}" --out "$WORK/multimodal" --text-encoder smollm2 ;;
   vision)     $LLMCTV train "${common[@]}" --out "$WORK/vision" --vision-only ;;
+  none)       $LLMCTV train "${common[@]}" --out "$WORK/tuning-none" --text-encoder smollm2 --tuning none ;;
 esac
