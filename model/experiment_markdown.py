@@ -113,7 +113,7 @@ def render_markdown(
     perturbation: Mapping[str, Any],
     targets: Sequence[Mapping[str, Any]],
     extras: Mapping[str, Any],
-    ran: Mapping[str, bool],
+    ran: Mapping[str, str],
     figures: Sequence[str],
     table1: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
@@ -132,7 +132,7 @@ def render_markdown(
     extras
         ``{title: {split: summarize_models output}}`` (Tables 3 and 4a when run).
     ran
-        Experiment name -> whether it ran.
+        Experiment name -> ``"ran"``, ``"ran: rows"`` or ``"not run"``.
     figures
         PNG paths relative to the report folder.
     table1
@@ -187,7 +187,7 @@ def render_markdown(
     for title, per_split in extras.items():
         md += _extra_md(title, per_split)
     md += ["## Which experiments ran", ""]
-    md += [f"- {name}: {'ran' if done else 'not run'}" for name, done in ran.items()] + [""]
+    md += [f"- {name}: {status}" for name, status in ran.items()] + [""]
     md += [
         "## Appendix: per-case perturbation results",
         "",

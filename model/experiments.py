@@ -252,6 +252,14 @@ def _summary_figure(out_dir: Path, table1: Mapping[str, Any], pert: Mapping[str,
     return "figures/summary.png"
 
 
+def _rows_ran(table: Mapping[str, Any] | None) -> str:
+    """``"ran: a, b"`` listing the rows (checkpoints) of an optional table, or ``"not run"``."""
+    if not table:
+        return "not run"
+    rows = sorted({m for split in table.values() for m in split.get("models", split)})
+    return "ran: " + ", ".join(rows) + " (other rows not run)"
+
+
 def write_experiment_report(
     out_dir: Path,
     table1: Mapping[str, Mapping[str, Any]],
@@ -303,8 +311,11 @@ def write_experiment_report(
         *(_perturbation_targets(perturbation) or [_missing("Fig. 5", "multimodal model")]),
     ]
     figures = [_summary_figure(out_dir, t1, perturbation), *_figures(out_dir, perturbation)]
-    ran = {"Table 1": bool(t1), "Fig. 5": bool(perturbation.get("cases"))}
-    ran.update({t: t in extras for t in (*EXTRA_TITLES, *extras)})
+    ran = {
+        "Table 1": "ran" if t1 else "not run",
+        "Fig. 5": "ran" if perturbation.get("cases") else "not run",
+    }
+    ran.update({t: _rows_ran(extras.get(t)) for t in (*EXTRA_TITLES, *extras)})
     doc = {
         "synthetic_data": SYNTHETIC_STATEMENT,
         "spec_version": SPEC_VERSION,

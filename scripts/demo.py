@@ -131,9 +131,10 @@ def main() -> int:
     ):
         return 2
     print((args.out / "report" / "report.md").read_text())
-    _step("3. the text decides: the same CT with its note and with the side flipped")
+    _step("3. does the text decide? the same CT with its note and with the side flipped")
     case_id, record = next(iter(read_clinical_csv(data / "clinical.csv").items()))
     original = json.loads(record.model_dump_json())
+    answers = []
     for label, clinical in (("as written", original), ("side flipped", _flip(original))):
         note = args.out / f"clinical-{label.replace(' ', '-')}.json"
         note.write_text(json.dumps(clinical))
@@ -158,7 +159,11 @@ def main() -> int:
         ):
             return 2
         sides = ", ".join(d["side"] for d in clinical["diagnoses"])  # type: ignore[union-attr]
-        print(f"  note side(s) {sides:>12}: {_describe(mask)} -> {rtss.name}")
+        answers.append(_describe(mask))
+        print(f"  note side(s) {sides:>12}: {answers[-1]} -> {rtss.name}")
+    if answers[0].split(" (")[0].split(", ")[-1] == answers[1].split(" (")[0].split(", ")[-1]:
+        print("  -> the CTV did not move with the note: this model does not follow the laterality")
+        print("     in the text yet (see README, 'Shipped demo model').")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs in {args.out}")
     return 0
 

@@ -12,4 +12,5 @@ rm -rf docs/experiments
 $LLMCTV experiments \
   --model multimodal=checkpoints/demo --model vision-only=checkpoints/demo-vision \
   --internal "$DATA/test-A" --external "$DATA/test-B" \
+  --tuning-modes multi_prompt=checkpoints/demo --tuning-modes none=checkpoints/demo-tuning-none \
   --out docs/experiments --device cpu --seed 0 --max-overlays 2 "$@"
