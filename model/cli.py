@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +109,11 @@ def _add_window_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward batch")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``llmctv``."""
+Registrar = Callable[["argparse._SubParsersAction[Any]"], argparse.ArgumentParser]
+
+
+def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
+    """The argument parser of ``llmctv``; ``extra`` adds sub-commands of other packages."""
     parser = argparse.ArgumentParser(prog="llmctv", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,12 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_phantoms(sub)
     register_experiments(sub)
+    for register in extra:
+        register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``llmctv`` console script."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, extra: Sequence[Registrar] = ()) -> int:
+    """Entry point of the model commands; :func:`service.cli.main` adds the service ones."""
+    args = build_parser(extra).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

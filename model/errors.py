@@ -49,6 +49,15 @@ class CheckpointMismatchError(LlmctvError):
     code = "checkpoint_mismatch"
 
 
+class ContextNotCachedError(LlmctvError):
+    """A note's context embedding is not cached and no text encoder is loaded here.
+
+    Not a failure of a job: a worker without the LLM hands the job to one that holds it.
+    """
+
+    code = "context_not_cached"
+
+
 # --- input data ------------------------------------------------------------------------------
 class InputError(LlmctvError):
     """Input that llmctv cannot contour safely."""

@@ -205,6 +205,59 @@ def read_ct_series(
     return CtSeries(volume=Volume(array=array, grid=grid), datasets=tuple(ordered))
 
 
+@dataclass(frozen=True)
+class SeriesSummary:
+    """What the headers of an accepted CT series say, before any pixel is decoded.
+
+    Attributes
+    ----------
+    series_instance_uid, study_instance_uid
+        The chosen series and its study.
+    shape
+        ``(k, j, i)``: slices, rows, columns.
+    spacing
+        ``(slice, row, column)`` spacing in mm.
+    skipped_files
+        Input files skipped (not DICOM, or a DICOMDIR).
+    """
+
+    series_instance_uid: str
+    study_instance_uid: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    skipped_files: int
+
+
+def inspect_ct_series(
+    source: Path | Iterable[Path],
+    *,
+    series_instance_uid: str | None = None,
+    policy: IngestPolicy = IngestPolicy(),
+) -> SeriesSummary:
+    """Run every check of :func:`read_ct_series` that needs headers only (fast, no pixels).
+
+    Raises the same errors as :func:`read_ct_series`, except those found while decoding pixel
+    data (a file truncated inside its pixel data passes here and fails at reading).
+    """
+    paths = _list_files(source)
+    headers = _read_headers(paths, policy)
+    skipped = len(paths) - len(headers)
+    chosen = _choose_series(headers, series_instance_uid)
+    slices = _check_series(chosen)
+    if len(slices) < policy.min_slices:
+        raise TooFewSlicesError(
+            f"series has {len(slices)} slices; at least {policy.min_slices} are needed"
+        )
+    grid, _ = build_grid(slices, policy)
+    return SeriesSummary(
+        series_instance_uid=str(slices[0].SeriesInstanceUID),
+        study_instance_uid=str(slices[0].StudyInstanceUID),
+        shape=grid.shape,
+        spacing=tuple(float(v) for v in grid.spacing),  # type: ignore[arg-type]
+        skipped_files=skipped,
+    )
+
+
 # --- files and headers -------------------------------------------------------------------------
 def _list_files(source: Path | Iterable[Path]) -> list[Path]:
     if isinstance(source, (str, Path)):

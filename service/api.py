@@ -1,0 +1,223 @@
+"""The HTTP endpoints of the service contract (``../shared/specs/service-contract.md``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from model import __version__
+from model.clinical import ClinicalRecord, parse_clinical
+from model.dicom.series import inspect_ct_series
+from model.settings import Settings
+from service.auth import Authorized
+from service.dispatch import JobDispatcher
+from service.errors import EmptyUploadError, JobFailedError, JobNotFinishedError
+from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
+from service.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id
+from service.problems import PROBLEM_JSON
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+@dataclass
+class ServiceState:
+    """What the endpoints need, built once per application."""
+
+    settings: Settings
+    store: JobStore
+    files: JobFiles
+    dispatcher: JobDispatcher
+
+
+def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the application's :class:`ServiceState`."""
+    state: ServiceState = request.app.state.llmctv
+    return state
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+class ContourAccepted(BaseModel):
+    """Answer to ``POST /contour``."""
+
+    job_id: str
+    status_url: str
+    rtstruct_url: str
+    preview_url: str
+
+
+class JobView(BaseModel):
+    """``GET /jobs/{job_id}``: the contract's fields first, then more detail."""
+
+    job_id: str
+    status: JobStatus
+    progress: float = Field(ge=0.0, le=1.0, description="fraction of sliding windows done")
+    warnings: list[str]
+    error: JobError | None
+    created_at: datetime
+    finished_at: datetime | None
+    started_at: datetime | None = None
+    series_instance_uid: str | None = None
+    attempts: int = 0
+    checkpoint: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """The public view of a job record."""
+        return cls.model_validate(job.model_dump(), from_attributes=False)
+
+
+class Health(BaseModel):
+    """``GET /health``."""
+
+    status: str
+    version: str
+    dispatcher: dict[str, Any]
+
+
+def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: {"description": "problem+json with a stable `code`", "content": {PROBLEM_JSON: {}}}
+        for s in statuses
+    }
+
+
+def _limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        settings.max_upload_bytes,
+        settings.max_archive_members,
+        settings.max_unpacked_bytes,
+        settings.max_compression_ratio,
+    )
+
+
+def _intake(
+    files: list[UploadFile] | None, archive: UploadFile | None, folder: Path, settings: Settings
+) -> IntakeReport:
+    if bool(files) == (archive is not None):
+        raise EmptyUploadError("send either 'files' (DICOM files) or 'archive' (one zip)")
+    if archive is not None:
+        return extract_archive(archive.file, folder, _limits(settings))
+    return store_files((f.file for f in files or []), folder, _limits(settings))
+
+
+@router.post(
+    "/contour",
+    status_code=202,
+    response_model=ContourAccepted,
+    summary="Contour the CTV of one CT series for the given clinical fields",
+    responses=_problem_responses(401, 413, 422),
+)
+def submit_contour(
+    state: State,
+    _: Authorized,
+    clinical: Annotated[str, Form(description="clinical fields (JSON text, service contract)")],
+    files: Annotated[
+        list[UploadFile] | None, File(description="DICOM files of one CT series")
+    ] = None,
+    archive: Annotated[UploadFile | None, File(description="one zip of DICOM files")] = None,
+    series_instance_uid: Annotated[
+        str | None, Form(description="the series to contour where several arrive")
+    ] = None,
+) -> ContourAccepted:
+    """Store the series, check it (headers only), and queue the job."""
+    record: ClinicalRecord = parse_clinical(clinical)
+    job_id = new_job_id()
+    folder = state.files.input_dir(job_id)
+    try:
+        report = _intake(files, archive, folder, state.settings)
+        summary = inspect_ct_series(folder, series_instance_uid=series_instance_uid)
+    except BaseException:
+        state.files.remove(job_id)
+        raise
+    warnings = list(report.warnings)
+    if summary.skipped_files and not report.warnings:
+        warnings.append(f"skipped {summary.skipped_files} non-DICOM file(s)")
+    job = Job(
+        job_id=job_id,
+        clinical=record.model_dump(mode="json"),
+        series_instance_uid=summary.series_instance_uid,
+        warnings=warnings,
+    )
+    state.store.create(job)
+    state.dispatcher.submit(job_id)
+    log.info("job %s queued: %d slices of %dx%d", job_id, *summary.shape)
+    base = f"/jobs/{job_id}"
+    return ContourAccepted(
+        job_id=job_id,
+        status_url=base,
+        rtstruct_url=f"{base}/rtstruct",
+        preview_url=f"{base}/preview.png",
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    summary="Job status",
+    responses=_problem_responses(401, 404),
+)
+def job_status(job_id: str, state: State, _: Authorized) -> JobView:
+    """Status, progress, warnings and error of a job."""
+    return JobView.of(state.store.get(job_id))
+
+
+def _finished(state: ServiceState, job_id: str) -> Job:
+    job = state.store.get(job_id)
+    if job.status is JobStatus.FAILED:
+        code = job.error.code if job.error else "unknown"
+        raise JobFailedError(f"job {job_id} failed [{code}]; it has no result")
+    if job.status is not JobStatus.SUCCEEDED:
+        raise JobNotFinishedError(f"job {job_id} is {job.status.value}; try again later")
+    return job
+
+
+@router.get(
+    "/jobs/{job_id}/rtstruct",
+    response_class=FileResponse,
+    summary="The RTSTRUCT of a succeeded job",
+    responses={
+        200: {"content": {"application/dicom": {}}, "description": "RT Structure Set"},
+        **_problem_responses(401, 404, 409),
+    },
+)
+def job_rtstruct(job_id: str, state: State, _: Authorized) -> FileResponse:
+    """The RT Structure Set (Part 10 file), once the job has succeeded."""
+    _finished(state, job_id)
+    return FileResponse(
+        state.files.rtstruct(job_id),
+        media_type="application/dicom",
+        filename=f"RS.{job_id}.dcm",
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/preview.png",
+    response_class=FileResponse,
+    summary="CTV over CT in axial, coronal and sagittal views",
+    responses={
+        200: {"content": {"image/png": {}}, "description": "preview"},
+        **_problem_responses(401, 404, 409),
+    },
+)
+def job_preview(job_id: str, state: State, _: Authorized) -> FileResponse:
+    """A PNG for a quick visual check of a succeeded job."""
+    _finished(state, job_id)
+    return FileResponse(state.files.preview(job_id), media_type="image/png")
+
+
+@router.get("/health", response_model=Health, summary="Liveness (no authentication)")
+async def health(state: State) -> Health:
+    """Answers while the process is alive; names the dispatcher mode."""
+    return Health(status="ok", version=__version__, dispatcher=state.dispatcher.describe())

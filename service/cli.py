@@ -1,0 +1,62 @@
+"""The ``llmctv`` console script: the model's commands plus ``serve``.
+
+``llmctv serve`` starts the HTTP gateway under uvicorn (and the DICOM listener when enabled).
+Options override the ``LLMCTV_*`` settings for this process only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from model.cli import main as model_main
+from model.settings import Settings, get_settings
+
+log = logging.getLogger("llmctv")
+
+
+def settings_with(args: argparse.Namespace, names: Sequence[str]) -> Settings:
+    """The process settings with the given command-line options applied (when set)."""
+    updates = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if getattr(args, "dev", False):
+        updates["allow_no_auth"] = True
+    return Settings.model_validate({**get_settings().model_dump(), **updates})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the gateway until interrupted."""
+    import uvicorn
+
+    from service.app import create_app
+
+    settings = settings_with(args, ("host", "port", "checkpoint", "storage_dir", "redis_url"))
+    app = create_app(settings)
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def register_serve(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    """Add ``serve``."""
+    p = subparsers.add_parser(
+        "serve",
+        help="HTTP gateway (and DICOM listener); embedded worker unless LLMCTV_REDIS_URL is set",
+    )
+    p.add_argument("--host", default=None, help="bind address (default LLMCTV_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: shipped demo model")
+    p.add_argument("--storage-dir", type=Path, default=None, help="jobs' files and records")
+    p.add_argument("--redis-url", default=None, help="use Celery workers on this Redis")
+    p.add_argument(
+        "--dev", action="store_true", help="allow running without API tokens (development only)"
+    )
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llmctv`` console script."""
+    return model_main(argv, extra=(register_serve,))

@@ -1,0 +1,116 @@
+"""Errors to HTTP: every error becomes ``application/problem+json`` (RFC 9457) here.
+
+The body carries ``type``, ``title``, ``status``, ``detail``, ``instance`` and the stable
+``code`` of :mod:`model.errors` / :mod:`service.errors`. No other module chooses a status code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.errors import (
+    ConfigurationError,
+    InputError,
+    LlmctvError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+)
+from service.errors import (
+    JobFailedError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+)
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+TYPE_ROOT = "urn:llmctv:problem:"
+
+# Most specific first: the first class an error is an instance of decides its status.
+_STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
+    (UnauthorizedError, 401),
+    (JobNotFoundError, 404),
+    (JobNotFinishedError, 409),
+    (JobFailedError, 409),
+    (PayloadTooLargeError, 413),
+    (InputError, 422),
+    (ServiceUnavailableError, 503),
+    (ModelNotFoundError, 503),
+    (ConfigurationError, 500),
+)
+_TITLES = {
+    401: "Unauthorized",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Payload Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def status_for(exc: LlmctvError) -> int:
+    """The HTTP status of an llmctv error."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def problem(status: int, code: str, detail: str, instance: str, **extra: Any) -> JSONResponse:
+    """A problem+json response."""
+    body = {
+        "type": f"{TYPE_ROOT}{code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+        "code": code,
+        **extra,
+    }
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "request"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(LlmctvError)
+    async def _llmctv(request: Request, exc: LlmctvError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("request failed: [%s] %s", exc.code, exc.detail)
+        return problem(status, exc.code, exc.detail, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": _field_name(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return problem(422, "invalid_request", detail, request.url.path, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return problem(
+            500, "internal_error", "unexpected error; see the service log", request.url.path
+        )
