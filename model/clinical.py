@@ -15,7 +15,7 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.errors import DatasetError, InvalidClinicalError
 
@@ -99,12 +99,13 @@ class ClinicalRecord(BaseModel):
     neoadjuvant_chemotherapy: bool | None = None
     note: str | None = Field(default=None, max_length=2000)
 
-    @model_validator(mode="after")
-    def _one_entry_per_side(self) -> ClinicalRecord:
-        sides = [d.side for d in self.diagnoses]
+    @field_validator("diagnoses")
+    @classmethod
+    def _one_entry_per_side(cls, value: tuple[Diagnosis, ...]) -> tuple[Diagnosis, ...]:
+        sides = [d.side for d in value]
         if len(set(sides)) != len(sides):
-            raise ValueError("diagnoses: a side is given twice")
-        return self
+            raise ValueError("a side is given twice")
+        return value
 
     def prompt_text(self) -> str:
         """The text the model reads: ``note`` verbatim if given, else the rendered template."""

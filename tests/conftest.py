@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from model.settings import get_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from model.phantoms.cohort import WrittenCase
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -32,3 +38,28 @@ def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     get_settings.cache_clear()
     yield tmp_path / "cache"
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[WrittenCase]:
+    """Two small site-A phantoms (128x128 slices): CT files, ground truth, clinical record."""
+    from model.phantoms import write_cohort
+
+    return write_cohort(tmp_path_factory.mktemp("ph") / "A", 2, "A", seed=3, scale=0.25)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, FastAPI]]:
+    """A live gateway (uvicorn, free port) on the shipped demo model, embedded worker."""
+    from gateway_client import TOKEN
+    from live_server import serve_app
+
+    from model.settings import Settings
+    from service.app import create_app
+
+    settings = Settings(
+        api_tokens=[TOKEN], storage_dir=tmp_path_factory.mktemp("storage"), dicom_listener=False
+    )
+    app = create_app(settings)
+    with serve_app(app) as url:
+        yield url, app
