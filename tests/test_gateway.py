@@ -7,8 +7,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pydicom
+import pytest
+from dicom_tools import dciodvfy_errors, needs_dciodvfy, needs_plastimatch, plastimatch_mask
+from factories import LUNG1_DIR
 from fastapi import FastAPI
 from gateway_client import AUTH, submit, wait_finished
+from rtstruct_factories import read_mha_on_grid
 
 from model.clinical import ClinicalRecord, Side
 from model.dicom.series import read_ct_series
@@ -17,6 +21,8 @@ from model.metrics import dice
 from model.phantoms.cohort import WrittenCase
 from service.consistency import midline_x
 from service.dispatch import EmbeddedDispatcher
+
+LUNG1_CT = LUNG1_DIR / "image"
 
 
 def _flip(record: ClinicalRecord) -> ClinicalRecord:
@@ -127,3 +133,58 @@ def test_laterality_conflict_is_warned(
     on_named_side = float(((x > mid) if side == "left" else (x < mid)).mean())
     warned = any(f"the note says {side}" in w for w in status["warnings"])
     assert warned == (on_named_side < 0.8), (on_named_side, status["warnings"])
+
+
+@pytest.fixture(scope="module")
+def lung1_job(gateway: tuple[str, FastAPI], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real LUNG1 chest CT through the gateway (a breast model on a lung CT: any contour)."""
+    if not LUNG1_CT.is_dir():
+        pytest.skip(f"shared data absent: {LUNG1_CT}")
+    url, _ = gateway
+    clinical = '{"diagnoses": [{"side": "right", "surgery": "breast_conserving", '
+    clinical += '"t_stage": "2", "n_stage": "1"}]}'
+    job = submit(url, sorted(LUNG1_CT.iterdir()), clinical).json()
+    status = wait_finished(url, job["job_id"])
+    assert status["status"] == "succeeded", status
+    path = tmp_path_factory.mktemp("lung1job") / "rs.dcm"
+    path.write_bytes(httpx.get(url + job["rtstruct_url"], headers=AUTH).content)
+    return path
+
+
+@needs_dciodvfy
+def test_dciodvfy_accepts_the_service_rtstruct(lung1_job: Path) -> None:
+    assert dciodvfy_errors(lung1_job) == []
+
+
+@needs_plastimatch
+def test_plastimatch_reads_the_service_rtstruct_back(lung1_job: Path, tmp_path: Path) -> None:
+    ct = read_ct_series(LUNG1_CT)
+    ours = rasterize(read_structure_set(lung1_job), "CTV", ct.volume.grid)
+    assert ours.sum() > 1000
+    theirs = read_mha_on_grid(
+        plastimatch_mask(lung1_job, LUNG1_CT, tmp_path / "pl", "CTV"), ct.volume.grid
+    )
+    assert dice(theirs, ours) >= 0.98
+
+
+def test_rt_utils_reads_the_service_rtstruct(lung1_job: Path) -> None:
+    rt_utils = pytest.importorskip("rt_utils")
+    struct = rt_utils.RTStructBuilder.create_from(
+        dicom_series_path=str(LUNG1_CT), rt_struct_path=str(lung1_job)
+    )
+    assert struct.get_roi_names() == ["CTV"]
+    assert struct.get_roi_mask_by_name("CTV").any()
+
+
+def test_rtstruct_names_model_and_marks_ai(lung1_job: Path) -> None:
+    ds = pydicom.dcmread(lung1_job)
+    assert ds.Manufacturer == "llmctv"
+    assert any(str(v).startswith("checkpoint ") for v in ds.SoftwareVersions)
+    assert "AI-generated" in ds.SeriesDescription
+    assert ds.StructureSetROISequence[0].ROIGenerationAlgorithm == "AUTOMATIC"
+    referenced = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+    images = referenced.RTReferencedSeriesSequence[0].ContourImageSequence
+    assert len(images) == 134
+    contour = ds.ROIContourSequence[0].ContourSequence[0]
+    assert contour.ContourGeometricType == "CLOSED_PLANAR"
+    assert len(contour.ContourImageSequence) == 1

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
+from dicom_tools import dciodvfy_errors, needs_dciodvfy, needs_plastimatch, plastimatch_mask
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage
 from rtstruct_factories import (
@@ -61,8 +60,6 @@ ORIENTATIONS = {
     ),
 }
 needs_lung1 = pytest.mark.skipif(not LUNG1_CT.is_dir(), reason=f"shared data absent: {LUNG1_CT}")
-needs_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="no dciodvfy")
-needs_plastimatch = pytest.mark.skipif(shutil.which("plastimatch") is None, reason="no plastimatch")
 
 
 # --- contour geometry ------------------------------------------------------------------------
@@ -295,42 +292,12 @@ def test_invalid_inputs_raise_clear_errors(tmp_path: Path) -> None:
 
 
 # --- tools written elsewhere -------------------------------------------------------------------
-def _dciodvfy_errors(path: Path) -> list[str]:
-    result = subprocess.run(
-        ["dciodvfy", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    lines = (result.stdout + result.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
-
-
 @needs_dciodvfy
 def test_dciodvfy_finds_no_errors_synthetic(
     synthetic: tuple[Path, list[Dataset]], tmp_path: Path
 ) -> None:
     path, _, _ = _write_synthetic(synthetic[0], tmp_path)
-    assert _dciodvfy_errors(path) == []
-
-
-def _plastimatch_mask(rtstruct: Path, ct_folder: Path, out: Path, roi: str) -> Path:
-    subprocess.run(
-        [
-            "plastimatch",
-            "convert",
-            "--input",
-            str(rtstruct),
-            "--referenced-ct",
-            str(ct_folder),
-            "--output-prefix",
-            str(out),
-            "--prefix-format",
-            "mha",
-            "--xor-contours",
-        ],
-        capture_output=True,
-        timeout=300,
-        check=True,
-    )
-    return out / f"{roi}.mha"
+    assert dciodvfy_errors(path) == []
 
 
 @needs_plastimatch
@@ -338,7 +305,7 @@ def test_plastimatch_rasterises_synthetic_back(
     synthetic: tuple[Path, list[Dataset]], tmp_path: Path
 ) -> None:
     path, reference, mask = _write_synthetic(synthetic[0], tmp_path)
-    image = _plastimatch_mask(path, synthetic[0], tmp_path / "pl", "CTV (AI)")
+    image = plastimatch_mask(path, synthetic[0], tmp_path / "pl", "CTV (AI)")
     assert dice(read_mha_on_grid(image, reference.grid), mask) >= 0.98
 
 
@@ -387,7 +354,7 @@ def test_lung1_has_holes_and_two_islands_and_round_trips(
 @needs_lung1
 @needs_dciodvfy
 def test_dciodvfy_finds_no_errors_lung1(lung1_file: Path) -> None:
-    assert _dciodvfy_errors(lung1_file) == []
+    assert dciodvfy_errors(lung1_file) == []
 
 
 @needs_lung1
@@ -396,7 +363,7 @@ def test_plastimatch_rasterises_lung1_back(
     lung1: tuple[ReferencedSeries, npt.NDArray[np.bool_]], lung1_file: Path, tmp_path: Path
 ) -> None:
     reference, mask = lung1
-    image = _plastimatch_mask(lung1_file, LUNG1_CT, tmp_path / "pl", "CTV")
+    image = plastimatch_mask(lung1_file, LUNG1_CT, tmp_path / "pl", "CTV")
     assert dice(read_mha_on_grid(image, reference.grid), mask) >= 0.98
 
 

@@ -1,0 +1,93 @@
+"""Helpers for the DICOM networking tests: free ports, waiting, a listener with a recorder."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA
+
+from service.dicomnet.assembly import ReceivedSeries
+from service.dicomnet.listener import DicomListener
+
+LUNG1 = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001"
+LUNG1_CT = LUNG1 / "image"
+LUNG1_RTSTRUCT = LUNG1 / "mask_rtstruct" / "1-1.dcm"
+AE_TITLE = "LLMCTV"
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool, or skip the test."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian package dcmtk)")
+    return path
+
+
+def require_lung1() -> None:
+    """Skip when the shared LUNG1 data are missing."""
+    if not LUNG1_CT.is_dir() or not LUNG1_RTSTRUCT.is_file():
+        pytest.skip(f"LUNG1 test data not found at {LUNG1}")
+
+
+@dataclass
+class Recorder:
+    """Collects completed series with the time they were reported."""
+
+    series: list[ReceivedSeries] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    _event: threading.Condition = field(default_factory=threading.Condition)
+
+    def __call__(self, series: ReceivedSeries) -> None:
+        with self._event:
+            self.series.append(series)
+            self.times.append(time.monotonic())
+            self._event.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float = 15.0) -> list[ReceivedSeries]:
+        """Wait until ``count`` series were reported; returns all of them."""
+        with self._event:
+            self._event.wait_for(lambda: len(self.series) >= count, timeout_s)
+            return list(self.series)
+
+
+@contextmanager
+def running_listener(
+    root: Path,
+    *,
+    allowed: Sequence[str] = ("STORESCU", "ECHOSCU", "TESTER"),
+    timeout_s: float = 0.5,
+    on_complete: Callable[[ReceivedSeries], None] | None = None,
+    port: int = 0,
+) -> Iterator[tuple[DicomListener, Recorder]]:
+    """A started listener on a free loopback port that records completed series."""
+    recorder = Recorder()
+    listener = DicomListener(
+        ae_title=AE_TITLE,
+        host="127.0.0.1",
+        port=port,
+        allowed_aets=allowed,
+        transfer_syntaxes=[],
+        storage_root=root,
+        series_timeout_s=timeout_s,
+        on_complete=on_complete or recorder,
+    )
+    listener.start()
+    try:
+        yield listener, recorder
+    finally:
+        listener.stop()
