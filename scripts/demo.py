@@ -4,8 +4,9 @@
 2. Uses the shipped CPU demo model (``checkpoints/demo``, SmolLM2-135M text encoder); if it
    is missing, trains a small one first (``--train-epochs``).
 3. Evaluates it on the phantoms (Dice, IoU, HD95 with bootstrap CIs).
-4. Contours one phantom twice — with its own note and with the laterality flipped — and
-   writes both as NIfTI and RTSTRUCT, printing where the CTV lies.
+4. Starts the service (``llmctv serve``: FastAPI gateway, embedded worker) and contours one
+   phantom over HTTP twice, with its own note and with the side flipped: RTSTRUCT, preview PNG,
+   Dice against the ground truth, and the service's consistency warnings.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from demo_service import contour_over_http, running_service
 
-from model.cli import main as llmctv
 from model.clinical import read_clinical_csv
+from service.cli import main as llmctv
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "checkpoints" / "demo"
@@ -72,22 +73,6 @@ def _flip(record_json: dict[str, object]) -> dict[str, object]:
     return flipped
 
 
-def _describe(mask_path: Path) -> str:
-    import nibabel as nib
-
-    image = nib.load(str(mask_path))
-    if not isinstance(image, nib.Nifti1Image):
-        return "not a NIfTI-1 image"
-    data = np.asarray(image.dataobj) > 0
-    if not data.any():
-        return "empty"
-    ijk = np.argwhere(data).mean(axis=0)
-    ras = image.affine @ np.append(ijk, 1.0)
-    side = "patient's LEFT" if ras[0] < 0 else "patient's RIGHT"  # RAS: x < 0 is left
-    voxel_cc = abs(np.linalg.det(image.affine[:3, :3])) / 1000
-    return f"{data.sum() * voxel_cc:.0f} cc, centroid on the {side} (LPS x = {-ras[0]:.0f} mm)"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "demo")
@@ -131,39 +116,14 @@ def main() -> int:
     ):
         return 2
     print((args.out / "report" / "report.md").read_text())
-    _step("3. does the text decide? the same CT with its note and with the side flipped")
+    _step("3. the service: llmctv serve, then the phantom over HTTP (as written, side flipped)")
     case_id, record = next(iter(read_clinical_csv(data / "clinical.csv").items()))
     original = json.loads(record.model_dump_json())
-    answers = []
-    for label, clinical in (("as written", original), ("side flipped", _flip(original))):
-        note = args.out / f"clinical-{label.replace(' ', '-')}.json"
-        note.write_text(json.dumps(clinical))
-        mask = args.out / f"{case_id}-{label.replace(' ', '-')}.nii.gz"
-        rtss = mask.with_suffix("").with_suffix(".rtstruct.dcm")
-        if llmctv(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "--ct",
-                str(data / case_id / "ct"),
-                "--clinical",
-                str(note),
-                "--out",
-                str(mask),
-                "--rtstruct",
-                str(rtss),
-                "--device",
-                "cpu",
-            ]
-        ):
-            return 2
-        sides = ", ".join(d["side"] for d in clinical["diagnoses"])  # type: ignore[union-attr]
-        answers.append(_describe(mask))
-        print(f"  note side(s) {sides:>12}: {answers[-1]} -> {rtss.name}")
-    if answers[0].split(" (")[0].split(", ")[-1] == answers[1].split(" (")[0].split(", ")[-1]:
-        print("  -> the CTV did not move with the note: this model does not follow the laterality")
-        print("     in the text yet (see README, 'Shipped demo model').")
+    with running_service(args.out / "service", checkpoint) as (url, token):
+        print(f"  gateway {url} (embedded worker, model {checkpoint.name})")
+        for label, clinical in (("as written", original), ("side flipped", _flip(original))):
+            result = contour_over_http(url, token, data / case_id, clinical, args.out, label)
+            print(f"  {label:>12}: {result}")
     print(f"\ndemo finished in {time.perf_counter() - start:.0f} s; outputs in {args.out}")
     return 0
 

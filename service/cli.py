@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_with(args, ("host", "port", "checkpoint", "storage_dir", "redis_url"))
     app = create_app(settings)
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
 
@@ -50,6 +50,7 @@ def register_serve(subparsers: argparse._SubParsersAction[Any]) -> argparse.Argu
     p.add_argument("--checkpoint", type=Path, default=None, help="default: shipped demo model")
     p.add_argument("--storage-dir", type=Path, default=None, help="jobs' files and records")
     p.add_argument("--redis-url", default=None, help="use Celery workers on this Redis")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (access log at info)")
     p.add_argument(
         "--dev", action="store_true", help="allow running without API tokens (development only)"
     )
