@@ -24,7 +24,13 @@ from model.config import preset
 from model.encoders import load_text_encoder
 from model.inference import sliding_window_probability
 from model.metrics import dice
-from model.phantoms.case import generate_case
+from model.phantoms.case import (
+    N_SWITCH,
+    PhantomCase,
+    eligible_perturbations,
+    generate_case,
+    perturb,
+)
 from model.phantoms.cohort import case_id_for, case_seed
 from model.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.sampling import TrainingCase
@@ -37,24 +43,59 @@ def _flip(note: str) -> str:
     return note.replace("left", "\0").replace("right", "left").replace("\0", "right")
 
 
-def build_cases(n: int, seed: int) -> list[tuple[TrainingCase, np.ndarray]]:
-    """(case, x of each network-grid column in LPS minus the body centre) for n phantoms."""
+def build_cases(
+    n: int, seed: int, counterfactuals: bool = False
+) -> list[tuple[TrainingCase, np.ndarray]]:
+    """(case, x of each network-grid column in LPS minus the body centre) for n phantoms.
+
+    With ``counterfactuals`` every allowed text perturbation of a case is added as a further
+    training case on the same CT (the spec's rule recomputes the target).
+    """
     out = []
     for index in range(1, n + 1):
-        case = generate_case(case_id_for("A", index), "A", case_seed(seed, "A", index), 0.25)
-        image, plan = preprocess_ct(case.volume, PRE)
-        label = resample_labels(case.masks["CTV"].astype(np.uint8), plan)
-        cols = np.stack(
-            [
-                np.zeros(plan.target.shape[2]),
-                np.zeros(plan.target.shape[2]),
-                np.arange(plan.target.shape[2]),
-            ],
-            axis=1,
+        base = generate_case(case_id_for("A", index), "A", case_seed(seed, "A", index), 0.25)
+        variants = [base]
+        if counterfactuals:
+            variants += [perturb(base, k) for k in eligible_perturbations(base.clinical)]
+        out += [_training_case(case) for case in variants]
+    return out
+
+
+def _training_case(case: PhantomCase) -> tuple[TrainingCase, np.ndarray]:
+    image, plan = preprocess_ct(case.volume, PRE)
+    label = resample_labels(case.masks["CTV"].astype(np.uint8), plan)
+    columns = np.arange(plan.target.shape[2])
+    zeros = np.zeros_like(columns)
+    x = plan.target.index_to_lps(np.stack([zeros, zeros, columns], axis=1))[:, 0]
+    x = x - case.anatomy.params.body.cx
+    note = case.clinical.prompt_text()
+    return TrainingCase(case.case_id, image, label, note, PRE.target_spacing), x
+
+
+NodalProbe = tuple[np.ndarray, str, str, np.ndarray]
+
+
+def nodal_regions(n: int, seed: int) -> list[NodalProbe]:
+    """Unilateral probe cases: (image, N+ note, N0 note, nodal region), on the network grid."""
+    out = []
+    for index in range(1, n + 1):
+        base = generate_case(case_id_for("A", index), "A", case_seed(seed, "A", index), 0.25)
+        if N_SWITCH not in eligible_perturbations(base.clinical):
+            continue
+        other = perturb(base, N_SWITCH)
+        positive, negative = (
+            (base, other)
+            if base.clinical.diagnoses[0].node_positive
+            else (
+                other,
+                base,
+            )
         )
-        x = plan.target.index_to_lps(cols)[:, 0] - case.anatomy.params.body.cx
-        note = case.clinical.prompt_text()
-        out.append((TrainingCase(case.case_id, image, label, note, PRE.target_spacing), x))
+        image, plan = preprocess_ct(base.volume, PRE)
+        region = positive.masks["CTV"] & ~negative.masks["CTV"]
+        nodal = resample_labels(region.astype(np.uint8), plan) > 0
+        notes = positive.clinical.prompt_text(), negative.clinical.prompt_text()
+        out.append((image, *notes, nodal))
     return out
 
 
@@ -89,6 +130,22 @@ def text_effect(trainer: Trainer, cases: list[tuple[TrainingCase, np.ndarray]]) 
     }
 
 
+def nodal_ratio(trainer: Trainer, probes: list[NodalProbe]) -> float:
+    """Predicted nodal-region volume with the N0 note over that with the N+ note (mean)."""
+    if trainer.context is None:
+        return float("nan")
+    ratios = []
+    trainer.net.eval()
+    with torch.no_grad():
+        for image, pos, neg, region in probes:
+            p, _ = sliding_window_probability(trainer.net, image, trainer.context([pos]))
+            q, _ = sliding_window_probability(trainer.net, image, trainer.context([neg]))
+            with_n = float(((p >= 0.5) & region).sum())
+            ratios.append(float(((q >= 0.5) & region).sum()) / max(with_n, 1.0))
+    trainer.net.train()
+    return float(np.mean(ratios)) if ratios else float("nan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -100,9 +157,14 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=600)
+    parser.add_argument(
+        "--counterfactuals", action="store_true", help="train on perturbed notes too"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
-    cases = build_cases(args.cases, seed=101)
+    cases = build_cases(args.cases, seed=101, counterfactuals=args.counterfactuals)
+    held_out = build_cases(8, seed=202)
+    nodal = nodal_regions(8, seed=202)
     print(f"built {len(cases)} cases in {time.perf_counter() - start:.1f} s", flush=True)
     enc = load_text_encoder(args.encoder)
     cfg = preset("cpu", text_dim=enc.hidden_size)
@@ -118,16 +180,21 @@ def main() -> int:
     total = args.epochs * args.steps
     sched = torch.optim.lr_scheduler.LambdaLR(trainer.optim, lr_lambda(total, total // 20))
     rng = np.random.default_rng(0)
-    probe = cases[:8]
-    print("| epoch | steps | loss | text effect | side fraction (flipped note) | Dice | s |")
-    print("|---|---|---|---|---|---|---|")
+    probe = held_out  # never trained on, in any variant
+    print(f"counterfactual training: {args.counterfactuals}; probe: 8 held-out cases")
+    print(
+        "| epoch | steps | loss | text effect | side fraction (flipped note) | "
+        "nodal ratio N0/N+ | Dice | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for epoch in range(1, args.epochs + 1):
         loss = trainer._train_epoch(train, rng, sched, args.steps)
         if epoch % args.every == 0 or epoch == args.epochs:
             m = text_effect(trainer, probe)
+            ratio = nodal_ratio(trainer, nodal)
             print(
                 f"| {epoch} | {epoch * args.steps} | {loss:.3f} | {m['text_effect']:.4f} | "
-                f"{m['side_fraction_flipped']:.3f} | {m['dice']:.3f} | "
+                f"{m['side_fraction_flipped']:.3f} | {ratio:.3f} | {m['dice']:.3f} | "
                 f"{time.perf_counter() - start:.0f} |",
                 flush=True,
             )

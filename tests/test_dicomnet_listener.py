@@ -25,6 +25,7 @@ from dicomnet_helpers import (
     running_listener,
 )
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless
 from pynetdicom import AE
 
 from model.errors import ConfigurationError, UnreadableDicomError
@@ -95,21 +96,25 @@ def test_empty_allow_list_accepts_any_and_warns(
     assert "dicom_allowed_aets is empty" in caplog.text
 
 
+def _listener(root: Path, ae_title: str, syntaxes: Sequence[str]) -> DicomListener:
+    return DicomListener(
+        ae_title=ae_title,
+        host="127.0.0.1",
+        port=0,
+        allowed_aets=[],
+        transfer_syntaxes=syntaxes,
+        storage_root=root,
+        series_timeout_s=1.0,
+        on_complete=Recorder(),
+    )
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
-    common = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "allowed_aets": [],
-        "storage_root": tmp_path,
-        "series_timeout_s": 1.0,
-        "on_complete": Recorder(),
-    }
     with pytest.raises(ConfigurationError, match="dicom_ae_title"):
-        DicomListener(ae_title="A" * 17, transfer_syntaxes=[], **common)  # type: ignore[arg-type]
+        _listener(tmp_path, "A" * 17, [])
     with pytest.raises(ConfigurationError, match="not a UID"):
-        DicomListener(ae_title="X", transfer_syntaxes=["JPEG"], **common)  # type: ignore[arg-type]
-    listener = DicomListener(ae_title="X", transfer_syntaxes=[], **common)  # type: ignore[arg-type]
-    assert listener.transfer_syntaxes == DEFAULT_TRANSFER_SYNTAXES
+        _listener(tmp_path, "X", ["JPEG"])
+    assert _listener(tmp_path, "X", []).transfer_syntaxes == DEFAULT_TRANSFER_SYNTAXES
 
 
 # --- the real LUNG1 series -----------------------------------------------------------------------
@@ -161,22 +166,40 @@ def test_more_instances_after_completion_start_a_new_cycle(tmp_path: Path) -> No
     assert len(list(completed[0].folder.glob("*.dcm"))) == 4
 
 
+def _compress(source: Path, target: Path, tool: str) -> None:
+    """Compress ``source`` with a dcmtk tool, or with pydicom for ``j2k``."""
+    if tool != "j2k":
+        subprocess.run([require_tool(tool), str(source), str(target)], check=True)
+        return
+    ds = pydicom.dcmread(source)
+    try:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
+    except (RuntimeError, ImportError) as exc:
+        pytest.skip(f"no JPEG 2000 encoder: {exc}")
+    ds.save_as(target)
+
+
 @pytest.mark.parametrize(
     ("tool", "propose", "syntax"),
     [
         ("dcmcjpeg", "-xs", "1.2.840.10008.1.2.4.70"),  # JPEG Lossless SV1
         ("dcmcjpls", "-xt", "1.2.840.10008.1.2.4.80"),  # JPEG-LS Lossless
         ("dcmcrle", "-xr", "1.2.840.10008.1.2.5"),  # RLE Lossless
+        ("j2k", "-xv", "1.2.840.10008.1.2.4.90"),  # JPEG 2000 Lossless (pydicom encodes)
+        (None, "-xd", "1.2.840.10008.1.2.1.99"),  # Deflated: storescu deflates on the fly
     ],
 )
 def test_compressed_transfer_syntax_is_accepted(
-    tmp_path: Path, tool: str, propose: str, syntax: str
+    tmp_path: Path, tool: str | None, propose: str, syntax: str
 ) -> None:
     require_lung1()
     source = sorted(LUNG1_CT.glob("*.dcm"))[0]
     compressed = tmp_path / "compressed.dcm"
-    subprocess.run([require_tool(tool), str(source), str(compressed)], check=True)
-    assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == syntax
+    if tool is None:
+        compressed = source
+    else:
+        _compress(source, compressed, tool)
+        assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == syntax
     with running_listener(tmp_path / "received") as (listener, recorder):
         _storescu(listener.port, compressed, propose=[propose])
         (series,) = recorder.wait_for(1)
@@ -292,13 +315,18 @@ def test_assembler_survives_a_failing_callback(caplog: pytest.LogCaptureFixture)
         calls.append("called")
         raise RuntimeError("boom")
 
+    def wait_for_calls(count: int) -> None:
+        deadline = time.monotonic() + 10.0
+        while len(calls) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     assembler = SeriesAssembler(0.05, failing)
     assembler.start()
     try:
         assembler.record(_instance("1.2.3", "1.1"))
-        time.sleep(0.3)
+        wait_for_calls(1)
         assembler.record(_instance("1.2.5", "1.1"))
-        time.sleep(0.3)
+        wait_for_calls(2)
     finally:
         assembler.stop()
     assert calls == ["called", "called"]
@@ -325,16 +353,16 @@ def test_dicom_listener_command_runs_until_sigterm(
     monkeypatch.setenv("LLMCTV_DICOM_ALLOWED_AETS", "STORESCU")
     port = free_port()
     cmd = [sys.executable, "-c", _COMMAND, "dicom-listener", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        assert "DICOM listener LLMCTV on 127.0.0.1" in proc.stdout.readline()
-        _storescu(port, LUNG1_RTSTRUCT)
-        line = proc.stdout.readline()
-        assert "series complete" in line and "1 RTSTRUCT instance(s) from STORESCU" in line
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "DICOM listener LLMCTV on 127.0.0.1" in proc.stdout.readline()
+            _storescu(port, LUNG1_RTSTRUCT)
+            line = proc.stdout.readline()
+            assert "series complete" in line and "1 RTSTRUCT instance(s) from STORESCU" in line
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert len(list((tmp_path / "dicom" / "received").rglob("*.dcm"))) == 1

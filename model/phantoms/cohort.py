@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,15 @@ from model.dicom.rtstruct import (
     write_rtstruct,
 )
 from model.errors import ConfigurationError
-from model.phantoms.case import PhantomCase, check_scale, generate_case
+from model.phantoms.case import (
+    LATERALITY_FLIP,
+    N_SWITCH,
+    PhantomCase,
+    check_scale,
+    eligible_perturbations,
+    generate_case,
+    perturb,
+)
 from model.phantoms.ctwriter import ct_datasets, write_ct_series
 from model.phantoms.sites import SPEC_VERSION, get_site
 
@@ -89,6 +97,9 @@ def write_case(case: PhantomCase, directory: Path) -> WrittenCase:
     )
 
 
+_VARIANT_SUFFIX = {LATERALITY_FLIP: "-flip", N_SWITCH: "-nswitch"}
+
+
 def case_seed(seed: int, site: str, index: int) -> int:
     """The per-case seed of case ``index`` (1-based) of a cohort, from the cohort seed."""
     sequence = np.random.SeedSequence([seed, ord(site), index])
@@ -141,6 +152,7 @@ def write_cohort(
     seed: int,
     scale: float = 1.0,
     progress: Callable[[WrittenCase], None] | None = None,
+    counterfactuals: bool = False,
 ) -> list[WrittenCase]:
     """Generate and write a cohort of ``cases`` phantoms of ``site`` into ``out``.
 
@@ -162,6 +174,11 @@ def write_cohort(
         Matrix scale in (0, 1]; geometry in mm does not change.
     progress
         Called after each case is written (with its temporary paths).
+    counterfactuals
+        Also write, for each case, every text perturbation the spec allows (laterality flip,
+        N-stage switch) as an extra case on the same CT with the ground truth recomputed:
+        ids ``<id>-flip`` and ``<id>-nswitch``. For training only: the same CT with two notes
+        and two targets is what teaches a network that the text decides.
 
     Returns
     -------
@@ -178,9 +195,15 @@ def write_cohort(
         for index in range(1, cases + 1):
             case_id = case_id_for(profile.name, index)
             case = generate_case(case_id, profile.name, case_seed(seed, profile.name, index), scale)
-            written.append(write_case(case, staging / case_id))
-            if progress is not None:
-                progress(written[-1])
+            variants = [case]
+            if counterfactuals:
+                variants += [perturb(case, kind) for kind in eligible_perturbations(case.clinical)]
+            for variant in variants:
+                variant_id = case_id + _VARIANT_SUFFIX.get(variant.perturbation or "", "")
+                variant = replace(variant, case_id=variant_id)
+                written.append(write_case(variant, staging / variant_id))
+                if progress is not None:
+                    progress(written[-1])
         header = {
             "generator": "llmctv phantoms",
             "spec_version": SPEC_VERSION,
@@ -188,6 +211,7 @@ def write_cohort(
             "seed": seed,
             "scale": scale,
             "n_cases": cases,
+            "counterfactuals": counterfactuals,
         }
         _write_index(staging, written, header)
         if out.exists():

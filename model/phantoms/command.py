@@ -34,6 +34,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         default=1.0,
         help="matrix scale in (0, 1]: 0.25 gives 128x128 slices over the same field of view",
     )
+    parser.add_argument(
+        "--counterfactuals",
+        action="store_true",
+        help="also write each case's text perturbations (same CT, recomputed target): training",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -47,7 +52,15 @@ def _report(written: WrittenCase) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the cohort described by ``args``; errors propagate to the CLI (exit 2)."""
     start = time.perf_counter()
-    written = write_cohort(args.out, args.cases, args.site, args.seed, args.scale, progress=_report)
+    written = write_cohort(
+        args.out,
+        args.cases,
+        args.site,
+        args.seed,
+        args.scale,
+        progress=_report,
+        counterfactuals=args.counterfactuals,
+    )
     elapsed = time.perf_counter() - start
     print(f"wrote {len(written)} cases to {args.out} in {elapsed:.1f} s")
     return 0

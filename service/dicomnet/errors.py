@@ -1,0 +1,95 @@
+"""Errors of the DICOM networking layer.
+
+Every class carries a stable ``code`` (part of the public contract, never renamed) in the
+style of :mod:`model.errors`. Details name instances and series by UID and peers by AE title
+and address, never by patient name or ID.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from model.errors import ConfigurationError, DicomError, LlmctvError
+
+#: Why a send failed, in words a person can act on.
+SendFailure = Literal[
+    "association_rejected",
+    "association_aborted",
+    "connection_failed",
+    "no_presentation_context",
+    "status_failure",
+    "unreadable_file",
+]
+
+
+class InvalidDestinationError(ConfigurationError):
+    """A ``NAME=AET@host:port`` destination setting is malformed."""
+
+    code = "invalid_dicom_destination"
+
+
+class UnknownDestinationError(LlmctvError):
+    """A destination name that is not configured in ``dicom_destinations``."""
+
+    code = "unknown_destination"
+
+
+class InvalidUidError(DicomError):
+    """A UID that is not only digits and dots (refused before it reaches a path)."""
+
+    code = "invalid_dicom_uid"
+
+
+class IncompleteInstanceError(DicomError):
+    """A received instance lacks an attribute needed to file it, or contradicts its request."""
+
+    code = "incomplete_dicom_instance"
+
+
+class SopClassMismatchError(IncompleteInstanceError):
+    """A received data set whose SOPClassUID differs from the C-STORE request's."""
+
+    code = "dicom_sop_class_mismatch"
+
+
+class DicomStorageError(LlmctvError):
+    """A received instance could not be written to disk (full, read-only, permissions)."""
+
+    code = "dicom_storage_failed"
+
+
+class DicomListenerError(LlmctvError):
+    """The DICOM listener cannot start (port in use, bad address)."""
+
+    code = "dicom_listener_failed"
+
+
+class DicomSendError(LlmctvError):
+    """A C-STORE to a destination failed after all attempts.
+
+    Parameters
+    ----------
+    detail
+        Human-readable reason, e.g. ``association rejected by PACS@10.0.0.5:104: ...``.
+    failure
+        The kind of the last failure.
+    attempts
+        How many associations were tried.
+    status
+        The last non-success DIMSE status, where one was received.
+    """
+
+    code = "dicom_send_failed"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        failure: SendFailure,
+        attempts: int,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.failure: SendFailure = failure
+        self.attempts = attempts
+        self.status = status

@@ -1,0 +1,149 @@
+"""Atomic storage of received DICOM instances.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+
+An instance is written to a hidden temporary file (``.<random>.tmp``) in its final folder, so
+on the same file system, flushed and fsynced, then renamed over its final name with
+:func:`os.replace`, and the folder is fsynced. A reader therefore sees either no file or the
+complete file under the final name, never a partial one; an instance received twice replaces
+the earlier copy atomically. UIDs are checked (digits and dots only, at most 64 characters)
+before they are used as path components.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from service.dicomnet.errors import DicomStorageError, InvalidUidError
+
+logger = logging.getLogger(__name__)
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_MAX = 64
+TEMP_SUFFIX = ".tmp"
+INSTANCE_SUFFIX = ".dcm"
+
+
+def check_uid(value: str, what: str) -> str:
+    """Return ``value`` when it is a UID usable as a path component.
+
+    Parameters
+    ----------
+    value
+        The UID (trailing NUL or space padding is removed first).
+    what
+        The attribute name, for the error message.
+
+    Raises
+    ------
+    InvalidUidError
+        When the value is empty, longer than 64 characters, or not digits and dots.
+    """
+    uid = value.rstrip("\0 ")
+    if len(uid) > _UID_MAX or not _UID.match(uid):
+        shown = uid[:80].encode("ascii", "backslashreplace").decode("ascii")
+        raise InvalidUidError(f"{what} {shown!r} is not a UID (digits and dots, at most 64)")
+    return uid
+
+
+def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """The final path of an instance (UIDs are checked, nothing is created).
+
+    Raises
+    ------
+    InvalidUidError
+        When one of the UIDs is not digits and dots.
+    """
+    study = check_uid(study_uid, "StudyInstanceUID")
+    series = check_uid(series_uid, "SeriesInstanceUID")
+    sop = check_uid(sop_uid, "SOPInstanceUID")
+    return root / study / series / f"{sop}{INSTANCE_SUFFIX}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_then_replace(final: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling of ``final``, fsync it, rename it over ``final``."""
+    fd, temp_name = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=TEMP_SUFFIX)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+    """Store one encoded instance atomically and return its final path.
+
+    Parameters
+    ----------
+    root
+        The storage root (created when missing).
+    study_uid, series_uid, sop_uid
+        The instance's UIDs; they name the folders and the file.
+    data
+        The complete DICOM Part 10 file (preamble, file meta, data set).
+
+    Returns
+    -------
+    Path
+        ``<root>/<study>/<series>/<sop>.dcm``.
+
+    Raises
+    ------
+    InvalidUidError
+        When a UID is not digits and dots; nothing is written.
+    DicomStorageError
+        When the file system refuses (full disk, permissions); no partial file remains.
+    """
+    final = instance_path(root, study_uid, series_uid, sop_uid)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _write_then_replace(final, data)
+    except OSError as exc:
+        raise DicomStorageError(
+            f"cannot store instance {final.stem} of series {final.parent.name}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from exc
+    return final
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporary files left by a crash during a write; returns how many were removed.
+
+    Only hidden ``.*.tmp`` files two folders below ``root`` (in series folders) are touched.
+    Call it before the listener accepts associations, never while it is writing.
+    """
+    removed = 0
+    for temp in root.glob(f"*/*/.*{TEMP_SUFFIX}"):
+        try:
+            temp.unlink()
+        except OSError as exc:
+            logger.warning("cannot remove stale temporary %s: %s", temp.name, exc.strerror)
+            continue
+        removed += 1
+    if removed:
+        logger.warning("removed %d stale temporary file(s) under the DICOM storage", removed)
+    return removed
