@@ -71,6 +71,7 @@ class JobView(BaseModel):
     checkpoint: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
+    rtstruct_sop_instance_uid: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:

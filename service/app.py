@@ -12,10 +12,14 @@ from model import __version__
 from model.settings import Settings, get_settings
 from service import problems
 from service.api import ServiceState, router
+from service.api_orders import router as orders_router
 from service.auth import check_auth_configured
+from service.dicomnet.listener import DicomListener
 from service.dispatch import EmbeddedDispatcher, JobDispatcher
 from service.jobs import FileJobStore, JobFiles, JobStore
 from service.limits import BodySizeLimit
+from service.order_desk import OrderDesk
+from service.orders import OrderStore
 from service.retention import RetentionTimer
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,16 @@ def build_backend(settings: Settings) -> ServiceState:
     return ServiceState(settings=settings, store=store, files=files, dispatcher=dispatcher)
 
 
+def start_listener(settings: Settings, desk: OrderDesk) -> DicomListener | None:
+    """The DICOM listener (C-ECHO, C-STORE) feeding the order desk, when enabled."""
+    if not settings.dicom_listener:
+        return None
+    listener = DicomListener.from_settings(settings, desk.on_series_complete)
+    listener.start()
+    log.info("DICOM listener %s on %s:%d", listener.ae_title, listener.host, listener.port)
+    return listener
+
+
 def create_app(settings: Settings | None = None, state: ServiceState | None = None) -> FastAPI:
     """Build the gateway.
 
@@ -67,14 +81,22 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         log.warning("authentication is OFF (development flag allow_no_auth)")
     service = state or build_backend(settings)
     retention = RetentionTimer(service.store, service.files, settings.job_retention_hours)
+    desk = OrderDesk(
+        settings, OrderStore(settings.storage_dir), service.store, service.files, service.dispatcher
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.dispatcher.start()
         retention.start()
+        desk.start()
+        listener = start_listener(settings, desk)
         try:
             yield
         finally:
+            if listener is not None:
+                listener.stop()
+            desk.stop()
             retention.stop()
             service.dispatcher.stop()
 
@@ -86,8 +108,10 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
         license_info={"name": "Apache-2.0"},
     )
     app.state.llmctv = service
+    app.state.llmctv_orders = desk
     problems.install(app)
     app.include_router(router)
+    app.include_router(orders_router)
     # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
     app.add_middleware(BodySizeLimit, limit=settings.max_upload_bytes + (1 << 20))
     return app

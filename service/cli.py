@@ -10,10 +10,13 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import main as model_main
 from model.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from service.dicomnet.assembly import ReceivedSeries
 
 log = logging.getLogger("llmctv")
 
@@ -58,6 +61,19 @@ def register_serve(subparsers: argparse._SubParsersAction[Any]) -> argparse.Argu
     return p
 
 
+def register_dicom_listener(
+    subparsers: argparse._SubParsersAction[Any],
+) -> argparse.ArgumentParser:
+    """Add ``dicom-listener``: the listener alone; the gateway's order desk picks series up."""
+    from service.dicomnet.command import register
+    from service.order_desk import record_series
+
+    def on_complete(series: ReceivedSeries) -> None:
+        record_series(series)
+
+    return register(subparsers, on_complete=on_complete)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmctv`` console script."""
-    return model_main(argv, extra=(register_serve,))
+    return model_main(argv, extra=(register_serve, register_dicom_listener))

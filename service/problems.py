@@ -21,6 +21,7 @@ from model.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
 )
+from service.dicomnet.errors import UnknownDestinationError
 from service.errors import (
     JobFailedError,
     JobNotFinishedError,
@@ -28,6 +29,7 @@ from service.errors import (
     ServiceUnavailableError,
     UnauthorizedError,
 )
+from service.orders import OrderNotFoundError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -37,6 +39,8 @@ TYPE_ROOT = "urn:llmctv:problem:"
 _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (UnauthorizedError, 401),
     (JobNotFoundError, 404),
+    (OrderNotFoundError, 404),
+    (UnknownDestinationError, 422),
     (JobNotFinishedError, 409),
     (JobFailedError, 409),
     (PayloadTooLargeError, 413),

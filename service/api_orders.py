@@ -1,0 +1,130 @@
+"""``/orders``: clinical fields for studies that arrive over DICOM, and the send-back state."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from model.clinical import parse_clinical
+from service.api import JobView, State, _problem_responses
+from service.auth import Authorized
+from service.dicomnet.destinations import destinations_from_settings, resolve_destination
+from service.errors import JobNotFoundError
+from service.jobs import utcnow
+from service.order_desk import OrderDesk, order_expiry
+from service.orders import (
+    Order,
+    OrderRequest,
+    OrderStatus,
+    OrderStore,
+    SendState,
+    SendStatus,
+)
+
+router = APIRouter()
+
+
+def get_desk(request: Request) -> OrderDesk:
+    """FastAPI dependency: the application's order desk."""
+    desk: OrderDesk = request.app.state.llmctv_orders
+    return desk
+
+
+Desk = Annotated[OrderDesk, Depends(get_desk)]
+
+
+class OrderView(BaseModel):
+    """``GET /orders/{order_id}``: the order, its job and the send-back state."""
+
+    order_id: str
+    status: OrderStatus
+    study_instance_uid: str | None
+    accession_number: str | None
+    destination: str | None
+    created_at: datetime
+    expires_at: datetime
+    matched_at: datetime | None
+    error: dict[str, str] | None
+    job: JobView | None
+    send: SendState
+    status_url: str
+
+    @classmethod
+    def of(cls, order: Order, job: JobView | None) -> OrderView:
+        """The public view of an order."""
+        return cls(
+            **order.model_dump(exclude={"job_id", "clinical", "series_instance_uid", "send"}),
+            job=job,
+            send=order.send,
+            status_url=f"/orders/{order.order_id}",
+        )
+
+
+def _view(order: Order, state: State) -> OrderView:
+    job = None
+    if order.job_id:
+        try:
+            job = JobView.of(state.store.get(order.job_id))
+        except JobNotFoundError:
+            job = None
+    return OrderView.of(order, job)
+
+
+def _orders(desk: OrderDesk) -> OrderStore:
+    return desk.orders
+
+
+@router.post(
+    "/orders",
+    status_code=201,
+    response_model=OrderView,
+    summary="Clinical fields for a study that arrives (or arrived) over DICOM",
+    responses=_problem_responses(401, 422),
+)
+def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) -> OrderView:
+    """Store the order; the job starts when the study's CT series is complete."""
+    record = parse_clinical(body.clinical)
+    if body.destination is not None:
+        resolve_destination(body.destination, destinations_from_settings(state.settings))
+    send = SendState(status=SendStatus.PENDING if body.destination else SendStatus.NOT_REQUESTED)
+    order = Order(
+        **body.model_dump(exclude={"clinical"}),
+        clinical=record.model_dump(mode="json"),
+        expires_at=utcnow() + order_expiry(state.settings),
+        send=send,
+    )
+    _orders(desk).create(order)
+    desk.poke()
+    return _view(order, state)
+
+
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderView,
+    summary="Order state, its job, and the send-back",
+    responses=_problem_responses(401, 404),
+)
+def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
+    """The order with its job's status and the delivery of the RTSTRUCT."""
+    return _view(_orders(desk).get(order_id), state)
+
+
+@router.post(
+    "/orders/{order_id}/send",
+    status_code=202,
+    response_model=OrderView,
+    summary="Send the RTSTRUCT (again) to the order's destination",
+    responses=_problem_responses(401, 404, 422),
+)
+def retry_send(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
+    """Queue the send-back again (after a failure, or to send once more)."""
+    order = _orders(desk).get(order_id)
+    resolve_destination(order.destination or "", destinations_from_settings(state.settings))
+    order = _orders(desk).update(
+        order_id, send=order.send.model_copy(update={"status": SendStatus.PENDING, "reason": None})
+    )
+    desk.poke()
+    return _view(order, state)

@@ -1,0 +1,136 @@
+"""Orders: the clinical fields for a study that arrives over DICOM, and where to send the result.
+
+An order names a study (StudyInstanceUID or AccessionNumber), carries the clinical fields of
+the service contract, and optionally a destination (a configured DICOM AE, by name). Order
+first or study first: :mod:`service.order_desk` starts the job when both are present, expires
+orders that never match, and sends the RTSTRUCT back.
+
+Records are JSON files in ``<storage>/orders/`` (shared storage; one gateway runs the desk).
+They hold UIDs and the contract's clinical fields, never a patient name or ID.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from model.errors import LlmctvError
+from service.jobs import new_job_id, utcnow, write_atomically
+
+
+class OrderNotFoundError(LlmctvError):
+    """No order with this id."""
+
+    code = "order_not_found"
+
+
+class OrderStatus(StrEnum):
+    """Where an order stands (its job has its own status)."""
+
+    WAITING = "waiting"  # no complete CT series of the study yet
+    MATCHED = "matched"  # a job was started
+    FAILED = "failed"  # the received series could not be used (error says why)
+    EXPIRED = "expired"  # no study arrived within order_expiry_hours
+
+
+class SendStatus(StrEnum):
+    """Delivery of the RTSTRUCT to the order's destination."""
+
+    NOT_REQUESTED = "not_requested"
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OrderRequest(BaseModel):
+    """``POST /orders``."""
+
+    model_config = {"extra": "forbid"}
+
+    study_instance_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
+    accession_number: str | None = Field(default=None, max_length=16)
+    series_instance_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
+    clinical: dict[str, Any]
+    destination: str | None = Field(default=None, description="a configured destination name")
+
+    @model_validator(mode="after")
+    def _names_a_study(self) -> OrderRequest:
+        if not self.study_instance_uid and not self.accession_number:
+            raise ValueError("give study_instance_uid or accession_number")
+        return self
+
+
+class SendState(BaseModel):
+    """The send-back of one order."""
+
+    status: SendStatus = SendStatus.NOT_REQUESTED
+    attempts: int = 0
+    reason: str | None = None
+    sent_at: datetime | None = None
+
+
+class Order(BaseModel):
+    """An order record."""
+
+    order_id: str = Field(default_factory=new_job_id)
+    study_instance_uid: str | None = None
+    accession_number: str | None = None
+    series_instance_uid: str | None = None
+    clinical: dict[str, Any] = Field(default_factory=dict)
+    destination: str | None = None
+    status: OrderStatus = OrderStatus.WAITING
+    job_id: str | None = None
+    error: dict[str, str] | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    matched_at: datetime | None = None
+    send: SendState = Field(default_factory=SendState)
+
+
+class OrderStore:
+    """Order records as ``<storage>/orders/<order_id>.json`` (atomic writes, thread-safe)."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = Path(root) / "orders"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+
+    def _path(self, order_id: str) -> Path:
+        if not order_id or not all(c in "0123456789abcdef" for c in order_id):
+            raise OrderNotFoundError(f"no order {order_id[:64]!r}")
+        return self.folder / f"{order_id}.json"
+
+    def create(self, order: Order) -> None:
+        """Store a new order."""
+        with self._lock:
+            write_atomically(self._path(order.order_id), order.model_dump_json().encode())
+
+    def get(self, order_id: str) -> Order:
+        """The order, or :class:`OrderNotFoundError`."""
+        try:
+            return Order.model_validate_json(self._path(order_id).read_text())
+        except FileNotFoundError:
+            raise OrderNotFoundError(f"no order {order_id}") from None
+
+    def update(self, order_id: str, **changes: Any) -> Order:
+        """Change fields atomically; returns the new record."""
+        with self._lock:
+            order = Order.model_validate({**self.get(order_id).model_dump(), **changes})
+            write_atomically(self._path(order_id), order.model_dump_json().encode())
+            return order
+
+    def all(self) -> list[Order]:
+        """Every order, oldest first."""
+        orders = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                orders.append(Order.model_validate_json(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(orders, key=lambda o: o.created_at)

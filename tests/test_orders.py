@@ -1,0 +1,240 @@
+"""Orders: clinical fields for studies that arrive over DICOM; matching, expiry, send-back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO
+from gateway_client import AUTH, TOKEN
+from live_server import serve_app
+
+from model.phantoms.cohort import WrittenCase
+from model.settings import Settings
+from service.app import create_app
+from service.dicomnet.assembly import ReceivedSeries
+from service.jobs import FileJobStore, JobFiles, utcnow
+from service.order_desk import OrderDesk, received_root, record_series
+from service.orders import Order, OrderStatus, OrderStore
+
+SCENARIO = REPO / "tests" / "pacs_scenario.py"
+CLINICAL = {
+    "diagnoses": [{"side": "left", "surgery": "total_mastectomy", "t_stage": "2", "n_stage": "2"}]
+}
+
+
+@pytest.fixture(scope="module")
+def orders_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = Settings(
+        api_tokens=[TOKEN],
+        storage_dir=tmp_path_factory.mktemp("orders"),
+        dicom_listener=False,
+        dicom_destinations=["TPS=PLANNING@127.0.0.1:104"],
+    )
+    with serve_app(create_app(settings)) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"clinical": CLINICAL}, "invalid_request"),
+        ({"study_instance_uid": "1.2.3", "clinical": {"diagnoses": []}}, "invalid_clinical"),
+        (
+            {"study_instance_uid": "1.2.3", "clinical": CLINICAL, "destination": "X"},
+            "unknown_destination",
+        ),
+        ({"study_instance_uid": "../etc", "clinical": CLINICAL}, "invalid_request"),
+    ],
+    ids=["no-study", "bad-clinical", "unknown-destination", "bad-uid"],
+)
+def test_invalid_orders_are_refused(
+    orders_gateway: str, body: dict[str, object], code: str
+) -> None:
+    answer = httpx.post(f"{orders_gateway}/orders", json=body, headers=AUTH)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["code"] == code
+
+
+def test_order_waits_and_is_readable(orders_gateway: str) -> None:
+    body = {"study_instance_uid": "1.2.3.4", "clinical": CLINICAL, "destination": "TPS"}
+    created = httpx.post(f"{orders_gateway}/orders", json=body, headers=AUTH)
+    assert created.status_code == 201, created.text
+    order = httpx.get(orders_gateway + created.json()["status_url"], headers=AUTH).json()
+    assert order["status"] == "waiting"
+    assert order["send"]["status"] == "pending"
+    assert order["job"] is None
+    assert httpx.get(f"{orders_gateway}/orders/{order['order_id']}").status_code == 401
+    assert httpx.get(f"{orders_gateway}/orders/0123abcd", headers=AUTH).status_code == 404
+
+
+class _Holding:
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def describe(self) -> dict[str, object]:
+        return {}
+
+    def submit(self, job_id: str) -> None:
+        self.submitted.append(job_id)
+
+
+def _desk(tmp_path: Path) -> tuple[OrderDesk, _Holding]:
+    settings = Settings(storage_dir=tmp_path, dicom_listener=False)
+    files = JobFiles(tmp_path)
+    holding = _Holding()
+    desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, holding)
+    return desk, holding
+
+
+def _receive(desk: OrderDesk, case: WrittenCase, modality: str = "CT") -> ReceivedSeries:
+    import pydicom
+
+    first = pydicom.dcmread(case.ct_files[0], stop_before_pixels=True)
+    folder = received_root(desk.settings) / first.StudyInstanceUID / first.SeriesInstanceUID
+    folder.mkdir(parents=True)
+    for path in case.ct_files:
+        shutil.copy(path, folder / f"{path.stem}.dcm")
+    series = ReceivedSeries(
+        str(first.StudyInstanceUID),
+        str(first.SeriesInstanceUID),
+        "ACC42",
+        modality,
+        "PACS",
+        folder,
+        len(case.ct_files),
+    )
+    record_series(series)
+    return series
+
+
+def test_study_first_order_matches_by_accession(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    desk, holding = _desk(tmp_path)
+    series = _receive(desk, phantoms[0])
+    late = Order(
+        accession_number="ACC42", clinical=CLINICAL, expires_at=utcnow() + timedelta(hours=1)
+    )
+    early = Order(
+        study_instance_uid="1.2.826.0.1.99",
+        clinical=CLINICAL,
+        expires_at=utcnow() + timedelta(hours=1),
+    )
+    desk.orders.create(late)
+    desk.orders.create(early)
+    desk.run_once()
+    matched = desk.orders.get(late.order_id)
+    assert matched.status is OrderStatus.MATCHED
+    assert holding.submitted == [matched.job_id]
+    job = desk.store.get(matched.job_id or "")
+    assert job.series_instance_uid == series.series_instance_uid
+    assert job.source == "dicom"
+    assert len(list(desk.files.input_dir(job.job_id).glob("*.dcm"))) == len(phantoms[0].ct_files)
+    assert desk.orders.get(early.order_id).status is OrderStatus.WAITING
+
+
+def test_rtstruct_series_does_not_match(tmp_path: Path, phantoms: list[WrittenCase]) -> None:
+    desk, holding = _desk(tmp_path)
+    _receive(desk, phantoms[1], modality="RTSTRUCT")
+    order = Order(
+        accession_number="ACC42", clinical=CLINICAL, expires_at=utcnow() + timedelta(hours=1)
+    )
+    desk.orders.create(order)
+    desk.run_once()
+    assert desk.orders.get(order.order_id).status is OrderStatus.WAITING
+    assert holding.submitted == []
+
+
+def test_unmatched_order_expires(tmp_path: Path) -> None:
+    desk, _ = _desk(tmp_path)
+    order = Order(study_instance_uid="1.2.3", clinical=CLINICAL, expires_at=utcnow())
+    desk.orders.create(order)
+    desk.run_once()
+    assert desk.orders.get(order.order_id).status is OrderStatus.EXPIRED
+
+
+def test_refused_series_fails_the_order_with_its_code(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    desk, holding = _desk(tmp_path)
+    series = _receive(desk, phantoms[0])
+    for path in sorted(series.folder.glob("*.dcm"))[5:8]:
+        path.unlink()  # slices lost in transit
+    order = Order(
+        accession_number="ACC42", clinical=CLINICAL, expires_at=utcnow() + timedelta(hours=1)
+    )
+    desk.orders.create(order)
+    desk.run_once()
+    failed = desk.orders.get(order.order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert failed.error is not None and failed.error["code"] == "missing_slices"
+    assert holding.submitted == []
+
+
+# --- the real thing: storescu -> listener -> job -> Orthanc, in a private network namespace ----
+def _unshare_problem() -> str | None:
+    for tool in ("unshare", "ip", "Orthanc", "storescu", "echoscu"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages util-linux, iproute2, orthanc, dcmtk)"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`unshare -n` is not permitted here: {probe.stderr.strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def pacs_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    problem = _unshare_problem()
+    if problem:
+        pytest.skip(problem)
+    workdir = tmp_path_factory.mktemp("pacs")
+    done = subprocess.run(
+        ["unshare", "-n", sys.executable, str(SCENARIO), "--workdir", str(workdir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return report
+
+
+def test_listener_verifies_and_refuses_unknown_callers(pacs_report: dict[str, object]) -> None:
+    assert pacs_report["echo_allowed"] == 0
+    assert pacs_report["echo_intruder"] != 0
+
+
+def test_order_first_then_pacs_push_reaches_orthanc(pacs_report: dict[str, object]) -> None:
+    assert pacs_report["order_first_created"] == {"status_code": 201, "status": "waiting"}
+    assert pacs_report["storescu"] == 0
+    order = pacs_report["order_first"]
+    assert isinstance(order, dict)
+    assert order["status"] == "matched"
+    assert order["job"]["status"] == "succeeded"
+    assert order["send"]["status"] == "sent" and order["send"]["attempts"] == 1
+    received = {i["SOPInstanceUID"] for i in pacs_report["orthanc"]}  # type: ignore[attr-defined]
+    assert order["job"]["rtstruct_sop_instance_uid"] in received
+
+
+def test_study_first_failed_send_is_visible_and_retried(pacs_report: dict[str, object]) -> None:
+    order = pacs_report["study_first"]
+    assert isinstance(order, dict)
+    assert order["status"] == "matched" and order["job"]["status"] == "succeeded"
+    assert order["send"]["status"] == "failed"
+    assert "connection refused" in order["send"]["reason"]
+    assert order["send"]["attempts"] == 2  # 1 + dicom_send_retries
+    assert pacs_report["retry_status_code"] == 202
+    again = pacs_report["after_retry"]
+    assert isinstance(again, dict)
+    assert again["send"]["status"] == "failed" and again["send"]["attempts"] == 4
