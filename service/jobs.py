@@ -11,10 +11,8 @@ Records hold no patient name or ID: the clinical fields of the contract, UIDs an
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +22,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from service.atomic_write import write_atomically
 from service.errors import JobNotFoundError
 
 
@@ -132,21 +131,6 @@ class JobFiles:
     def remove(self, job_id: str) -> None:
         """Delete a job's files."""
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FileJobStore:

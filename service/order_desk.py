@@ -21,11 +21,12 @@ from typing import Any
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.settings import Settings
+from service.atomic_write import write_atomically
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.dicomnet.sender import send_instances
 from service.dispatch import JobDispatcher
-from service.jobs import Job, JobFiles, JobStatus, JobStore, utcnow, write_atomically
+from service.jobs import Job, JobFiles, JobStatus, JobStore, utcnow
 from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus
 
 log = logging.getLogger(__name__)

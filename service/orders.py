@@ -20,7 +20,8 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from model.errors import LlmctvError
-from service.jobs import new_job_id, utcnow, write_atomically
+from service.atomic_write import write_atomically
+from service.jobs import new_job_id, utcnow
 
 
 class OrderNotFoundError(LlmctvError):

@@ -49,7 +49,7 @@ from model.geometry import Volume
 logger = logging.getLogger(__name__)
 
 #: Exceptions pydicom may raise while parsing a damaged or foreign file.
-_PARSE_ERRORS = (
+PARSE_ERRORS = (
     InvalidDicomError,
     OSError,
     EOFError,
@@ -182,14 +182,7 @@ def read_ct_series(
     InconsistentGeometryError, MissingSlicesError, TooFewSlicesError,
     UnreadableDicomError, UnsupportedTransferSyntaxError, DicomError
     """
-    paths = _list_files(source)
-    headers = _read_headers(paths, policy)
-    chosen = _choose_series(headers, series_instance_uid)
-    slices = _check_series(chosen)
-    if len(slices) < policy.min_slices:
-        raise TooFewSlicesError(
-            f"series has {len(slices)} slices; at least {policy.min_slices} are needed"
-        )
+    slices, _ = _accepted_slices(source, series_instance_uid, policy)
     grid, order = build_grid(slices, policy)
     ordered = [slices[n] for n in order]
     array = _decode_volume(ordered, grid.shape)
@@ -239,15 +232,7 @@ def inspect_ct_series(
     Raises the same errors as :func:`read_ct_series`, except those found while decoding pixel
     data (a file truncated inside its pixel data passes here and fails at reading).
     """
-    paths = _list_files(source)
-    headers = _read_headers(paths, policy)
-    skipped = len(paths) - len(headers)
-    chosen = _choose_series(headers, series_instance_uid)
-    slices = _check_series(chosen)
-    if len(slices) < policy.min_slices:
-        raise TooFewSlicesError(
-            f"series has {len(slices)} slices; at least {policy.min_slices} are needed"
-        )
+    slices, skipped = _accepted_slices(source, series_instance_uid, policy)
     grid, _ = build_grid(slices, policy)
     return SeriesSummary(
         series_instance_uid=str(slices[0].SeriesInstanceUID),
@@ -256,6 +241,20 @@ def inspect_ct_series(
         spacing=tuple(float(v) for v in grid.spacing),  # type: ignore[arg-type]
         skipped_files=skipped,
     )
+
+
+def _accepted_slices(
+    source: Path | Iterable[Path], series_uid: str | None, policy: IngestPolicy
+) -> tuple[list[Dataset], int]:
+    """The chosen series' slice headers after every header check, and the files skipped."""
+    paths = _list_files(source)
+    headers = _read_headers(paths, policy)
+    slices = _check_series(_choose_series(headers, series_uid))
+    if len(slices) < policy.min_slices:
+        raise TooFewSlicesError(
+            f"series has {len(slices)} slices; at least {policy.min_slices} are needed"
+        )
+    return slices, len(paths) - len(headers)
 
 
 # --- files and headers -------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def _read_one(path: Path, number: int, policy: IngestPolicy) -> Dataset | None:
     if part10 or raw:
         try:
             ds = pydicom.dcmread(path, defer_size=_DEFER_SIZE, force=raw)
-        except _PARSE_ERRORS as exc:
+        except PARSE_ERRORS as exc:
             if part10:
                 raise UnreadableDicomError(
                     f"input file #{number} is DICOM but cannot be parsed (truncated or corrupt)"
@@ -480,7 +479,7 @@ def _decode_compressed(ds: Dataset, syntax: UID) -> npt.NDArray:
         raise UnsupportedTransferSyntaxError(
             f"pixel data in transfer syntax {syntax.name} ({syntax}) cannot be decoded"
         ) from exc
-    except (RuntimeError, *_PARSE_ERRORS) as exc:
+    except (RuntimeError, *PARSE_ERRORS) as exc:
         raise UnreadableDicomError(
             f"CT instance {ds.SOPInstanceUID}: compressed pixel data cannot be decoded"
         ) from exc

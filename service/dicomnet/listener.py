@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +20,13 @@ from types import TracebackType
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, CTImageStorage, RTStructureSetStorage
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
+from model.dicom.series import PARSE_ERRORS
 from model.errors import ConfigurationError, LlmctvError, UnreadableDicomError
 from model.settings import Settings
 from service.dicomnet.assembly import OnComplete, ReceivedInstance, SeriesAssembler
@@ -87,19 +86,6 @@ _STATUS_BY_ERROR: tuple[tuple[type[LlmctvError], int], ...] = (
     (UnreadableDicomError, STATUS_CANNOT_UNDERSTAND),
 )
 
-#: What pydicom may raise while decoding a damaged data set (its parsing is deferred).
-_PARSE_ERRORS = (
-    InvalidDicomError,
-    EOFError,
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    OverflowError,
-    NotImplementedError,
-    struct.error,
-)
 _UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -150,7 +136,7 @@ def _describe(event: Event) -> ReceivedInstance:
         sop_class = _text(ds, "SOPClassUID")
         values = {k: _text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "Modality")}
         accession = _text(ds, "AccessionNumber") or None
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         raise UnreadableDicomError(
             f"instance {request_sop}: data set cannot be decoded ({type(exc).__name__})"
         ) from exc

@@ -13,18 +13,16 @@ before they are used as path components.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
+from service.atomic_write import TEMP_SUFFIX, write_atomically
 from service.dicomnet.errors import DicomStorageError, InvalidUidError
 
 logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _UID_MAX = 64
-TEMP_SUFFIX = ".tmp"
 INSTANCE_SUFFIX = ".dcm"
 
 
@@ -64,36 +62,6 @@ def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> 
     return root / study / series / f"{sop}{INSTANCE_SUFFIX}"
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_then_replace(final: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling of ``final``, fsync it, rename it over ``final``."""
-    fd, temp_name = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=TEMP_SUFFIX)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
-
-
 def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
     """Store one encoded instance atomically and return its final path.
 
@@ -121,7 +89,7 @@ def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, da
     final = instance_path(root, study_uid, series_uid, sop_uid)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        _write_then_replace(final, data)
+        write_atomically(final, data)
     except OSError as exc:
         raise DicomStorageError(
             f"cannot store instance {final.stem} of series {final.parent.name}: "
