@@ -456,3 +456,24 @@ def test_command_writes_a_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "wrote 2 cases" in capsys.readouterr().out
     assert cli_main(argv) == 2  # the folder is no longer empty
     assert "not empty" in capsys.readouterr().err
+
+
+def test_counterfactual_cohort_pairs_one_ct_with_each_allowed_note(tmp_path: Path) -> None:
+    written = write_cohort(tmp_path / "cf", 3, "A", seed=101, scale=0.125, counterfactuals=True)
+    by_id = {w.case_id: w for w in written}
+    records = read_clinical_csv(tmp_path / "cf" / "clinical.csv")
+    assert set(records) == set(by_id)
+    for base_id in ("A0001", "A0002", "A0003"):
+        base = by_id[base_id]
+        kinds = eligible_perturbations(base.clinical)
+        variants = [v for v in by_id if v.startswith(f"{base_id}-")]
+        assert len(variants) == len(kinds)
+        ct = read_ct_series(base.ct_files)
+        truth = rasterize(read_structure_set(base.rtstruct), "CTV", ct.volume.grid)
+        for variant_id in variants:
+            variant = by_id[variant_id]
+            other = read_ct_series(variant.ct_files)
+            assert np.array_equal(other.volume.array, ct.volume.array)  # the same CT
+            assert variant.clinical != base.clinical
+            target = rasterize(read_structure_set(variant.rtstruct), "CTV", ct.volume.grid)
+            assert not np.array_equal(target, truth)  # the note changed the target
