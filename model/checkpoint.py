@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import NetworkConfig
-from model.context import PromptContext
+from model.context import PromptContext, state_digest
 from model.encoders import TextEncoder
-from model.errors import CheckpointMismatchError, ModelNotFoundError
+from model.errors import CheckpointMismatchError, ConfigurationError, ModelNotFoundError
 from model.network import ContourNet
 
 FORMAT_VERSION = 1
@@ -164,5 +164,32 @@ def attach_encoder(checkpoint: Checkpoint, encoder: TextEncoder) -> PromptContex
     ctx = checkpoint.context
     ctx.attach(encoder, init_seg=False)
     _load_into(ctx, checkpoint.text_state, Path("<checkpoint>"))
+    ctx.eval()
+    return ctx
+
+
+def detached_context(checkpoint: Checkpoint) -> PromptContext:
+    """The checkpoint's text side without its language model: it keys g, never computes it.
+
+    The cache key uses the encoder identity recorded in the checkpoint and the digest of the
+    stored text-side tensors, exactly what a worker holding the encoder computes (prompts,
+    ``[SEG]`` and any LoRA adapters), so both kinds of worker share one cache.
+
+    Raises
+    ------
+    ConfigurationError
+        A vision-only checkpoint, or one that does not record its encoder identity.
+    """
+    if checkpoint.context is None:
+        raise ConfigurationError("vision-only checkpoint has no text side")
+    if not checkpoint.text_encoder:
+        raise ConfigurationError(
+            "the checkpoint does not record its text encoder identity; "
+            "a worker without the text encoder cannot key the embedding cache"
+        )
+    ctx = checkpoint.context
+    plain = {k: v for k, v in checkpoint.text_state.items() if not k.startswith("lora.")}
+    _load_into(ctx, plain, Path("<checkpoint>"))
+    ctx.pin_key(checkpoint.text_encoder, state_digest(checkpoint.text_state))
     ctx.eval()
     return ctx

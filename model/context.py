@@ -11,6 +11,10 @@ hidden state (after the model's final norm) at ``[SEG]``, one per prompt set, is
 
 g depends only on (encoder identity, text-side weights, note text), so it is computed once
 per note and keyed by :func:`context_key`; the segmentation network takes g, never text.
+Caches of g follow :class:`ContextStore`: :class:`ContextCache` in one process, or Redis
+(``service.embedding_cache``) shared by every worker. A module without its encoder
+(a worker started without the LLM) still computes the key and serves cached notes; any
+other note raises :class:`~model.errors.ContextNotCachedError`.
 """
 
 from __future__ import annotations
@@ -18,15 +22,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from model.config import NetworkConfig, TuningMode
 from model.encoders import TextEncoder
-from model.errors import ConfigurationError
+from model.errors import ConfigurationError, ContextNotCachedError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,25 @@ def context_key(encoder_identity: str, text_digest: str, note: str) -> str:
         h.update(part.encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """Hash of text-side tensors (names and float32 values), 16 hex digits."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class ContextStore(Protocol):
+    """Where g tensors are kept, keyed by :func:`context_key`."""
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """Cached g ``(N, D)`` or ``None``."""
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        """Store g ``(N, D)``."""
 
 
 class PromptContext(nn.Module):
@@ -57,6 +80,7 @@ class PromptContext(nn.Module):
         self.seg = nn.Parameter(torch.zeros(d), requires_grad=config.tuning is not TuningMode.NONE)
         self._encoder: list[TextEncoder] = []
         self._digest: str | None = None
+        self._detached: tuple[str, str] | None = None
         self.forward_calls = 0
         if encoder is not None:
             self.attach(encoder)
@@ -101,9 +125,23 @@ class PromptContext(nn.Module):
         return self._encoder[0]
 
     @property
+    def has_encoder(self) -> bool:
+        """Whether a text encoder is attached (g can be computed, not only looked up)."""
+        return bool(self._encoder)
+
+    @property
     def identity(self) -> str:
-        """Identity of the attached encoder."""
+        """Identity of the attached encoder (or the one pinned by :meth:`pin_key`)."""
+        if not self._encoder and self._detached is not None:
+            return self._detached[0]
         return self.encoder.identity
+
+    def pin_key(self, identity: str, digest: str) -> None:
+        """Key g without an encoder: the checkpoint's encoder identity and text digest.
+
+        Used by workers that never load the language model; they serve cached notes only.
+        """
+        self._detached = (identity, digest)
 
     # --- computing g -------------------------------------------------------------------------
     def _sequences(self, notes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -156,13 +194,11 @@ class PromptContext(nn.Module):
         Cached in eval mode; training mode (weights may change) or loading weights
         recomputes it.
         """
+        if not self._encoder and self._detached is not None:
+            return self._detached[1]
         if self._digest is not None and not self.training:
             return self._digest
-        h = hashlib.sha256()
-        for name, tensor in sorted(self.text_state().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-        digest = h.hexdigest()[:16]
+        digest = state_digest(self.text_state())
         self._digest = None if self.training else digest
         return digest
 
@@ -206,9 +242,15 @@ class ContextCache:
 
 @torch.no_grad()
 def contexts_for(
-    module: PromptContext, notes: Sequence[str], cache: ContextCache | None = None
+    module: PromptContext, notes: Sequence[str], cache: ContextStore | None = None
 ) -> torch.Tensor:
-    """g for ``notes`` ``(B, N, D)``, computing only the uncached ones in one batch."""
+    """g for ``notes`` ``(B, N, D)``, computing only the uncached ones in one batch.
+
+    Raises
+    ------
+    ContextNotCachedError
+        A note is not cached and ``module`` has no encoder to compute it.
+    """
     digest = module.digest()
     keys = [context_key(module.identity, digest, n) for n in notes]
     found: dict[str, torch.Tensor] = {}
@@ -218,6 +260,10 @@ def contexts_for(
             if v is not None:
                 found[k] = v
     missing = list(dict.fromkeys(n for n, k in zip(notes, keys, strict=True) if k not in found))
+    if missing and not module.has_encoder:
+        raise ContextNotCachedError(
+            f"{len(missing)} note(s) not in the embedding cache and no text encoder loaded here"
+        )
     if missing:
         g = module(missing)
         for note, row in zip(missing, g, strict=True):

@@ -23,8 +23,8 @@ import numpy.typing as npt
 import torch
 from monai.inferers import sliding_window_inference
 
-from model.checkpoint import Checkpoint, attach_encoder, load_checkpoint
-from model.context import ContextCache, PromptContext, contexts_for
+from model.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
+from model.context import ContextCache, ContextStore, PromptContext, contexts_for
 from model.encoders import load_text_encoder
 from model.errors import ConfigurationError
 from model.geometry import Volume
@@ -88,6 +88,12 @@ class Predictor:
         Must match what the network was trained with.
     overlap, sw_batch_size
         Sliding-window overlap fraction and windows per forward batch.
+    cache
+        Where g is looked up and stored (an in-process :class:`ContextCache` by default).
+    checkpoint_hash
+        Short hash of the checkpoint (recorded with results).
+
+    The text encoder, when attached, is moved to the same device as the network.
     """
 
     def __init__(
@@ -99,16 +105,18 @@ class Predictor:
         device: str | torch.device = "auto",
         overlap: float = 0.25,
         sw_batch_size: int = 2,
-        cache: ContextCache | None = None,
+        cache: ContextStore | None = None,
         checkpoint_hash: str = "",
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
         self.context = context
+        if context is not None and context.has_encoder:
+            context.encoder.model.to(self.device)
         self.preprocess = preprocess or PreprocessConfig()
         self.overlap = overlap
         self.sw_batch_size = sw_batch_size
-        self.cache = cache if cache is not None else ContextCache()
+        self.cache: ContextStore = cache if cache is not None else ContextCache()
         self.checkpoint_hash = checkpoint_hash
 
     @classmethod
@@ -120,10 +128,20 @@ class Predictor:
         device: str = "auto",
         overlap: float = 0.25,
         sw_batch_size: int = 2,
+        cache: ContextStore | None = None,
+        with_text_encoder: bool = True,
     ) -> Predictor:
-        """Load a checkpoint; its stored text encoder name is used unless one is given."""
+        """Load a checkpoint; its stored text encoder name is used unless one is given.
+
+        With ``with_text_encoder=False`` the language model is never loaded: g comes from
+        ``cache`` only, and an uncached note raises
+        :class:`~model.errors.ContextNotCachedError`.
+        """
         ckpt = load_checkpoint(folder, device="cpu")
-        context = _context_for(ckpt, text_encoder)
+        if with_text_encoder or ckpt.context is None:
+            context = _context_for(ckpt, text_encoder)
+        else:
+            context = detached_context(ckpt)
         pre = ckpt.meta.get("preprocessing") or {}
         preprocess = PreprocessConfig(
             target_spacing=tuple(pre.get("target_spacing", (3.0, 1.0, 1.0))),
@@ -138,6 +156,7 @@ class Predictor:
             checkpoint_hash=ckpt.short_hash,
             overlap=overlap,
             sw_batch_size=sw_batch_size,
+            cache=cache,
         )
 
     def context_for(self, note: str) -> torch.Tensor:

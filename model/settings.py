@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     task_soft_time_limit: float = 600.0
     task_hard_time_limit: float = 900.0
     visibility_timeout: float = 3600.0
+    unacked_restore_interval: float = 10.0
+    worker_queue: str = "contour"
+    text_queue: str = "text"
+    worker_start_timeout: float = 600.0
 
     # --- DICOM networking ----------------------------------------------------------------------
     dicom_listener: bool = True

@@ -15,12 +15,14 @@ from pydantic import BaseModel, Field
 from model import __version__
 from model.clinical import ClinicalRecord, parse_clinical
 from model.dicom.series import inspect_ct_series
+from model.errors import LlmctvError
 from model.settings import Settings
 from service.auth import Authorized
 from service.dispatch import JobDispatcher
 from service.errors import EmptyUploadError, JobFailedError, JobNotFinishedError
 from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
 from service.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id
+from service.pipeline import fail_job
 from service.problems import PROBLEM_JSON
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,12 @@ class ServiceState:
     dispatcher: JobDispatcher
 
 
-def get_state(request: Request) -> ServiceState:
-    """FastAPI dependency: the application's :class:`ServiceState`."""
+async def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the application's :class:`ServiceState`.
+
+    ``async`` so that resolving it never waits for a thread-pool slot (``/health`` stays fast
+    while uploads occupy the pool).
+    """
     state: ServiceState = request.app.state.llmctv
     return state
 
@@ -113,6 +119,15 @@ def _intake(
     return store_files((f.file for f in files or []), folder, _limits(settings))
 
 
+def submit_or_fail(state: ServiceState, job_id: str) -> None:
+    """Hand a stored job to the dispatcher; if that fails, the job fails too (never stranded)."""
+    try:
+        state.dispatcher.submit(job_id)
+    except LlmctvError as exc:
+        fail_job(state.store, job_id, exc)
+        raise
+
+
 @router.post(
     "/contour",
     status_code=202,
@@ -152,7 +167,7 @@ def submit_contour(
         warnings=warnings,
     )
     state.store.create(job)
-    state.dispatcher.submit(job_id)
+    submit_or_fail(state, job_id)
     log.info("job %s queued: %d slices of %dx%d", job_id, *summary.shape)
     base = f"/jobs/{job_id}"
     return ContourAccepted(

@@ -27,7 +27,7 @@ from service.orders import (
 router = APIRouter()
 
 
-def get_desk(request: Request) -> OrderDesk:
+async def get_desk(request: Request) -> OrderDesk:
     """FastAPI dependency: the application's order desk."""
     desk: OrderDesk = request.app.state.llmctv_orders
     return desk

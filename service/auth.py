@@ -34,7 +34,7 @@ def token_accepted(settings: Settings, presented: str | None) -> bool:
     return any(hmac.compare_digest(given, token.encode()) for token in settings.api_tokens)
 
 
-def require_token(
+async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:

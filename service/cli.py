@@ -76,4 +76,7 @@ def register_dicom_listener(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmctv`` console script."""
-    return model_main(argv, extra=(register_serve, register_dicom_listener))
+    from workers.command import register_embed_cache, register_worker
+
+    extra = (register_serve, register_dicom_listener, register_worker, register_embed_cache)
+    return model_main(argv, extra=extra)

@@ -18,6 +18,7 @@ from model.errors import ModelNotFoundError
 from model.geometry import Volume
 from model.inference import Prediction, Predictor, ProgressFn
 from model.settings import Settings
+from service.embedding_cache import context_cache_for
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,10 @@ class ContourEngine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ContourEngine:
-        """Load the checkpoint named by the settings (text encoder from the checkpoint)."""
+        """Load the checkpoint named by the settings (text encoder from the checkpoint).
+
+        g is cached in Redis when ``redis_url`` is set, else in this process.
+        """
         folder = checkpoint_folder(settings)
         predictor = Predictor.from_checkpoint(
             folder,
@@ -64,6 +68,7 @@ class ContourEngine:
             device=settings.device,
             overlap=settings.overlap,
             sw_batch_size=settings.sw_batch_size,
+            cache=context_cache_for(settings),
         )
         log.info("model loaded from %s (checkpoint %s)", folder, predictor.checkpoint_hash)
         return cls(predictor)

@@ -49,3 +49,9 @@ class ServiceUnavailableError(LlmctvError):
     """The job queue or its store cannot be reached."""
 
     code = "service_unavailable"
+
+
+class JobTimeoutError(LlmctvError):
+    """A job ran past its time limit (soft: stopped by the pipeline; hard: process stopped)."""
+
+    code = "job_timeout"

@@ -15,7 +15,7 @@ import secrets
 import shutil
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +76,32 @@ class Job(BaseModel):
     checkpoint: str | None = None
     rtstruct_sop_instance_uid: str | None = None
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
+    lease_until: datetime | None = None
+
+
+def claimable(job: Job, now: datetime) -> bool:
+    """Whether a worker may start ``job`` now: queued, or running with an expired lease.
+
+    A running job whose lease has expired was left by a worker that died (its message is
+    delivered again); a running job within its lease belongs to a live worker.
+    """
+    if job.status.finished:
+        return False
+    if job.status is JobStatus.RUNNING and job.lease_until is not None:
+        return job.lease_until <= now
+    return True
+
+
+def claimed(job: Job, now: datetime, lease_s: float) -> Job:
+    """``job`` as started by a worker now, holding it for ``lease_s`` seconds."""
+    return job.model_copy(
+        update={
+            "status": JobStatus.RUNNING,
+            "started_at": now,
+            "attempts": job.attempts + 1,
+            "lease_until": now + timedelta(seconds=lease_s),
+        }
+    )
 
 
 class JobStore(Protocol):
@@ -89,6 +115,9 @@ class JobStore(Protocol):
 
     def update(self, job_id: str, **changes: Any) -> Job:
         """Change fields of a record atomically and return the new record."""
+
+    def claim(self, job_id: str, lease_s: float) -> Job | None:
+        """Atomically start the job (see :func:`claimable`); ``None`` when it is not ours."""
 
     def delete(self, job_id: str) -> None:
         """Forget a record (no error when it is already gone)."""
@@ -161,6 +190,17 @@ class FileJobStore:
         with self._lock:
             job = self.get(job_id).model_copy(update=changes)
             job = Job.model_validate(job.model_dump())
+            write_atomically(self._path(job_id), job.model_dump_json().encode())
+            return job
+
+    def claim(self, job_id: str, lease_s: float) -> Job | None:
+        """Atomically start the job (see :func:`claimable`); ``None`` when it is not ours."""
+        with self._lock:
+            now = utcnow()
+            job = self.get(job_id)
+            if not claimable(job, now):
+                return None
+            job = claimed(job, now, lease_s)
             write_atomically(self._path(job_id), job.model_dump_json().encode())
             return job
 

@@ -28,6 +28,7 @@ from service.dicomnet.sender import send_instances
 from service.dispatch import JobDispatcher
 from service.jobs import Job, JobFiles, JobStatus, JobStore, utcnow
 from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus
+from service.pipeline import fail_job
 
 log = logging.getLogger(__name__)
 MANIFEST = "series.json"
@@ -210,7 +211,12 @@ class OrderDesk:
         self.orders.update(
             order.order_id, status=OrderStatus.MATCHED, job_id=job.job_id, matched_at=utcnow()
         )
-        self.dispatcher.submit(job.job_id)
+        try:
+            self.dispatcher.submit(job.job_id)
+        except LlmctvError as exc:
+            fail_job(self.store, job.job_id, exc)
+            log.warning("order %s: the job could not be queued [%s]", order.order_id, exc.code)
+            return
         log.info("order %s matched; job %s queued", order.order_id, job.job_id)
 
     def _deliver(self, order: Order) -> None:

@@ -23,6 +23,7 @@ from model.errors import ContextNotCachedError, LlmctvError
 from model.settings import Settings
 from service.consistency import laterality_warnings, nodal_warnings, node_negative_record
 from service.engine import ContourEngine
+from service.errors import JobTimeoutError
 from service.jobs import JobError, JobFiles, JobStatus, JobStore, utcnow
 from service.preview import render_preview
 
@@ -82,23 +83,33 @@ def _contour(
 
 
 def run_job(
-    job_id: str, store: JobStore, files: JobFiles, engine: ContourEngine, settings: Settings
+    job_id: str,
+    store: JobStore,
+    files: JobFiles,
+    engine: ContourEngine,
+    settings: Settings,
+    timeouts: tuple[type[BaseException], ...] = (),
 ) -> None:
-    """Run one job to a final state. Idempotent: a finished job is left as it is."""
-    job = store.get(job_id)
-    if job.status.finished:
-        log.info("job %s is already %s; nothing to do", job_id, job.status.value)
+    """Run one job to a final state.
+
+    Idempotent and safe against duplicate deliveries: the job is claimed atomically (queued,
+    or running with an expired lease after its worker died), so a finished job, or one that a
+    live worker holds, is left alone. ``timeouts`` are the exception types a soft time limit
+    raises (Celery's); they end the job as ``job_timeout``.
+    """
+    job = store.claim(job_id, lease_s=settings.task_hard_time_limit)
+    if job is None:
+        log.info("job %s is finished or held by another worker; nothing to do", job_id)
         return
-    job = store.update(
-        job_id, status=JobStatus.RUNNING, started_at=utcnow(), attempts=job.attempts + 1
-    )
     try:
         _execute(job_id, job.clinical, job.series_instance_uid, store, files, engine, settings)
     except ContextNotCachedError:
-        store.update(job_id, status=JobStatus.QUEUED)
+        store.update(job_id, status=JobStatus.QUEUED, lease_until=None)
         raise
     except LlmctvError as exc:
         fail_job(store, job_id, exc)
+    except timeouts:
+        fail_job(store, job_id, JobTimeoutError("the job ran past the soft time limit"))
     except Exception as exc:  # the one boundary where an unexpected error becomes a job state
         log.exception("job %s failed unexpectedly", job_id)
         fail_job(store, job_id, exc)

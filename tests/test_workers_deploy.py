@@ -1,0 +1,56 @@
+"""Deployment files: the example settings cover every setting; the compose file validates."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from model.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_EXAMPLE = REPO / "deploy" / "llmctv.env.example"
+
+
+def _assignments(text: str, commented: bool) -> dict[str, str]:
+    pattern = r"^#?\s*(LLMCTV_[A-Z0-9_]+)=(.*)$" if commented else r"^(LLMCTV_[A-Z0-9_]+)=(.*)$"
+    found = {}
+    for line in text.splitlines():
+        match = re.match(pattern, line.strip())
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def test_example_env_lists_every_setting_and_is_valid() -> None:
+    text = ENV_EXAMPLE.read_text()
+    listed = _assignments(text, commented=True)
+    expected = {f"LLMCTV_{name.upper()}" for name in Settings.model_fields}
+    assert sorted(expected - set(listed)) == []
+    assert sorted(set(listed) - expected) == [], "names that are not settings"
+    active = {k.removeprefix("LLMCTV_").lower(): v for k, v in _assignments(text, False).items()}
+    settings = Settings.model_validate(active)
+    assert settings.redis_url == "redis://redis:6379/0"
+    assert (
+        settings.task_soft_time_limit < settings.task_hard_time_limit < settings.visibility_timeout
+    )
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_compose_file_validates_and_reserves_a_gpu() -> None:
+    done = subprocess.run(
+        ["docker-compose", "--profile", "cache-workers", "config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    config = done.stdout
+    assert "driver: nvidia" in config and "capabilities:" in config
+    assert "--appendfsync" in config and "always" in config
+    assert config.count("healthcheck:") >= 4
