@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-APT_PACKAGES := dcmtk dicom3tools plastimatch redis-server orthanc
+APT_PACKAGES := dcmtk dicom3tools plastimatch redis-server orthanc iproute2 util-linux
 DEMO_DIR ?= out/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -24,11 +24,22 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Orthanc and redis-server come from Debian for the tests only: tests start them on loopback
+# (Orthanc inside a private network namespace). Their system services must never start here,
+# since Orthanc cannot bind to loopback: policy-rc.d forbids starting them while installing,
+# and systemd units are disabled and stopped where systemd runs.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  own_policy=0; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $(SUDO) chmod +x /usr/sbin/policy-rc.d; own_policy=1; fi; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	  status=$$?; [ $$own_policy = 1 ] && $(SUDO) rm -f /usr/sbin/policy-rc.d; \
+	  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	    $(SUDO) systemctl disable --now orthanc redis-server >/dev/null 2>&1 || true; fi; \
+	  exit $$status; \
 	fi
 
 lint: setup
