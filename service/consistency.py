@@ -18,40 +18,42 @@ from model.geometry import Grid
 BODY_HU = -400.0
 LATERAL_FRACTION = 0.8
 BILATERAL_MIN_FRACTION = 0.1
-_SAMPLE = 200_000
 
 
-def _x_lps(grid: Grid, voxels: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
-    """LPS x (mm) of ``(n, 3)`` voxel indices ``(k, j, i)``."""
-    return grid.index_to_lps(voxels.astype(np.float64))[:, 0]
-
-
-def _sample(voxels: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
-    step = max(1, len(voxels) // _SAMPLE)
-    return voxels[::step]
+def _ctv_x(grid: Grid, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """LPS x (mm) of every mask voxel, through the grid's affine ``(i, j, k, 1) -> LPS``."""
+    k, j, i = np.nonzero(mask)
+    a = grid.affine_lps()[0]
+    return a[0] * i + a[1] * j + a[2] * k + a[3]
 
 
 def midline_x(hu: npt.NDArray[np.floating], grid: Grid, slices: npt.NDArray[np.intp]) -> float:
-    """LPS x (mm) of the body centroid on ``slices`` (all slices when empty)."""
-    region = hu[slices] if len(slices) else hu
-    body = np.argwhere(region > BODY_HU)
-    if len(body) == 0:
+    """LPS x (mm) of the body centroid on ``slices`` (all slices when empty).
+
+    The centroid is taken in index space from the marginal voxel counts and mapped once
+    through the grid (the index-to-LPS map is affine, so this is the exact LPS centroid).
+    """
+    chosen = np.asarray(slices, dtype=np.intp) if len(slices) else np.arange(hu.shape[0])
+    body = hu[chosen] > BODY_HU
+    total = int(np.count_nonzero(body))
+    if total == 0:
         return float(grid.index_to_lps(np.asarray(hu.shape, float) / 2.0)[0])
-    body = _sample(body)
-    if len(slices):
-        body[:, 0] = slices[np.clip(body[:, 0], 0, len(slices) - 1)]
-    return float(_x_lps(grid, body).mean())
+    per_slice = body.sum(axis=(1, 2))
+    k = float(np.dot(per_slice, chosen)) / total
+    j = float(np.dot(body.sum(axis=(0, 2)), np.arange(hu.shape[1]))) / total
+    i = float(np.dot(body.sum(axis=(0, 1)), np.arange(hu.shape[2]))) / total
+    return float(grid.index_to_lps(np.array([k, j, i]))[0])
 
 
 def laterality_warnings(
     record: ClinicalRecord, mask: npt.NDArray[np.bool_], hu: npt.NDArray[np.floating], grid: Grid
 ) -> list[str]:
     """Warn when the CTV lies on a side the note does not name (or misses a named side)."""
-    voxels = np.argwhere(mask)
-    if len(voxels) == 0:
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    if len(slices) == 0:
         return ["no CTV was found on this CT"]
-    mid = midline_x(hu, grid, np.unique(voxels[:, 0]))
-    x = _x_lps(grid, _sample(voxels))
+    mid = midline_x(hu, grid, slices)
+    x = _ctv_x(grid, mask)
     left = float((x > mid).mean())
     sides = {d.side for d in record.diagnoses}
     if sides == {Side.LEFT} and left < LATERAL_FRACTION:

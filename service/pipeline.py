@@ -69,7 +69,9 @@ def _contour(
     share = 0.5 if check is not None else 1.0
     result = engine.contour(ct.volume, record.prompt_text(), progress(0.0, share))
     timings = dict(result.timings)
+    t0 = time.perf_counter()
     warnings = laterality_warnings(record, result.mask, ct.volume.array, ct.volume.grid)
+    timings["consistency"] = time.perf_counter() - t0
     nodal_cc = None
     if check is not None:
         t0 = time.perf_counter()
