@@ -93,7 +93,8 @@ class Health(BaseModel):
     dispatcher: dict[str, Any]
 
 
-def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries: problem+json for each status."""
     return {
         s: {"description": "problem+json with a stable `code`", "content": {PROBLEM_JSON: {}}}
         for s in statuses
@@ -133,7 +134,7 @@ def submit_or_fail(state: ServiceState, job_id: str) -> None:
     status_code=202,
     response_model=ContourAccepted,
     summary="Contour the CTV of one CT series for the given clinical fields",
-    responses=_problem_responses(401, 413, 422),
+    responses=problem_responses(401, 413, 422),
 )
 def submit_contour(
     state: State,
@@ -182,7 +183,7 @@ def submit_contour(
     "/jobs/{job_id}",
     response_model=JobView,
     summary="Job status",
-    responses=_problem_responses(401, 404),
+    responses=problem_responses(401, 404),
 )
 def job_status(job_id: str, state: State, _: Authorized) -> JobView:
     """Status, progress, warnings and error of a job."""
@@ -205,7 +206,7 @@ def _finished(state: ServiceState, job_id: str) -> Job:
     summary="The RTSTRUCT of a succeeded job",
     responses={
         200: {"content": {"application/dicom": {}}, "description": "RT Structure Set"},
-        **_problem_responses(401, 404, 409),
+        **problem_responses(401, 404, 409),
     },
 )
 def job_rtstruct(job_id: str, state: State, _: Authorized) -> FileResponse:
@@ -224,7 +225,7 @@ def job_rtstruct(job_id: str, state: State, _: Authorized) -> FileResponse:
     summary="CTV over CT in axial, coronal and sagittal views",
     responses={
         200: {"content": {"image/png": {}}, "description": "preview"},
-        **_problem_responses(401, 404, 409),
+        **problem_responses(401, 404, 409),
     },
 )
 def job_preview(job_id: str, state: State, _: Authorized) -> FileResponse:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from model.clinical import parse_clinical
-from service.api import JobView, State, _problem_responses
+from service.api import JobView, State, problem_responses
 from service.auth import Authorized
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.errors import JobNotFoundError
@@ -19,7 +19,6 @@ from service.orders import (
     Order,
     OrderRequest,
     OrderStatus,
-    OrderStore,
     SendState,
     SendStatus,
 )
@@ -73,16 +72,12 @@ def _view(order: Order, state: State) -> OrderView:
     return OrderView.of(order, job)
 
 
-def _orders(desk: OrderDesk) -> OrderStore:
-    return desk.orders
-
-
 @router.post(
     "/orders",
     status_code=201,
     response_model=OrderView,
     summary="Clinical fields for a study that arrives (or arrived) over DICOM",
-    responses=_problem_responses(401, 422),
+    responses=problem_responses(401, 422),
 )
 def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) -> OrderView:
     """Store the order; the job starts when the study's CT series is complete."""
@@ -96,7 +91,7 @@ def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) ->
         expires_at=utcnow() + order_expiry(state.settings),
         send=send,
     )
-    _orders(desk).create(order)
+    desk.orders.create(order)
     desk.poke()
     return _view(order, state)
 
@@ -105,11 +100,11 @@ def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) ->
     "/orders/{order_id}",
     response_model=OrderView,
     summary="Order state, its job, and the send-back",
-    responses=_problem_responses(401, 404),
+    responses=problem_responses(401, 404),
 )
 def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
     """The order with its job's status and the delivery of the RTSTRUCT."""
-    return _view(_orders(desk).get(order_id), state)
+    return _view(desk.orders.get(order_id), state)
 
 
 @router.post(
@@ -117,13 +112,13 @@ def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> Orde
     status_code=202,
     response_model=OrderView,
     summary="Send the RTSTRUCT (again) to the order's destination",
-    responses=_problem_responses(401, 404, 422),
+    responses=problem_responses(401, 404, 422),
 )
 def retry_send(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
     """Queue the send-back again (after a failure, or to send once more)."""
-    order = _orders(desk).get(order_id)
+    order = desk.orders.get(order_id)
     resolve_destination(order.destination or "", destinations_from_settings(state.settings))
-    order = _orders(desk).update(
+    order = desk.orders.update(
         order_id, send=order.send.model_copy(update={"status": SendStatus.PENDING, "reason": None})
     )
     desk.poke()

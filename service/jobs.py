@@ -10,10 +10,8 @@ Records hold no patient name or ID: the clinical fields of the contract, UIDs an
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -22,8 +20,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from service.atomic_write import write_atomically
 from service.errors import JobNotFoundError
+from service.records import JsonRecordFiles
 
 
 class JobStatus(StrEnum):
@@ -167,47 +165,34 @@ class FileJobStore:
 
     def __init__(self, files: JobFiles) -> None:
         self.files = files
-        self._lock = threading.RLock()
-
-    def _path(self, job_id: str) -> Path:
-        return self.files.folder(job_id) / "job.json"
+        self._records = JsonRecordFiles(
+            Job,
+            lambda job_id: files.folder(job_id) / "job.json",
+            lambda job_id: JobNotFoundError(f"no job {job_id}"),
+        )
 
     def create(self, job: Job) -> None:
         """Store a new record."""
-        with self._lock:
-            write_atomically(self._path(job.job_id), job.model_dump_json().encode())
+        self._records.write(job.job_id, job)
 
     def get(self, job_id: str) -> Job:
         """The record, or :class:`~service.errors.JobNotFoundError`."""
-        try:
-            text = self._path(job_id).read_text()
-        except FileNotFoundError:
-            raise JobNotFoundError(f"no job {job_id}") from None
-        return Job.model_validate_json(text)
+        return self._records.read(job_id)
 
     def update(self, job_id: str, **changes: Any) -> Job:
         """Change fields of a record atomically and return the new record."""
-        with self._lock:
-            job = self.get(job_id).model_copy(update=changes)
-            job = Job.model_validate(job.model_dump())
-            write_atomically(self._path(job_id), job.model_dump_json().encode())
-            return job
+        return self._records.update(job_id, **changes)
 
     def claim(self, job_id: str, lease_s: float) -> Job | None:
         """Atomically start the job (see :func:`claimable`); ``None`` when it is not ours."""
-        with self._lock:
-            now = utcnow()
-            job = self.get(job_id)
-            if not claimable(job, now):
-                return None
-            job = claimed(job, now, lease_s)
-            write_atomically(self._path(job_id), job.model_dump_json().encode())
-            return job
+        now = utcnow()
+        return self._records.replace_if(
+            job_id, lambda job: claimed(job, now, lease_s) if claimable(job, now) else None
+        )
 
     def delete(self, job_id: str) -> None:
         """Forget a record."""
-        with self._lock:
-            self._path(job_id).unlink(missing_ok=True)
+        self._records.delete(job_id)
 
     def job_ids(self) -> list[str]:
         """Every stored job id."""
@@ -223,8 +208,3 @@ def iter_jobs(store: JobStore) -> Iterator[Job]:
             yield store.get(job_id)
         except JobNotFoundError:
             continue
-
-
-def dump_clinical(clinical: dict[str, Any]) -> str:
-    """Stable JSON text of clinical fields (for logs of shape, never of content)."""
-    return json.dumps(clinical, sort_keys=True)

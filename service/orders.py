@@ -11,7 +11,6 @@ They hold UIDs and the contract's clinical fields, never a patient name or ID.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from model.errors import LlmctvError
-from service.atomic_write import write_atomically
 from service.jobs import new_job_id, utcnow
+from service.records import JsonRecordFiles
 
 
 class OrderNotFoundError(LlmctvError):
@@ -94,37 +93,35 @@ class Order(BaseModel):
     send: SendState = Field(default_factory=SendState)
 
 
+def _order_path(folder: Path, order_id: str) -> Path:
+    if not order_id or not all(c in "0123456789abcdef" for c in order_id):
+        raise OrderNotFoundError(f"no order {order_id[:64]!r}")
+    return folder / f"{order_id}.json"
+
+
 class OrderStore:
     """Order records as ``<storage>/orders/<order_id>.json`` (atomic writes, thread-safe)."""
 
     def __init__(self, root: Path) -> None:
         self.folder = Path(root) / "orders"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-
-    def _path(self, order_id: str) -> Path:
-        if not order_id or not all(c in "0123456789abcdef" for c in order_id):
-            raise OrderNotFoundError(f"no order {order_id[:64]!r}")
-        return self.folder / f"{order_id}.json"
+        self._records = JsonRecordFiles(
+            Order,
+            lambda order_id: _order_path(self.folder, order_id),
+            lambda order_id: OrderNotFoundError(f"no order {order_id}"),
+        )
 
     def create(self, order: Order) -> None:
         """Store a new order."""
-        with self._lock:
-            write_atomically(self._path(order.order_id), order.model_dump_json().encode())
+        self._records.write(order.order_id, order)
 
     def get(self, order_id: str) -> Order:
         """The order, or :class:`OrderNotFoundError`."""
-        try:
-            return Order.model_validate_json(self._path(order_id).read_text())
-        except FileNotFoundError:
-            raise OrderNotFoundError(f"no order {order_id}") from None
+        return self._records.read(order_id)
 
     def update(self, order_id: str, **changes: Any) -> Order:
         """Change fields atomically; returns the new record."""
-        with self._lock:
-            order = Order.model_validate({**self.get(order_id).model_dump(), **changes})
-            write_atomically(self._path(order_id), order.model_dump_json().encode())
-            return order
+        return self._records.update(order_id, **changes)
 
     def all(self) -> list[Order]:
         """Every order, oldest first."""
