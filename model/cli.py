@@ -145,7 +145,25 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--train-fraction", type=float, default=1.0, help="use a subset (Table 3)")
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train on this share of the CTs, each with all its notes (Table 3)",
+    )
+    p.add_argument(
+        "--pair-fraction",
+        type=float,
+        default=0.0,
+        help="share of steps whose batch pairs two notes of one CT (counterfactual data)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights (same config and text encoder)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true")

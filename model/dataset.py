@@ -31,7 +31,7 @@ from model.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.sampling import TrainingCase
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -151,6 +151,7 @@ def build_cache(
             "fingerprint": fp,
             "spacing": list(plan.target.spacing),
             "source_shape": list(plan.source.shape),
+            "group": case.ct.series_instance_uid,
         }
         tmp = cache_dir / f".{case_id}.tmp.npz"
         np.savez(
@@ -197,6 +198,7 @@ def load_cached(cache_dir: Path, case_ids: list[str] | None = None) -> list[Trai
                     data["label"],
                     meta["note"],
                     tuple(meta["spacing"]),
+                    meta.get("group", ""),
                 )
             )
     if not cases:

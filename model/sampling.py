@@ -1,26 +1,45 @@
-"""Training samples: cached cases and random crops that cover the target.
+"""Training samples: cached cases, random crops that cover the target, and batches.
 
 Arrays are on the network grid, ``(k, j, i)`` = (slices, rows, columns).
+
+Cases that share a CT (the same SeriesInstanceUID: a case and its counterfactual notes, with
+their recomputed targets) form one *group*. Splits and subsets keep a group together, and
+:func:`paired_batch` can put two notes of one CT into a batch with the same crop, so the only
+difference the loss sees between them is what the text changes.
 """
 
 from __future__ import annotations
 
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from model.errors import DatasetError
+
 
 @dataclass
 class TrainingCase:
-    """One preprocessed case: CT in [0, 1] and the target label on the network grid."""
+    """One preprocessed case: CT in [0, 1] and the target label on the network grid.
+
+    ``group`` is the SeriesInstanceUID of the CT (the case id where unknown): cases with the
+    same CT and different notes share it.
+    """
 
     case_id: str
     image: npt.NDArray[np.floating]
     label: npt.NDArray[np.uint8]
     note: str
     spacing: tuple[float, float, float]
+    group: str = ""
+
+    @property
+    def group_key(self) -> str:
+        """The CT this case was drawn on (its group), never empty."""
+        return self.group or self.case_id
 
 
 def _pad_to(array: npt.NDArray[np.generic], roi: tuple[int, ...]) -> npt.NDArray[np.generic]:
@@ -28,6 +47,37 @@ def _pad_to(array: npt.NDArray[np.generic], roi: tuple[int, ...]) -> npt.NDArray
     if not any(p[1] for p in pads):
         return array
     return np.pad(array, pads, mode="constant")
+
+
+def crop_window(
+    label: npt.NDArray[np.generic],
+    roi: tuple[int, int, int],
+    rng: np.random.Generator,
+    pos_fraction: float,
+) -> tuple[slice, ...]:
+    """Voxel-index slices of a ``roi`` window in ``label`` (already padded to ``roi``).
+
+    With probability ``pos_fraction`` the window is centred on a random target voxel.
+    """
+    fg = np.flatnonzero(label) if rng.random() < pos_fraction else np.empty(0, dtype=np.int64)
+    centre: tuple[int, ...]
+    if fg.size:
+        flat = int(fg[rng.integers(fg.size)])
+        centre = tuple(int(c) for c in np.unravel_index(flat, label.shape))
+    else:
+        centre = tuple(int(rng.integers(s)) for s in label.shape)
+    starts = [
+        int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, label.shape, strict=True)
+    ]
+    return tuple(slice(a, a + r) for a, r in zip(starts, roi, strict=True))
+
+
+def _cut(
+    case: TrainingCase, roi: tuple[int, int, int], window: tuple[slice, ...]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    image = _pad_to(case.image, roi)
+    label = _pad_to(case.label, roi)
+    return np.asarray(image[window], dtype=np.float32), np.asarray(label[window], dtype=np.uint8)
 
 
 def random_crop(
@@ -40,20 +90,16 @@ def random_crop(
 
     Volumes smaller than ``roi`` are zero-padded (CT value 0 = -1000 HU after scaling).
     """
-    image = _pad_to(case.image, roi)
-    label = _pad_to(case.label, roi)
-    fg = np.flatnonzero(label) if rng.random() < pos_fraction else np.empty(0, dtype=np.int64)
-    centre: tuple[int, ...]
-    if fg.size:
-        flat = int(fg[rng.integers(fg.size)])
-        centre = tuple(int(c) for c in np.unravel_index(flat, label.shape))
-    else:
-        centre = tuple(int(rng.integers(s)) for s in label.shape)
-    starts = [
-        int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, label.shape, strict=True)
-    ]
-    sl = tuple(slice(a, a + r) for a, r in zip(starts, roi, strict=True))
-    return np.asarray(image[sl], dtype=np.float32), np.asarray(label[sl], dtype=np.uint8)
+    window = crop_window(_pad_to(case.label, roi), roi, rng, pos_fraction)
+    return _cut(case, roi, window)
+
+
+def _stack(
+    crops: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]], notes: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    images = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
+    labels = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))[:, None]
+    return images, labels, notes
 
 
 def crop_batch(
@@ -64,6 +110,51 @@ def crop_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Stack one crop per case: images ``(B, 1, k, j, i)``, labels ``(B, 1, k, j, i)``, notes."""
     crops = [random_crop(c, roi, rng, pos_fraction) for c in cases]
-    images = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
-    labels = torch.from_numpy(np.stack([c[1] for c in crops]).astype(np.int64))[:, None]
-    return images, labels, [c.note for c in cases]
+    return _stack(crops, [c.note for c in cases])
+
+
+def group_cases(cases: list[TrainingCase]) -> dict[str, list[TrainingCase]]:
+    """Cases by CT group, in input order."""
+    groups: dict[str, list[TrainingCase]] = defaultdict(list)
+    for case in cases:
+        groups[case.group_key].append(case)
+    return dict(groups)
+
+
+def paired_batch(
+    groups: list[list[TrainingCase]],
+    batch_size: int,
+    roi: tuple[int, int, int],
+    rng: np.random.Generator,
+    pos_fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """``batch_size // 2`` pairs: two notes of one CT, cropped at the same window.
+
+    ``groups`` must hold only groups of two or more cases. The window is centred on the
+    union of the pair's targets, so the region where the notes disagree is usually inside.
+    """
+    if batch_size < 2 or batch_size % 2:
+        raise DatasetError(f"paired batches need an even batch size, got {batch_size}")
+    if not groups:
+        raise DatasetError("paired batches need CTs with two or more notes (counterfactuals)")
+    crops, notes = [], []
+    for _ in range(batch_size // 2):
+        group = groups[int(rng.integers(len(groups)))]
+        first, second = (group[int(i)] for i in rng.choice(len(group), size=2, replace=False))
+        union = np.maximum(_pad_to(first.label, roi), _pad_to(second.label, roi))
+        window = crop_window(union, roi, rng, pos_fraction)
+        for case in (first, second):
+            crops.append(_cut(case, roi, window))
+            notes.append(case.note)
+    return _stack(crops, notes)
+
+
+def subset_by_group(cases: list[TrainingCase], fraction: float, seed: int) -> list[TrainingCase]:
+    """A seeded subset holding ``fraction`` of the CTs, each with all its notes (Table 3).
+
+    At least two CTs are kept.
+    """
+    keys = sorted(group_cases(cases))
+    random.Random(seed).shuffle(keys)
+    keep = set(keys[: max(2, round(len(keys) * fraction))])
+    return [c for c in cases if c.group_key in keep]

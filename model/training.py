@@ -29,11 +29,11 @@ from model.checkpoint import save_checkpoint
 from model.config import NetworkConfig, TuningMode
 from model.context import PromptContext
 from model.encoders import TextEncoder
-from model.errors import ConfigurationError, DatasetError
+from model.errors import CheckpointMismatchError, ConfigurationError, DatasetError
 from model.inference import resolve_device, sliding_window_probability
 from model.metrics import dice
 from model.network import ContourNet
-from model.sampling import TrainingCase, crop_batch
+from model.sampling import TrainingCase, crop_batch, group_cases, paired_batch
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     grad_clip: float = 1.0
+    pair_fraction: float = 0.0  # share of steps whose batch pairs two notes of one CT
 
 
 @dataclass
@@ -73,13 +74,20 @@ class TrainResult:
 def split_cases(
     cases: list[TrainingCase], val_fraction: float, seed: int
 ) -> tuple[list[TrainingCase], list[TrainingCase]]:
-    """Seeded split into training and validation cases (at least one of each when >= 2)."""
+    """Seeded split into training and validation cases by CT (at least one CT each when >= 2).
+
+    All notes of one CT (counterfactuals share the CT's group) fall on the same side, so the
+    validation Dice is never measured on a CT the network trained on.
+    """
     if not cases:
         raise DatasetError("no training cases")
-    order = sorted(cases, key=lambda c: c.case_id)
-    random.Random(seed).shuffle(order)
-    n_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1) if len(order) > 1 else 0
-    return order[n_val:], order[:n_val]
+    keys = sorted(group_cases(cases))
+    random.Random(seed).shuffle(keys)
+    n_val = min(max(1, round(len(keys) * val_fraction)), len(keys) - 1) if len(keys) > 1 else 0
+    val_keys = set(keys[:n_val])
+    return [c for c in cases if c.group_key not in val_keys], [
+        c for c in cases if c.group_key in val_keys
+    ]
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -159,9 +167,15 @@ class Trainer:
         self.net.train()
         losses = []
         roi = self.net.config.roi_size
+        pairs = [g for g in group_cases(train).values() if len(g) > 1]
         for _ in range(steps):
-            picks = [train[int(i)] for i in rng.integers(len(train), size=self.cfg.batch_size)]
-            images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
+            if self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction:
+                images, labels, notes = paired_batch(
+                    pairs, self.cfg.batch_size, roi, rng, self.cfg.pos_fraction
+                )
+            else:
+                picks = [train[int(i)] for i in rng.integers(len(train), size=self.cfg.batch_size)]
+                images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
             images, labels = images.to(self.device), labels.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 g = self._g(notes)
@@ -269,6 +283,31 @@ class Trainer:
             tmp = folder / (STATE_FILE + ".tmp")
             torch.save(state, tmp)
             tmp.replace(folder / STATE_FILE)
+
+    def warm_start(self, folder: Path) -> None:
+        """Start from a checkpoint's weights (fine-tuning); the optimiser and schedule are new.
+
+        The checkpoint must have this run's network config and, for a multimodal network, the
+        same text encoder. Its path and weights digest are recorded in the new checkpoint.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            Another network config or another text encoder.
+        """
+        from model.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(folder, expected=self.net.config)
+        self.net.load_state_dict(ckpt.network.state_dict())
+        if self.context is not None:
+            if ckpt.text_encoder != self.context.identity:
+                raise CheckpointMismatchError(
+                    f"{folder} was trained with text encoder {ckpt.text_encoder}, "
+                    f"this run uses {self.context.identity}"
+                )
+            self.context.load_state_dict(ckpt.text_state)
+        self.meta["init_from"] = {"checkpoint": str(folder), "weights_digest": ckpt.digest}
+        log.info("warm start from %s", folder)
 
     def _resume(self, sched: Any) -> np.random.Generator:
         from model.checkpoint import load_checkpoint

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from model.errors import ConfigurationError, DatasetError, LlmctvError
 from model.geometry import Grid
 from model.inference import Predictor
 from model.preprocessing import PreprocessConfig
+from model.sampling import subset_by_group
 from model.training import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def train_from_dicom(args: argparse.Namespace) -> TrainResult:
     print(report.summary())
     cases = load_cached(cache, report.built + report.reused)
     if args.train_fraction < 1.0:
-        order = sorted(cases, key=lambda c: c.case_id)
-        random.Random(args.seed).shuffle(order)
-        cases = order[: max(2, round(len(order) * args.train_fraction))]
+        cases = subset_by_group(cases, args.train_fraction, args.seed)
     encoder = None if args.vision_only else load_text_encoder(args.text_encoder)
     config = network_config(args, encoder.hidden_size if encoder else None)
     train_cfg = TrainConfig(
@@ -57,6 +55,7 @@ def train_from_dicom(args: argparse.Namespace) -> TrainResult:
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
+        pair_fraction=args.pair_fraction,
     )
     meta = {
         "text_encoder_name": None if args.vision_only else str(args.text_encoder),
@@ -69,6 +68,8 @@ def train_from_dicom(args: argparse.Namespace) -> TrainResult:
         "n_cases": len(cases),
     }
     trainer = Trainer(config, train_cfg, args.out, encoder, meta)
+    if args.init_from is not None and not args.resume:
+        trainer.warm_start(args.init_from)
     return trainer.fit(cases, resume=args.resume)
 
 

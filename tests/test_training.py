@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.checkpoint import load_checkpoint
 from model.config import preset
 from model.encoders import tiny_llama
-from model.sampling import TrainingCase, random_crop
+from model.errors import CheckpointMismatchError, DatasetError
+from model.sampling import TrainingCase, group_cases, paired_batch, random_crop, subset_by_group
 from model.training import TrainConfig, Trainer, lr_lambda, split_cases
 
 
@@ -88,3 +90,71 @@ def test_crops_cover_the_target() -> None:
     assert all(hits)
     image, label = random_crop(case, (48, 80, 80), rng, pos_fraction=0.5)
     assert image.shape == (48, 80, 80) and label.shape == (48, 80, 80), "small volumes are padded"
+
+
+def _counterfactual_cases(n_ct: int = 5) -> list[TrainingCase]:
+    """Each toy CT twice: as written and with the side flipped (same image, other target)."""
+    cases = []
+    for case in _toy_cases(n_ct):
+        case.group = f"uid-{case.case_id}"
+        other = "right" if "left" in case.note else "left"
+        label = np.ascontiguousarray(case.label[:, :, ::-1])  # the toy blocks are mirror images
+        flip = TrainingCase(
+            f"{case.case_id}-flip", case.image, label, f"N0, cT1, {other} side", case.spacing
+        )
+        flip.group = case.group
+        cases += [case, flip]
+    return cases
+
+
+def test_split_keeps_every_note_of_a_ct_on_one_side() -> None:
+    cases = _counterfactual_cases(5)
+    train, val = split_cases(cases, 0.2, seed=3)
+    assert len(val) == 2 and len(train) == 8
+    assert {c.group_key for c in train}.isdisjoint({c.group_key for c in val})
+
+
+def test_subset_by_group_takes_whole_cts() -> None:
+    cases = _counterfactual_cases(5)
+    subset = subset_by_group(cases, 0.6, seed=0)
+    groups = {c.group_key for c in subset}
+    assert len(groups) == 3 and len(subset) == 6, "3 of 5 CTs, each with both notes"
+    assert subset_by_group(cases, 0.6, seed=0) == subset, "seeded"
+    assert len({c.group_key for c in subset_by_group(cases, 0.1, seed=0)}) == 2, "at least 2"
+
+
+def test_paired_batch_crops_two_notes_of_one_ct_at_one_window() -> None:
+    groups = [g for g in group_cases(_counterfactual_cases(3)).values()]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        images, labels, notes = paired_batch(groups, 4, (16, 32, 32), rng, pos_fraction=1.0)
+        assert images.shape == (4, 1, 16, 32, 32)
+        for a in (0, 2):
+            assert torch.equal(images[a], images[a + 1]), "same CT, same window"
+            assert notes[a] != notes[a + 1], "two different notes"
+            assert (labels[a] + labels[a + 1]).any(), "the window covers a target"
+    with pytest.raises(DatasetError):
+        paired_batch(groups, 3, (16, 32, 32), rng, pos_fraction=1.0)
+    with pytest.raises(DatasetError):
+        paired_batch([], 2, (16, 32, 32), rng, pos_fraction=1.0)
+
+
+def test_warm_start_loads_the_weights_and_records_the_source(tmp_path: Path) -> None:
+    first = _trainer(tmp_path / "a", epochs=1)
+    first.fit(_toy_cases(4))
+    second = _trainer(tmp_path / "b", epochs=1)
+    second.warm_start(tmp_path / "a" / "last")
+    for (name, p), q in zip(
+        first.net.state_dict().items(), second.net.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    assert torch.equal(first.context.seg, second.context.seg)  # type: ignore[union-attr]
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, device="cpu", pair_fraction=1.0)
+    tuned = Trainer(preset("tiny"), cfg, tmp_path / "c", tiny_llama(), {})
+    tuned.warm_start(tmp_path / "a" / "last")
+    tuned.fit(_counterfactual_cases(3))
+    ckpt = load_checkpoint(tmp_path / "c" / "best", expected=preset("tiny"))
+    assert ckpt.meta["init_from"]["checkpoint"] == str(tmp_path / "a" / "last")
+    other = Trainer(preset("tiny", multimodal=False), cfg, tmp_path / "d")
+    with pytest.raises(CheckpointMismatchError):
+        other.warm_start(tmp_path / "a" / "last")

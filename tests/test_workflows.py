@@ -17,6 +17,7 @@ from model.dicom.series import read_ct_series
 from model.dicom.structures import RoiRule, read_structure_set
 from model.phantoms.cohort import write_cohort
 from model.preprocessing import PreprocessConfig
+from model.sampling import group_cases
 
 PRE = PreprocessConfig(target_spacing=(6.0, 8.0, 8.0))
 
@@ -36,6 +37,17 @@ def test_cache_is_built_once_and_reused(cohort: Path, tmp_path: Path) -> None:
     cases = load_cached(tmp_path)
     assert all(c.label.any() for c in cases)
     assert all(", cT" in c.note for c in cases), "each case carries its rendered note"
+    assert len({c.group_key for c in cases}) == 3
+    assert all(c.group.startswith("1.2.") for c in cases), "grouped by SeriesInstanceUID"
+
+
+def test_counterfactual_notes_of_one_ct_share_its_group(tmp_path: Path) -> None:
+    data = tmp_path / "cf"
+    write_cohort(data, 2, "A", seed=101, scale=0.125, counterfactuals=True)
+    build_cache(data, tmp_path / "cache", preprocess=PRE)
+    groups = group_cases(load_cached(tmp_path / "cache"))
+    assert len(groups) == 2
+    assert sorted(len(g) for g in groups.values()) >= [2, 2], "each CT with its variants"
 
 
 def test_unreadable_case_is_reported_not_silently_dropped(cohort: Path, tmp_path: Path) -> None:
