@@ -100,11 +100,30 @@ def _per_case_md(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def _extra_md(title: str, per_split: Mapping[str, Any]) -> list[str]:
+def _extra_md(
+    title: str, per_split: Mapping[str, Any], text: Mapping[str, Any] | None
+) -> list[str]:
     lines = [f"## {title}", ""]
     for split, entries in per_split.items():
         lines += [markdown_table(entries, f"{title} — {split}"), ""]
-    return lines
+    if not text:
+        return lines
+    summary, training = text["perturbation"]["summary"], text.get("training", {})
+    lines += [
+        f"### {title} — does the model follow the text? (Fig. 5 measures, all splits)",
+        "",
+        "| row | side fraction after flip | flips >= 0.95 | nodal ratio N0/N+ | switches < 0.05 "
+        "| trained |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, per_kind in summary.items():
+        a, b = per_kind[LATERALITY_FLIP], per_kind[N_SWITCH]
+        lines.append(
+            f"| {row} | {ci_text(a['side_fraction_flipped'])} | "
+            f"{a['cases_meeting']}/{a['n_cases']} | {ci_text(b['nodal_ratio'])} | "
+            f"{b['cases_meeting']}/{b['n_cases']} | {training.get(row, '')} |"
+        )
+    return [*lines, ""]
 
 
 def render_markdown(
@@ -116,6 +135,7 @@ def render_markdown(
     ran: Mapping[str, str],
     figures: Sequence[str],
     table1: Mapping[str, Mapping[str, Any]],
+    extra_text: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """The report's Markdown lines, from the summaries :func:`write_experiment_report` built.
 
@@ -137,6 +157,8 @@ def render_markdown(
         PNG paths relative to the report folder.
     table1
         The raw ``{split: evaluate_cases output}`` (data folder, skipped cases).
+    extra_text
+        ``{title: {"perturbation": study, "training": {row: line}}}`` for the extra tables.
     """
     md = [
         "# Experiment report: LLM-driven CTV contouring on synthetic phantoms",
@@ -185,7 +207,7 @@ def render_markdown(
         for t in targets
     ] + [""]
     for title, per_split in extras.items():
-        md += _extra_md(title, per_split)
+        md += _extra_md(title, per_split, (extra_text or {}).get(title))
     md += ["## Which experiments ran", ""]
     md += [f"- {name}: {status}" for name, status in ran.items()] + [""]
     md += [

@@ -257,7 +257,26 @@ def _rows_ran(table: Mapping[str, Any] | None) -> str:
     if not table:
         return "not run"
     rows = sorted({m for split in table.values() for m in split.get("models", split)})
-    return "ran: " + ", ".join(rows) + " (other rows not run)"
+    return "ran: " + ", ".join(rows)
+
+
+def training_summary(config: Mapping[str, Any]) -> str:
+    """One line on how a checkpoint was trained, from its ``config.json`` document."""
+    t = config.get("training", {})
+    steps = t.get("steps_per_epoch", 0) * t.get("epoch", 0)
+    split = config.get("split", {})
+    n_train = len(split.get("train", []))
+    parts = [
+        f"{steps} steps x batch {t.get('batch_size', '?')}" if steps else "steps unknown",
+        f"lr {t.get('lr', '?')}",
+        f"{n_train} training cases" if n_train else "",
+        f"tuning {config.get('network', {}).get('tuning', '?')}",
+    ]
+    if t.get("pair_fraction"):
+        parts.append(f"paired notes {t['pair_fraction']:.0%}")
+    if "init_from" in config:
+        parts.append(f"warm start from {config['init_from']['checkpoint']}")
+    return ", ".join(p for p in parts if p)
 
 
 def write_experiment_report(
@@ -267,6 +286,7 @@ def write_experiment_report(
     extra_tables: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
     *,
     records: Mapping[str, Mapping[str, ClinicalRecord]] | None = None,
+    extra_text: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
 ) -> list[Path]:
     """Write ``report.md``, ``report.json`` and ``figures/*.png`` into ``out_dir``.
@@ -285,6 +305,10 @@ def write_experiment_report(
         with one model per training fraction; absent titles are reported as not run.
     records
         ``{split: {case_id: record}}``; read from each split's ``clinical.csv`` if omitted.
+    extra_text
+        ``{title: {"perturbation": study, "training": {row: summary line}}}``: how well each
+        row of an extra table follows the text (Fig. 5 measures, all splits merged) and how
+        it was trained.
     seed
         Bootstrap seed.
 
@@ -326,6 +350,10 @@ def write_experiment_report(
         "perturbation": {**perturbation, "overlays": figures[1:]},
         "targets": targets,
         "extra_tables": extras,
+        "extra_text_following": {
+            t: {"summary": e["perturbation"]["summary"], "training": e.get("training", {})}
+            for t, e in (extra_text or {}).items()
+        },
         "ran": ran,
         "figures": figures,
         "hd95_definition": HD95_NOTE,
@@ -333,7 +361,9 @@ def write_experiment_report(
     }
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n")
-    md = render_markdown(t1, breakdown, perturbation, targets, extras, ran, figures, table1)
+    md = render_markdown(
+        t1, breakdown, perturbation, targets, extras, ran, figures, table1, extra_text or {}
+    )
     md_path = out_dir / "report.md"
     md_path.write_text("\n".join(md) + "\n")
     log.info("experiment report written: %d targets, %d figures", len(targets), len(figures))
@@ -385,6 +415,7 @@ def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> 
 
 def run(args: argparse.Namespace) -> int:
     """Run every requested experiment and write the report; errors propagate (exit 2)."""
+    from model.checkpoint import read_config
     from model.perturbation import merge_studies, perturbation_study
     from model.workflows import parse_models
 
@@ -407,12 +438,29 @@ def run(args: argparse.Namespace) -> int:
         )
         for s, d in splits.items()
     ]
-    extras = {}
+    extras, extra_text = {}, {}
     for title, option in zip(EXTRA_TITLES, (args.data_efficiency, args.tuning_modes), strict=True):
         if option:
-            extras[title] = _evaluate_all(_predictors(parse_models(option, title), args), splits)
+            rows = parse_models(option, title)
+            row_predictors = _predictors(rows, args)
+            extras[title] = _evaluate_all(row_predictors, splits)
+            extra_text[title] = {
+                "perturbation": merge_studies(
+                    [
+                        perturbation_study(row_predictors, d, split=s, seed=args.seed)
+                        for s, d in splits.items()
+                    ],
+                    args.seed,
+                ),
+                "training": {n: training_summary(read_config(p)) for n, p in rows.items()},
+            }
     paths = write_experiment_report(
-        args.out, table1, merge_studies(studies, args.seed), extras, seed=args.seed
+        args.out,
+        table1,
+        merge_studies(studies, args.seed),
+        extras,
+        extra_text=extra_text,
+        seed=args.seed,
     )
     for path in paths:
         print(path)

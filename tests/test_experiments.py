@@ -26,6 +26,7 @@ from model.experiments import (
     register,
     run,
     text_dependent_breakdown,
+    training_summary,
     write_experiment_report,
 )
 from model.geometry import Grid, Volume
@@ -228,7 +229,14 @@ def test_study_and_report_with_tiny_checkpoints(
     assert breakdown["paired"]["N0 / N1mi"]["multimodal - vision"]["n"] == 1
 
     out = tmp_path / "report"
-    json_path, md_path = write_experiment_report(out, table1, study)
+    tuning = {"Table 4a: tuning modes": table1}
+    text = {
+        "Table 4a: tuning modes": {
+            "perturbation": study,
+            "training": {"multimodal": "500 steps x batch 2, lr 0.001, tuning multi_prompt"},
+        }
+    }
+    json_path, md_path = write_experiment_report(out, table1, study, tuning, extra_text=text)
     doc = json.loads(json_path.read_text())
     assert doc["synthetic_data"] == SYNTHETIC_STATEMENT
     assert set(doc["table1"]["internal"]) == {"multimodal", "vision"}
@@ -236,6 +244,8 @@ def test_study_and_report_with_tiny_checkpoints(
     assert {"side_fraction_flipped", "dice_perturbed"} <= set(rows[0]) | set(rows[1])
     assert any("nodal_ratio" in r and "nodal_cc_node_positive" in r for r in rows)
     assert doc["ran"]["Table 3: data efficiency"] == "not run"
+    following = doc["extra_text_following"]["Table 4a: tuning modes"]
+    assert set(following["summary"]) == {"multimodal", "vision"}
     statuses = {t["status"] for t in doc["targets"]}
     assert statuses <= {"PASS", "MISS", "NOT MEASURED"}
     assert any(t["target"].startswith("Multimodal Dice") for t in doc["targets"])
@@ -249,6 +259,9 @@ def test_study_and_report_with_tiny_checkpoints(
         "of CTV voxels on the newly named side after a laterality flip (multimodal)",
         "shrinks the nodal-region volume to < 5% of its N+ value (multimodal)",
         "Table 3: data efficiency: not run",
+        "Table 4a: tuning modes: ran: multimodal, vision",
+        "Table 4a: tuning modes — does the model follow the text?",
+        "| 500 steps x batch 2, lr 0.001, tuning multi_prompt |",
     ):
         assert needle in md, needle
     figures = doc["figures"]
@@ -292,3 +305,23 @@ def test_the_sub_command_parses_its_options_and_refuses_bad_ones(tmp_path: Path)
     )
     with pytest.raises(ConfigurationError, match="NAME=CHECKPOINT"):
         run(bad)
+
+
+def test_training_summary_states_the_budget_of_a_row() -> None:
+    config = {
+        "training": {
+            "steps_per_epoch": 20,
+            "epoch": 25,
+            "batch_size": 2,
+            "lr": 0.001,
+            "pair_fraction": 0.5,
+        },
+        "split": {"train": ["a", "b", "c"]},
+        "network": {"tuning": "lora"},
+        "init_from": {"checkpoint": "out/x/best", "weights_digest": "d"},
+    }
+    line = training_summary(config)
+    assert line == (
+        "500 steps x batch 2, lr 0.001, 3 training cases, tuning lora, paired notes 50%, "
+        "warm start from out/x/best"
+    )
