@@ -80,10 +80,11 @@ def create_app(settings: Settings | None = None, state: ServiceState | None = No
     if not settings.api_tokens:
         log.warning("authentication is OFF (development flag allow_no_auth)")
     service = state or build_backend(settings)
-    retention = RetentionTimer(service.store, service.files, settings.job_retention_hours)
-    desk = OrderDesk(
-        settings, OrderStore(settings.storage_dir), service.store, service.files, service.dispatcher
+    orders = OrderStore(settings.storage_dir)
+    retention = RetentionTimer(
+        service.store, service.files, settings.job_retention_hours, orders=orders
     )
+    desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

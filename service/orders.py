@@ -92,6 +92,17 @@ class Order(BaseModel):
     matched_at: datetime | None = None
     send: SendState = Field(default_factory=SendState)
 
+    @property
+    def closed(self) -> bool:
+        """Nothing more will happen to it: failed, expired, or matched and not (re)sending."""
+        if self.status in (OrderStatus.FAILED, OrderStatus.EXPIRED):
+            return True
+        return self.status is OrderStatus.MATCHED and self.send.status in (
+            SendStatus.NOT_REQUESTED,
+            SendStatus.SENT,
+            SendStatus.FAILED,
+        )
+
 
 def _order_path(folder: Path, order_id: str) -> Path:
     if not order_id or not all(c in "0123456789abcdef" for c in order_id):
@@ -122,6 +133,10 @@ class OrderStore:
     def update(self, order_id: str, **changes: Any) -> Order:
         """Change fields atomically; returns the new record."""
         return self._records.update(order_id, **changes)
+
+    def delete(self, order_id: str) -> None:
+        """Remove the order record (retention)."""
+        self._records.delete(order_id)
 
     def all(self) -> list[Order]:
         """Every order, oldest first."""

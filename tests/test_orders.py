@@ -22,7 +22,15 @@ from service.app import create_app
 from service.dicomnet.assembly import ReceivedSeries
 from service.jobs import FileJobStore, JobFiles, utcnow
 from service.order_desk import OrderDesk, received_root, record_series
-from service.orders import Order, OrderStatus, OrderStore
+from service.orders import (
+    Order,
+    OrderNotFoundError,
+    OrderStatus,
+    OrderStore,
+    SendState,
+    SendStatus,
+)
+from service.retention import purge_closed_orders
 
 SCENARIO = REPO / "tests" / "pacs_scenario.py"
 CLINICAL = {
@@ -238,3 +246,28 @@ def test_study_first_failed_send_is_visible_and_retried(pacs_report: dict[str, o
     again = pacs_report["after_retry"]
     assert isinstance(again, dict)
     assert again["send"]["status"] == "failed" and again["send"]["attempts"] == 4
+
+
+def test_retention_removes_closed_old_orders_only(tmp_path: Path) -> None:
+    orders = OrderStore(tmp_path)
+    old, later = utcnow() - timedelta(hours=10), utcnow() + timedelta(hours=1)
+    sending = SendState(status=SendStatus.PENDING)
+    cases = {
+        "a1": Order(order_id="a1", status=OrderStatus.EXPIRED, created_at=old, expires_at=old),
+        "a2": Order(order_id="a2", status=OrderStatus.MATCHED, created_at=old, expires_at=later),
+        "a3": Order(order_id="a3", created_at=old, expires_at=later),  # still waiting
+        "a4": Order(
+            order_id="a4",
+            status=OrderStatus.MATCHED,
+            created_at=old,
+            expires_at=later,
+            send=sending,
+        ),
+        "a5": Order(order_id="a5", status=OrderStatus.FAILED, expires_at=later),  # recent
+    }
+    for order in cases.values():
+        orders.create(order)
+    assert purge_closed_orders(orders, retention_hours=5) == 2
+    assert sorted(o.order_id for o in orders.all()) == ["a3", "a4", "a5"]
+    with pytest.raises(OrderNotFoundError):
+        orders.get("a1")
