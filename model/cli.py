@@ -190,7 +190,7 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     _add_window_options(p)
     p.set_defaults(func=cmd_predict)
 
-    from model.experiments import register as register_experiments
+    from model.experiment_runs import register as register_experiments
     from model.phantoms.command import register as register_phantoms
 
     register_phantoms(sub)

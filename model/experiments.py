@@ -1,9 +1,7 @@
 """The paper's experiments on synthetic phantoms: Table 1, Fig. 5, Tables 3/4a, targets.
 
-``llmctv experiments --model NAME=CKPT ... --internal DIR --external DIR --out DIR`` evaluates
-every model on the internal (held-out site A) and external (site B) cohorts, runs the
-text-perturbation study (:mod:`model.perturbation`), and writes ``report.md``,
-``report.json`` and PNG figures into ``--out``.
+:func:`write_experiment_report` assembles ``report.md``, ``report.json`` and PNG figures from
+evaluated results; :mod:`model.experiment_runs` (``llmctv experiments``) evaluates the models.
 
 Coordinates: metrics and masks are on each CT's own grid, ``(k, j, i)`` in DICOM LPS mm
 (:mod:`model.geometry`); HD95 is in mm.
@@ -11,7 +9,6 @@ Coordinates: metrics and masks are on each CT's own grid, ``(k, j, i)`` in DICOM
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -21,17 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from model.clinical import ClinicalRecord, read_clinical_csv
-from model.errors import ConfigurationError
 from model.experiment_markdown import SYNTHETIC_STATEMENT, ci_text, render_markdown
 from model.perturbation import NODAL_RATIO_TARGET, SIDE_TARGET, ci_summary
 from model.phantoms import LATERALITY_FLIP, N_SWITCH, SPEC_VERSION
 from model.report import HD95_NOTE, summarize_models
 
 __all__ = [
+    "EXTRA_TITLES",
     "SYNTHETIC_STATEMENT",
-    "register",
-    "run",
     "text_dependent_breakdown",
+    "training_summary",
     "write_experiment_report",
 ]
 
@@ -265,12 +261,13 @@ def training_summary(config: Mapping[str, Any]) -> str:
     t = config.get("training", {})
     steps = t.get("steps_per_epoch", 0) * t.get("epoch", 0)
     split = config.get("split", {})
+    net = config.get("network", {})
     n_train = len(split.get("train", []))
     parts = [
         f"{steps} steps x batch {t.get('batch_size', '?')}" if steps else "steps unknown",
         f"lr {t.get('lr', '?')}",
         f"{n_train} training cases" if n_train else "",
-        f"tuning {config.get('network', {}).get('tuning', '?')}",
+        f"tuning {net.get('tuning', '?')}" if net.get("multimodal", True) else "vision-only",
     ]
     if t.get("pair_fraction"):
         parts.append(f"paired notes {t['pair_fraction']:.0%}")
@@ -368,100 +365,3 @@ def write_experiment_report(
     md_path.write_text("\n".join(md) + "\n")
     log.info("experiment report written: %d targets, %d figures", len(targets), len(figures))
     return [json_path, md_path]
-
-
-# --- command line ----------------------------------------------------------------------------
-def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
-    """Add the ``experiments`` sub-command to ``subparsers``; returns its parser."""
-    p = subparsers.add_parser(
-        "experiments",
-        help="Table 1, Fig. 5 text perturbation, Tables 3/4a on phantom cohorts",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")
-    p.add_argument("--internal", type=Path, default=None, help="held-out site-A phantom cohort")
-    p.add_argument("--external", type=Path, default=None, help="site-B phantom cohort")
-    p.add_argument("--out", type=Path, required=True, help="report folder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--text-encoder", default=None, help="override the checkpoints' encoder")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--max-overlays", type=int, default=2, help="overlay PNGs per kind and split")
-    p.add_argument(
-        "--data-efficiency", action="append", metavar="LABEL=CHECKPOINT", help="Table 3 rows"
-    )
-    p.add_argument("--tuning-modes", action="append", metavar="LABEL=CHECKPOINT", help="Table 4a")
-    p.set_defaults(func=run)
-    return p
-
-
-def _predictors(specs: Mapping[str, Path], args: argparse.Namespace) -> dict[str, Any]:
-    from model.inference import Predictor
-
-    return {
-        n: Predictor.from_checkpoint(p, text_encoder=args.text_encoder, device=args.device)
-        for n, p in specs.items()
-    }
-
-
-def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> dict[str, Any]:
-    """``{split: evaluate_cases output}`` for ``predictors`` (target ROI ``CTV``)."""
-    from model.dicom.structures import RoiRule
-    from model.workflows import evaluate_cases
-
-    rule = RoiRule(include=(r"^ctv$",))
-    return {s: evaluate_cases(dict(predictors), d, rule) for s, d in splits.items()}
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run every requested experiment and write the report; errors propagate (exit 2)."""
-    from model.checkpoint import read_config
-    from model.perturbation import merge_studies, perturbation_study
-    from model.workflows import parse_models
-
-    models = parse_models(args.model, "--model")
-    splits = {s: d for s, d in (("internal", args.internal), ("external", args.external)) if d}
-    if not splits:
-        raise ConfigurationError("give --internal and/or --external")
-    if args.max_overlays < 0:
-        raise ConfigurationError(f"--max-overlays must be >= 0, got {args.max_overlays}")
-    predictors = _predictors(models, args)
-    table1 = _evaluate_all(predictors, splits)
-    studies = [
-        perturbation_study(
-            predictors,
-            d,
-            split=s,
-            seed=args.seed,
-            overlay_dir=args.out / "figures",
-            max_overlays=args.max_overlays,
-        )
-        for s, d in splits.items()
-    ]
-    extras, extra_text = {}, {}
-    for title, option in zip(EXTRA_TITLES, (args.data_efficiency, args.tuning_modes), strict=True):
-        if option:
-            rows = parse_models(option, title)
-            row_predictors = _predictors(rows, args)
-            extras[title] = _evaluate_all(row_predictors, splits)
-            extra_text[title] = {
-                "perturbation": merge_studies(
-                    [
-                        perturbation_study(row_predictors, d, split=s, seed=args.seed)
-                        for s, d in splits.items()
-                    ],
-                    args.seed,
-                ),
-                "training": {n: training_summary(read_config(p)) for n, p in rows.items()},
-            }
-    paths = write_experiment_report(
-        args.out,
-        table1,
-        merge_studies(studies, args.seed),
-        extras,
-        extra_text=extra_text,
-        seed=args.seed,
-    )
-    for path in paths:
-        print(path)
-    return 0

@@ -21,10 +21,9 @@ from model.context import PromptContext
 from model.dicom.structures import RoiRule
 from model.encoders import tiny_llama
 from model.errors import ConfigurationError, DatasetError
+from model.experiment_runs import register, run
 from model.experiments import (
     SYNTHETIC_STATEMENT,
-    register,
-    run,
     text_dependent_breakdown,
     training_summary,
     write_experiment_report,
@@ -325,3 +324,38 @@ def test_training_summary_states_the_budget_of_a_row() -> None:
         "500 steps x batch 2, lr 0.001, 3 training cases, tuning lora, paired notes 50%, "
         "warm start from out/x/best"
     )
+
+
+def test_rows_are_cached_and_reused_for_the_report(
+    cohort: Path, checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    rows = ["--data-efficiency", f"40%={checkpoints['multimodal']}"]
+    rows += ["--tuning-modes", f"none={checkpoints['vision']}"]
+    base = ["experiments", "--internal", str(cohort), "--device", "cpu", "--seed", "0"]
+    args = _parser().parse_args([*base, *rows, "--out", str(tmp_path / "x"), "--rows-only"])
+    with pytest.raises(ConfigurationError, match="--cache"):
+        run(args)
+    args.cache = cache
+    assert run(args) == 0
+    assert len(list(cache.glob("*.json"))) == 4, "2 rows x (table + perturbation)"
+    assert not (tmp_path / "x" / "report.md").exists(), "rows only: no report"
+
+    from model import experiment_runs
+
+    real = experiment_runs._predictors
+
+    def only_main_models(specs: dict[str, Path], a: argparse.Namespace) -> dict[str, Any]:
+        assert set(specs) == {"mm"}, f"cached rows were evaluated again: {set(specs)}"
+        return real(specs, a)
+
+    monkeypatch.setattr(experiment_runs, "_predictors", only_main_models)
+    out = tmp_path / "report"
+    main = ["--model", f"mm={checkpoints['multimodal']}", "--max-overlays", "0"]
+    argv = [*base, *main, *rows, "--cache", str(cache), "--out", str(out)]
+    assert run(_parser().parse_args(argv)) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert set(doc["extra_tables"]["Table 3: data efficiency"]["internal"]) == {"40%"}
+    following = doc["extra_text_following"]["Table 4a: tuning modes"]
+    assert set(following["summary"]) == {"none"}
+    assert following["training"]["none"] == "steps unknown, lr ?, vision-only"
