@@ -25,4 +25,4 @@ rm -rf docs/experiments
 $LLMCTV experiments \
   --model multimodal=checkpoints/demo --model vision-only=checkpoints/demo-vision \
   --internal "$DATA/test-A" --external "$DATA/test-B" "${rows[@]}" \
-  --out docs/experiments --device cpu --seed 0 --max-overlays 2 "$@"
+  --cache "$ABL/results" --out docs/experiments --device cpu --seed 0 --max-overlays 2 "$@"
