@@ -77,7 +77,11 @@ def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> 
 
 
 def _row_results(
-    name: str, checkpoint: Path, splits: Mapping[str, Path], args: argparse.Namespace, cache: Any
+    name: str,
+    checkpoint: Path,
+    splits: Mapping[str, Path],
+    args: argparse.Namespace,
+    cache: ResultCache,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One table row: ``{split: evaluate_cases output}`` and its perturbation studies.
 
@@ -112,7 +116,7 @@ def _row_results(
 
 
 def _extra_tables(
-    args: argparse.Namespace, splits: Mapping[str, Path], cache: Any
+    args: argparse.Namespace, splits: Mapping[str, Path], cache: ResultCache
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tables 3 and 4a (accuracy per split) and each row's text following and training."""
     from model.checkpoint import read_config
