@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,28 @@ def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> 
     return {s: evaluate_cases(dict(predictors), d, rule) for s, d in splits.items()}
 
 
+def _split_results(
+    checkpoint: Path,
+    split: str,
+    cohort: Path,
+    predictors: Callable[[], dict[str, Any]],
+    args: argparse.Namespace,
+    cache: ResultCache,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One model's ``evaluate_cases`` output and perturbation study on one cohort (cached)."""
+    from model.perturbation import perturbation_study
+
+    table = cache.get_or_compute(
+        cache.key(checkpoint, cohort, "table", args.text_encoder),
+        lambda: _evaluate_all(predictors(), {split: cohort})[split],
+    )
+    study = cache.get_or_compute(
+        cache.key(checkpoint, cohort, "perturbation", args.text_encoder),
+        lambda: perturbation_study(predictors(), cohort, split=split, seed=args.seed),
+    )
+    return table, study
+
+
 def _row_results(
     name: str,
     checkpoint: Path,
@@ -87,7 +109,7 @@ def _row_results(
 
     Results come from ``cache`` when there; the model is loaded only when something is missing.
     """
-    from model.perturbation import assemble, perturbation_study
+    from model.perturbation import assemble
 
     loaded: dict[str, Any] = {}
 
@@ -98,17 +120,8 @@ def _row_results(
 
     tables, studies = {}, []
     for split, cohort in splits.items():
-        key = cache.key(checkpoint, cohort, "table", args.text_encoder)
-        table = cache.get(key)
-        if table is None:
-            table = _evaluate_all(predictors(), {split: cohort})[split]
-            cache.put(key, table)
+        table, study = _split_results(checkpoint, split, cohort, predictors, args, cache)
         tables[split] = {**table, "models": {name: next(iter(table["models"].values()))}}
-        key = cache.key(checkpoint, cohort, "perturbation", args.text_encoder)
-        study = cache.get(key)
-        if study is None:
-            study = perturbation_study(predictors(), cohort, split=split, seed=args.seed)
-            cache.put(key, study)
         kind = next(iter(study["models"].values()))
         rows = [{**r, "model": name} for r in study["cases"]]
         studies.append(assemble(rows, {name: kind}, study["cohorts"], [], seed=args.seed))

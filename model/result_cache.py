@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,11 @@ class ResultCache:
         tmp = self.folder / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(value))
         tmp.replace(self.folder / f"{key}.json")
+
+    def get_or_compute(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The stored value, or ``compute()`` stored under ``key`` and returned."""
+        value = self.get(key)
+        if value is None:
+            value = compute()
+            self.put(key, value)
+        return value

@@ -149,12 +149,18 @@ def paired_batch(
     return _stack(crops, notes)
 
 
+def shuffled_groups(cases: list[TrainingCase], seed: int) -> list[str]:
+    """The cases' CT groups in a seeded random order (independent of the input order)."""
+    keys = sorted(group_cases(cases))
+    random.Random(seed).shuffle(keys)
+    return keys
+
+
 def subset_by_group(cases: list[TrainingCase], fraction: float, seed: int) -> list[TrainingCase]:
     """A seeded subset holding ``fraction`` of the CTs, each with all its notes (Table 3).
 
     At least two CTs are kept.
     """
-    keys = sorted(group_cases(cases))
-    random.Random(seed).shuffle(keys)
+    keys = shuffled_groups(cases, seed)
     keep = set(keys[: max(2, round(len(keys) * fraction))])
     return [c for c in cases if c.group_key in keep]

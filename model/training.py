@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,7 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.config import NetworkConfig, TuningMode
 from model.context import PromptContext
 from model.encoders import TextEncoder
@@ -33,7 +32,13 @@ from model.errors import CheckpointMismatchError, ConfigurationError, DatasetErr
 from model.inference import resolve_device, sliding_window_probability
 from model.metrics import dice
 from model.network import ContourNet
-from model.sampling import TrainingCase, crop_batch, group_cases, paired_batch
+from model.sampling import (
+    TrainingCase,
+    crop_batch,
+    group_cases,
+    paired_batch,
+    shuffled_groups,
+)
 
 log = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
@@ -81,8 +86,7 @@ def split_cases(
     """
     if not cases:
         raise DatasetError("no training cases")
-    keys = sorted(group_cases(cases))
-    random.Random(seed).shuffle(keys)
+    keys = shuffled_groups(cases, seed)
     n_val = min(max(1, round(len(keys) * val_fraction)), len(keys) - 1) if len(keys) > 1 else 0
     val_keys = set(keys[:n_val])
     return [c for c in cases if c.group_key not in val_keys], [
@@ -295,8 +299,12 @@ class Trainer:
         CheckpointMismatchError
             Another network config or another text encoder.
         """
-        from model.checkpoint import load_checkpoint
+        ckpt = self._load_weights(folder)
+        self.meta["init_from"] = {"checkpoint": str(folder), "weights_digest": ckpt.digest}
+        log.info("warm start from %s", folder)
 
+    def _load_weights(self, folder: Path) -> Checkpoint:
+        """Load a checkpoint's network and text-side weights (same config and encoder)."""
         ckpt = load_checkpoint(folder, expected=self.net.config)
         self.net.load_state_dict(ckpt.network.state_dict())
         if self.context is not None:
@@ -306,19 +314,13 @@ class Trainer:
                     f"this run uses {self.context.identity}"
                 )
             self.context.load_state_dict(ckpt.text_state)
-        self.meta["init_from"] = {"checkpoint": str(folder), "weights_digest": ckpt.digest}
-        log.info("warm start from %s", folder)
+        return ckpt
 
     def _resume(self, sched: Any) -> np.random.Generator:
-        from model.checkpoint import load_checkpoint
-
         folder = self.out / "last"
         if not (folder / STATE_FILE).is_file():
             raise ConfigurationError(f"nothing to resume in {folder}")
-        ckpt = load_checkpoint(folder, expected=self.net.config)
-        self.net.load_state_dict(ckpt.network.state_dict())
-        if self.context is not None:
-            self.context.load_state_dict(ckpt.text_state)
+        self._load_weights(folder)
         state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=False)
         self.optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
