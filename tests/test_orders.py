@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO
+from conftest import REPO, SHARED_DATA
 from gateway_client import AUTH, TOKEN
 from live_server import serve_app
 
@@ -33,6 +33,7 @@ from service.orders import (
 from service.retention import purge_closed_orders
 
 SCENARIO = REPO / "tests" / "pacs_scenario.py"
+LUNG1_CT = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001" / "image"
 CLINICAL = {
     "diagnoses": [{"side": "left", "surgery": "total_mastectomy", "t_stage": "2", "n_stage": "2"}]
 }
@@ -205,6 +206,8 @@ def pacs_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     problem = _unshare_problem()
     if problem:
         pytest.skip(problem)
+    if not LUNG1_CT.is_dir():
+        pytest.skip(f"shared data absent: {LUNG1_CT}")
     workdir = tmp_path_factory.mktemp("pacs")
     done = subprocess.run(
         ["unshare", "-n", sys.executable, str(SCENARIO), "--workdir", str(workdir)],
