@@ -1,6 +1,6 @@
 """Latency breakdown of one contouring job as a worker runs it (prints one table).
 
-The job goes through :func:`service.pipeline.run_job` with the worker's engine, job records in
+The job goes through :func:`workers.pipeline.run_job` with the worker's engine, job records in
 Redis and g in the Redis embedding cache, exactly as under Celery (queueing aside). Stages are
 those the job records: DICOM ingest, preprocessing, embedding (Redis lookup when cached, one
 LLM forward pass when not), network (sliding window), postprocessing, RTSTRUCT writing, PNG
@@ -31,15 +31,15 @@ from pathlib import Path
 import redis
 import torch
 
-from model.context import ContextCache, context_key
 from model.dicom.series import read_ct_series
-from model.phantoms.cohort import write_cohort
-from model.settings import Settings
-from service.embedding_cache import RedisContextCache
-from service.engine import ContourEngine
-from service.jobs import FileJobStore, Job, JobFiles, JobStore, new_job_id
-from service.pipeline import run_job
-from service.redis_store import RedisJobStore, connect
+from model.lab.phantoms.cohort import write_cohort
+from model.network.context import ContextCache, context_key
+from service.settings import Settings
+from workers.embedding_cache import RedisContextCache
+from workers.engine import ContourEngine
+from workers.jobs import FileJobStore, Job, JobFiles, JobStore, new_job_id
+from workers.pipeline import run_job
+from workers.redis_store import RedisJobStore, connect
 from workers.runtime import build_engine
 
 LUNG1_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lung1_ct_rtstruct"

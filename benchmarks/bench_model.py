@@ -40,8 +40,8 @@ def measure_forward(
     """Median forward time of one window, peak memory (run in a child process)."""
     import torch
 
-    from model.config import preset
-    from model.network import ContourNet
+    from model.network.config import preset
+    from model.network.segmenter import ContourNet
 
     cfg = preset(preset_name, roi_size=tuple(window))
     net = ContourNet(cfg).to(device).eval()
@@ -79,10 +79,10 @@ def measure_study(device: str, repeats: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from model.config import preset
-    from model.geometry import Grid, Volume
+    from model.imaging.geometry import Grid, Volume
     from model.inference import Predictor
-    from model.network import ContourNet
+    from model.network.config import preset
+    from model.network.segmenter import ContourNet
 
     cfg = preset("paper")
     net = ContourNet(cfg)
@@ -112,9 +112,9 @@ def measure_study(device: str, repeats: int) -> dict[str, Any]:
 
 def measure_context(repeats: int) -> dict[str, Any]:
     """SmolLM2 g computation versus a cache lookup (CPU)."""
-    from model.config import preset
-    from model.context import ContextCache, PromptContext, contexts_for
-    from model.encoders import load_text_encoder
+    from model.network.config import preset
+    from model.network.context import ContextCache, PromptContext, contexts_for
+    from model.text.encoders import load_text_encoder
 
     t0 = time.perf_counter()
     enc = load_text_encoder("smollm2")

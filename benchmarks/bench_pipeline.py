@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from model.config import preset
-from model.context import PromptContext
 from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
 from model.dicom.series import read_ct_series
-from model.encoders import tiny_llama
 from model.inference import Predictor
-from model.network import ContourNet
+from model.network.config import preset
+from model.network.context import PromptContext
+from model.network.segmenter import ContourNet
+from model.text.encoders import tiny_llama
 
 LUNG1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "lung1_ct_rtstruct"
 NOTE = "N1, cT2, breast conserving surgery, left side"

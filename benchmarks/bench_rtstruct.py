@@ -28,7 +28,7 @@ import pydicom
 
 from model.dicom.contours import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
-from model.geometry import Grid
+from model.imaging.geometry import Grid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lung1_ct_rtstruct" / "LUNG1-001"
 Mask = npt.NDArray[np.bool_]

@@ -5,7 +5,7 @@ Run on a GPU machine: ``python benchmarks/bench_training_gpu.py``. Measures
 * one AMP training step (forward + backward + AdamW) of the paper-size multimodal network
   on a batch of 2 windows of 128 x 384 x 384, with g of width 4096 (median of 3 after a
   warm-up) and the peak GPU memory;
-* a short :class:`model.training.Trainer` run on CUDA (tiny preset, tiny Llama) to exercise
+* a short :class:`model.training.trainer.Trainer` run on CUDA (tiny preset, tiny Llama) to exercise
   AMP, the gradient scaler, validation and checkpointing end to end.
 """
 
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses.dice import DiceCELoss
 
-from model.config import preset
-from model.encoders import tiny_llama
-from model.network import ContourNet
-from model.sampling import TrainingCase
-from model.training import TrainConfig, Trainer
+from model.network.config import preset
+from model.network.segmenter import ContourNet
+from model.text.encoders import tiny_llama
+from model.training.sampling import TrainingCase
+from model.training.trainer import TrainConfig, Trainer
 
 
 def paper_step(batch: int = 2, repeats: int = 3) -> tuple[float, float]:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from model.errors import LlmctvError
 
 if TYPE_CHECKING:
-    from model.config import NetworkConfig
+    from model.network.config import NetworkChoice
+    from model.workflows import DataOptions, WindowOptions
 
 log = logging.getLogger("llmctv")
 
@@ -35,26 +36,45 @@ def _add_network_options(p: argparse.ArgumentParser, default_preset: str) -> Non
     p.add_argument("--vision-only", action="store_true", help="the baseline without text")
 
 
-def network_config(args: argparse.Namespace, text_dim: int | None) -> NetworkConfig:
-    """The network config from ``--preset``, ``--text-dim``, ``--tuning``, ``--vision-only``."""
-    from model.config import preset
+def network_choice(args: argparse.Namespace) -> NetworkChoice:
+    """``--preset``, ``--text-dim``, ``--tuning``, ``--vision-only`` as a typed choice."""
+    from model.network.config import NetworkChoice
 
-    overrides: dict[str, Any] = {}
-    dim = getattr(args, "text_dim", None) or text_dim
-    if dim is not None:
-        overrides["text_dim"] = dim
-    if args.tuning:
-        overrides["tuning"] = args.tuning
-    if args.vision_only:
-        overrides["multimodal"] = False
-    return preset(args.preset, **overrides)
+    return NetworkChoice(
+        preset=args.preset,
+        text_dim=getattr(args, "text_dim", None),
+        tuning=args.tuning,
+        vision_only=bool(args.vision_only),
+    )
+
+
+def option_overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, object]:
+    """The settings named in ``names`` that were given on the command line."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _data_options(args: argparse.Namespace) -> DataOptions:
+    from model.workflows import DataOptions
+
+    return DataOptions(
+        data=args.data,
+        csv=args.csv,
+        roi_include=tuple(args.roi_include),
+        roi_exclude=tuple(args.roi_exclude or ()),
+    )
+
+
+def _window_options(args: argparse.Namespace) -> WindowOptions:
+    from model.workflows import WindowOptions
+
+    return WindowOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size)
 
 
 def cmd_params(args: argparse.Namespace) -> int:
     """Trainable parameter counts, built on the meta device (no weights loaded)."""
-    from model.params import parameter_report
+    from model.network.params import parameter_report
 
-    report = parameter_report(network_config(args, None))
+    report = parameter_report(network_choice(args).config())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -66,9 +86,32 @@ def cmd_params(args: argparse.Namespace) -> int:
 # --- train, evaluate, predict ---------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the cache from DICOM, then train."""
-    from model.workflows import train_from_dicom
+    from model.training.trainer import TrainConfig
+    from model.workflows import TrainOptions, train_from_dicom
 
-    result = train_from_dicom(args)
+    options = TrainOptions(
+        data=_data_options(args),
+        out=args.out,
+        network=network_choice(args),
+        spacing=(args.spacing[0], args.spacing[1], args.spacing[2]),
+        cache=args.cache,
+        text_encoder=args.text_encoder,
+        train=TrainConfig(
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            device=args.device,
+            pair_fraction=args.pair_fraction,
+        ),
+        train_fraction=args.train_fraction,
+        init_from=args.init_from,
+        resume=args.resume,
+    )
+    result = train_from_dicom(options)
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
         f"{result.seconds:.0f} s; checkpoint {Path(args.out) / 'best'}"
@@ -78,9 +121,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate checkpoints on a DICOM data set; write the report."""
-    from model.workflows import evaluate_from_dicom
+    from model.workflows import evaluate_from_dicom, parse_models
 
-    paths = evaluate_from_dicom(args)
+    paths = evaluate_from_dicom(
+        _data_options(args),
+        parse_models(args.model),
+        args.out,
+        text_encoder=args.text_encoder,
+        window=_window_options(args),
+        seed=args.seed,
+    )
     for path in paths:
         print(path)
     return 0
@@ -90,7 +140,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Contour one CT; write a NIfTI mask on the input grid."""
     from model.workflows import predict_one
 
-    out = predict_one(args)
+    out = predict_one(
+        args.checkpoint,
+        args.ct,
+        args.clinical,
+        args.out,
+        rtstruct=args.rtstruct,
+        text_encoder=args.text_encoder,
+        window=_window_options(args),
+    )
     print(out)
     return 0
 
@@ -190,8 +248,8 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     _add_window_options(p)
     p.set_defaults(func=cmd_predict)
 
-    from model.experiment_runs import register as register_experiments
-    from model.phantoms.command import register as register_phantoms
+    from model.lab.experiment_runs import register as register_experiments
+    from model.lab.phantoms.command import register as register_phantoms
 
     register_phantoms(sub)
     register_experiments(sub)

@@ -1,6 +1,6 @@
 """Sliding-window inference on one CT, with the context embedding computed once.
 
-The CT is resampled to the network grid (:mod:`model.preprocessing`), the network runs over
+The CT is resampled to the network grid (:mod:`model.imaging.preprocessing`), the network runs over
 overlapping windows (MONAI, gaussian blending, several windows per batch, AMP on CUDA), and
 the foreground probability is taken back to the input CT grid through patient coordinates,
 so the returned mask lies on the input grid ``(k, j, i)`` exactly where the CT is.
@@ -21,15 +21,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers.utils import sliding_window_inference
 
-from model.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
-from model.context import ContextCache, ContextStore, PromptContext, contexts_for
-from model.encoders import load_text_encoder
 from model.errors import ConfigurationError
-from model.geometry import Volume
-from model.network import ContourNet
-from model.preprocessing import PreprocessConfig, preprocess_ct, to_source_grid
+from model.imaging.geometry import Volume
+from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, to_source_grid
+from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
+from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
+from model.network.segmenter import ContourNet
+from model.text.encoders import load_text_encoder
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def sliding_window_probability(
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     out = sliding_window_inference(x, roi, sw_batch_size, run, overlap=overlap, mode="gaussian")
-    prob = out if isinstance(out, torch.Tensor) else out[0]  # type: ignore[index]
+    prob = out if isinstance(out, torch.Tensor) else out[0]
     return prob[0, 0].float().cpu().numpy(), done
 
 

@@ -2,81 +2,110 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.cli import network_config
-from model.clinical import parse_clinical
-from model.dataset import build_cache, iter_cases, load_cached
 from model.dicom.series import CtSeries, read_ct_series
 from model.dicom.structures import RoiRule
-from model.encoders import load_text_encoder
 from model.errors import ConfigurationError, DatasetError, LlmctvError
-from model.geometry import Grid
+from model.imaging.geometry import Grid
+from model.imaging.preprocessing import PreprocessConfig
 from model.inference import Predictor
-from model.preprocessing import PreprocessConfig
-from model.sampling import subset_by_group
-from model.training import TrainConfig, Trainer, TrainResult
+from model.network.config import NetworkChoice
+from model.text.clinical import parse_clinical
+from model.text.encoders import load_text_encoder
+from model.training.dataset import build_cache, iter_cases, load_cached
+from model.training.sampling import subset_by_group
+from model.training.trainer import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
 
-def _rule(args: argparse.Namespace) -> RoiRule:
-    return RoiRule(include=tuple(args.roi_include), exclude=tuple(args.roi_exclude or ()))
+@dataclass(frozen=True)
+class DataOptions:
+    """A DICOM data set: its folder, clinical CSV and which ROIs are the target."""
+
+    data: Path
+    csv: Path | None = None
+    roi_include: tuple[str, ...] = (r"^ctv$",)
+    roi_exclude: tuple[str, ...] = ()
+
+    def rule(self) -> RoiRule:
+        """The ROI-name rule of this data set."""
+        return RoiRule(include=tuple(self.roi_include), exclude=tuple(self.roi_exclude))
 
 
-def _preprocess(args: argparse.Namespace) -> PreprocessConfig:
-    return PreprocessConfig(target_spacing=tuple(args.spacing))
+@dataclass(frozen=True)
+class WindowOptions:
+    """Sliding-window inference: device, window overlap (0-1) and windows per batch."""
+
+    device: str = "auto"
+    overlap: float = 0.25
+    sw_batch_size: int = 2
+
+    def predictor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :meth:`Predictor.from_checkpoint`.
+
+        Raises
+        ------
+        ConfigurationError
+            Overlap outside [0, 1) or a batch below 1.
+        """
+        if not 0.0 <= self.overlap < 1.0 or self.sw_batch_size < 1:
+            raise ConfigurationError("--overlap must be in [0, 1) and --sw-batch-size >= 1")
+        return {"device": self.device, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
 
 
-def train_from_dicom(args: argparse.Namespace) -> TrainResult:
+@dataclass(frozen=True)
+class TrainOptions:
+    """``llmctv train``: the data, the network, the schedule and where the run goes."""
+
+    data: DataOptions
+    out: Path
+    network: NetworkChoice = field(default_factory=lambda: NetworkChoice("cpu"))
+    spacing: tuple[float, float, float] = (3.0, 1.0, 1.0)
+    cache: Path | None = None
+    text_encoder: str = "smollm2"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    train_fraction: float = 1.0
+    init_from: Path | None = None
+    resume: bool = False
+
+
+def train_from_dicom(options: TrainOptions) -> TrainResult:
     """``llmctv train``: cache the DICOM data set, then train and keep the best checkpoint."""
-    pre = _preprocess(args)
-    cache = args.cache or args.out / "cache"
-    report = build_cache(args.data, cache, rule=_rule(args), preprocess=pre, csv_path=args.csv)
+    pre = PreprocessConfig(target_spacing=options.spacing)
+    rule = options.data.rule()
+    cache = options.cache or options.out / "cache"
+    report = build_cache(
+        options.data.data, cache, rule=rule, preprocess=pre, csv_path=options.data.csv
+    )
     print(report.summary())
     cases = load_cached(cache, report.built + report.reused)
-    if args.train_fraction < 1.0:
-        cases = subset_by_group(cases, args.train_fraction, args.seed)
-    encoder = None if args.vision_only else load_text_encoder(args.text_encoder)
-    config = network_config(args, encoder.hidden_size if encoder else None)
-    train_cfg = TrainConfig(
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        device=args.device,
-        pair_fraction=args.pair_fraction,
-    )
+    if options.train_fraction < 1.0:
+        cases = subset_by_group(cases, options.train_fraction, options.train.seed)
+    vision_only = options.network.vision_only
+    encoder = None if vision_only else load_text_encoder(options.text_encoder)
+    config = options.network.config(encoder.hidden_size if encoder else None)
     meta = {
-        "text_encoder_name": None if args.vision_only else str(args.text_encoder),
+        "text_encoder_name": None if vision_only else str(options.text_encoder),
         "preprocessing": {
             "target_spacing": list(pre.target_spacing),
             "hu_window": list(pre.hu_window),
             "orientation": pre.orientation,
         },
-        "roi_rule": {"include": list(args.roi_include), "exclude": list(args.roi_exclude or [])},
+        "roi_rule": {"include": list(rule.include), "exclude": list(rule.exclude)},
         "n_cases": len(cases),
     }
-    trainer = Trainer(config, train_cfg, args.out, encoder, meta)
-    if args.init_from is not None and not args.resume:
-        trainer.warm_start(args.init_from)
-    return trainer.fit(cases, resume=args.resume)
-
-
-def _window(args: argparse.Namespace) -> dict[str, Any]:
-    if not 0.0 <= args.overlap < 1.0 or args.sw_batch_size < 1:
-        raise ConfigurationError("--overlap must be in [0, 1) and --sw-batch-size >= 1")
-    return {"device": args.device, "overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
+    trainer = Trainer(config, options.train, options.out, encoder, meta)
+    if options.init_from is not None and not options.resume:
+        trainer.warm_start(options.init_from)
+    return trainer.fit(cases, resume=options.resume)
 
 
 def parse_models(specs: list[str] | None, option: str = "--model") -> dict[str, Path]:
@@ -90,25 +119,34 @@ def parse_models(specs: list[str] | None, option: str = "--model") -> dict[str, 
     return models
 
 
-def evaluate_from_dicom(args: argparse.Namespace) -> list[Path]:
+def evaluate_from_dicom(
+    data: DataOptions,
+    models: dict[str, Path],
+    out: Path,
+    *,
+    text_encoder: str | None = None,
+    window: WindowOptions = WindowOptions(),
+    seed: int = 0,
+) -> list[Path]:
     """``llmctv evaluate``: metrics per case and model on the CT grid; report files."""
-    from model.report import write_evaluation_report
+    from model.evaluation.report import write_evaluation_report
 
-    models = parse_models(args.model)
     predictors = {
-        name: Predictor.from_checkpoint(path, text_encoder=args.text_encoder, **_window(args))
+        name: Predictor.from_checkpoint(
+            path, text_encoder=text_encoder, **window.predictor_options()
+        )
         for name, path in models.items()
     }
-    results = evaluate_cases(predictors, args.data, _rule(args), args.csv)
-    return write_evaluation_report(results, args.out, seed=args.seed)
+    results = evaluate_cases(predictors, data.data, data.rule(), data.csv)
+    return write_evaluation_report(results, out, seed=seed)
 
 
 def evaluate_cases(
     predictors: dict[str, Predictor], data_dir: Path, rule: RoiRule, csv_path: Path | None = None
 ) -> dict[str, Any]:
     """Per-model, per-case metrics (Dice, IoU, HD95 in mm on the CT's own spacing)."""
-    from model.dataset import load_case
-    from model.metrics import evaluate_case
+    from model.evaluation.metrics import evaluate_case
+    from model.training.dataset import load_case
 
     per_model: dict[str, list[dict[str, Any]]] = {name: [] for name in predictors}
     skipped = []
@@ -130,22 +168,34 @@ def evaluate_cases(
     return {"models": per_model, "skipped": skipped, "data": str(data_dir)}
 
 
-def predict_one(args: argparse.Namespace) -> Path:
-    """``llmctv predict``: one CT series + clinical JSON -> NIfTI mask on the input grid."""
-    text = args.clinical
+def predict_one(
+    checkpoint: Path,
+    ct_dir: Path,
+    clinical: str,
+    out: Path,
+    *,
+    rtstruct: Path | None = None,
+    text_encoder: str | None = None,
+    window: WindowOptions = WindowOptions(),
+) -> Path:
+    """``llmctv predict``: one CT series + clinical JSON -> NIfTI mask on the input grid.
+
+    ``clinical`` is a JSON file's path or JSON text.
+    """
+    text = clinical
     if Path(text).is_file():
         text = Path(text).read_text()
     record = parse_clinical(text)
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, text_encoder=args.text_encoder, **_window(args)
+        checkpoint, text_encoder=text_encoder, **window.predictor_options()
     )
-    ct = read_ct_series(args.ct)
+    ct = read_ct_series(ct_dir)
     pred = predictor.predict(ct.volume, record.prompt_text())
-    write_nifti(args.out, pred.mask.astype(np.uint8), ct.volume.grid)
-    if args.rtstruct is not None:
-        write_prediction_rtstruct(args.rtstruct, ct, pred.mask, predictor.checkpoint_hash)
+    write_nifti(out, pred.mask.astype(np.uint8), ct.volume.grid)
+    if rtstruct is not None:
+        write_prediction_rtstruct(rtstruct, ct, pred.mask, predictor.checkpoint_hash)
     log.info("prediction timings %s", json.dumps(pred.timings))
-    return Path(args.out)
+    return Path(out)
 
 
 def write_prediction_rtstruct(path: Path, ct: CtSeries, mask: np.ndarray, model_hash: str) -> None:
@@ -168,7 +218,8 @@ def write_nifti(path: Path, array: np.ndarray, grid: Grid) -> None:
     """
     import nibabel as nib
 
-    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), grid.affine_ras())
-    image.header.set_xyzt_units("mm")
+    voxels = np.ascontiguousarray(array.transpose(2, 1, 0))
+    image = nib.Nifti1Image(voxels, grid.affine_ras())  # type: ignore[no-untyped-call]
+    image.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))

@@ -17,10 +17,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from demo_service import contour_over_http, running_service
 
-from model.clinical import read_clinical_csv
+from model.text.clinical import read_clinical_csv
 from service.cli import main as llmctv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +68,8 @@ def _checkpoint(out: Path, data: Path, epochs: int) -> Path:
 
 
 def _flip(record_json: dict[str, object]) -> dict[str, object]:
-    flipped = json.loads(json.dumps(record_json))
-    for d in flipped["diagnoses"]:  # type: ignore[union-attr]
+    flipped: dict[str, Any] = json.loads(json.dumps(record_json))
+    for d in flipped["diagnoses"]:
         d["side"] = "right" if d["side"] == "left" else "left"
     return flipped
 

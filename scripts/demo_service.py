@@ -16,7 +16,7 @@ import httpx
 
 from model.dicom.series import read_ct_series
 from model.dicom.structures import rasterize, read_structure_set
-from model.metrics import dice
+from model.evaluation.metrics import dice
 
 
 def _free_port() -> int:

@@ -20,21 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.config import preset
-from model.encoders import load_text_encoder
+from model.evaluation.metrics import dice
+from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.inference import sliding_window_probability
-from model.metrics import dice
-from model.phantoms.case import (
+from model.lab.phantoms.case import (
     N_SWITCH,
     PhantomCase,
     eligible_perturbations,
     generate_case,
     perturb,
 )
-from model.phantoms.cohort import case_id_for, case_seed
-from model.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
-from model.sampling import TrainingCase
-from model.training import TrainConfig, Trainer, lr_lambda
+from model.lab.phantoms.cohort import case_id_for, case_seed
+from model.network.config import preset
+from model.text.encoders import load_text_encoder
+from model.training.sampling import TrainingCase
+from model.training.trainer import TrainConfig, Trainer, lr_lambda
 
 PRE = PreprocessConfig(target_spacing=(6.0, 4.0, 4.0))
 

@@ -13,17 +13,17 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from model import __version__
-from model.clinical import ClinicalRecord, parse_clinical
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
-from model.settings import Settings
+from model.text.clinical import ClinicalRecord, parse_clinical
 from service.auth import Authorized
-from service.dispatch import JobDispatcher
 from service.errors import EmptyUploadError, JobFailedError, JobNotFinishedError
 from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
-from service.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id
-from service.pipeline import fail_job
 from service.problems import PROBLEM_JSON
+from service.settings import Settings
+from workers.dispatch import JobDispatcher
+from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id
+from workers.pipeline import fail_job
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -8,12 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from model.clinical import parse_clinical
+from model.text.clinical import parse_clinical
 from service.api import JobView, State, problem_responses
 from service.auth import Authorized
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
-from service.errors import JobNotFoundError
-from service.jobs import utcnow
 from service.order_desk import OrderDesk, order_expiry
 from service.orders import (
     Order,
@@ -22,6 +20,8 @@ from service.orders import (
     SendState,
     SendStatus,
 )
+from workers.errors import JobNotFoundError
+from workers.jobs import utcnow
 
 router = APIRouter()
 

@@ -9,18 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from model import __version__
-from model.settings import Settings, get_settings
 from service import problems
 from service.api import ServiceState, router
 from service.api_orders import router as orders_router
 from service.auth import check_auth_configured
 from service.dicomnet.listener import DicomListener
-from service.dispatch import EmbeddedDispatcher, JobDispatcher
-from service.jobs import FileJobStore, JobFiles, JobStore
 from service.limits import BodySizeLimit
 from service.order_desk import OrderDesk
 from service.orders import OrderStore
 from service.retention import RetentionTimer
+from service.settings import Settings, get_settings
+from workers.dispatch import EmbeddedDispatcher, JobDispatcher
+from workers.jobs import FileJobStore, JobFiles, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def build_backend(settings: Settings) -> ServiceState:
     store: JobStore
     dispatcher: JobDispatcher
     if settings.redis_url:
-        from workers.dispatch import celery_backend
+        from workers.celery_dispatch import celery_backend
 
         store, dispatcher = celery_backend(settings, files)
     else:

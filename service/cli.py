@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cli import main as model_main
-from model.settings import Settings, get_settings
+from model.cli import option_overrides
+from model.settings import with_overrides
+from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from service.dicomnet.assembly import ReceivedSeries
@@ -23,10 +25,10 @@ log = logging.getLogger("llmctv")
 
 def settings_with(args: argparse.Namespace, names: Sequence[str]) -> Settings:
     """The process settings with the given command-line options applied (when set)."""
-    updates = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    updates = option_overrides(args, names)
     if getattr(args, "dev", False):
         updates["allow_no_auth"] = True
-    return Settings.model_validate({**get_settings().model_dump(), **updates})
+    return with_overrides(get_settings(), updates)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -44,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def register_serve(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add ``serve``."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="HTTP gateway (and DICOM listener); embedded worker unless LLMCTV_REDIS_URL is set",
     )

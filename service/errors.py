@@ -1,4 +1,4 @@
-"""Errors of the gateway and the job machinery (codes are public, like :mod:`model.errors`).
+"""Errors of the gateway's faces (HTTP, uploads) (codes are public, like :mod:`model.errors`).
 
 They extend the one hierarchy rooted at :class:`model.errors.LlmctvError`; the HTTP status
 each code maps to is decided in :mod:`service.problems`, nowhere else.
@@ -7,6 +7,19 @@ each code maps to is decided in :mod:`service.problems`, nowhere else.
 from __future__ import annotations
 
 from model.errors import InputError, LlmctvError
+from workers.errors import JobNotFoundError, JobTimeoutError, ServiceUnavailableError
+
+__all__ = [
+    "EmptyUploadError",
+    "ForbiddenError",
+    "JobFailedError",
+    "JobNotFinishedError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "UnsafeArchiveError",
+]
 
 
 class UnauthorizedError(LlmctvError):
@@ -15,10 +28,10 @@ class UnauthorizedError(LlmctvError):
     code = "unauthorized"
 
 
-class JobNotFoundError(LlmctvError):
-    """No job with this id (never created, or removed by retention)."""
+class ForbiddenError(LlmctvError):
+    """An authenticated caller whose role does not allow this request."""
 
-    code = "job_not_found"
+    code = "forbidden"
 
 
 class JobNotFinishedError(LlmctvError):
@@ -43,15 +56,3 @@ class EmptyUploadError(InputError):
     """A request with neither ``files`` nor ``archive`` (or both)."""
 
     code = "no_input"
-
-
-class ServiceUnavailableError(LlmctvError):
-    """The job queue or its store cannot be reached."""
-
-    code = "service_unavailable"
-
-
-class JobTimeoutError(LlmctvError):
-    """A job ran past its time limit (soft: stopped by the pipeline; hard: process stopped)."""
-
-    code = "job_timeout"

@@ -20,15 +20,15 @@ from typing import Any
 
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
-from model.settings import Settings
-from service.atomic_write import write_atomically
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.dicomnet.sender import send_instances
-from service.dispatch import JobDispatcher
-from service.jobs import Job, JobFiles, JobStatus, JobStore, utcnow
 from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus
-from service.pipeline import fail_job
+from service.settings import Settings
+from workers.atomic_write import write_atomically
+from workers.dispatch import JobDispatcher
+from workers.jobs import Job, JobFiles, JobStatus, JobStore, utcnow
+from workers.pipeline import fail_job
 
 log = logging.getLogger(__name__)
 MANIFEST = "series.json"

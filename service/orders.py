@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from model.errors import LlmctvError
-from service.jobs import new_job_id, utcnow
-from service.records import JsonRecordFiles
+from workers.jobs import new_job_id, utcnow
+from workers.records import JsonRecordFiles
 
 
 class OrderNotFoundError(LlmctvError):

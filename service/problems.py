@@ -23,6 +23,7 @@ from model.errors import (
 )
 from service.dicomnet.errors import UnknownDestinationError
 from service.errors import (
+    ForbiddenError,
     JobFailedError,
     JobNotFinishedError,
     JobNotFoundError,
@@ -38,6 +39,7 @@ TYPE_ROOT = "urn:llmctv:problem:"
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (JobNotFoundError, 404),
     (OrderNotFoundError, 404),
     (UnknownDestinationError, 422),
@@ -51,6 +53,7 @@ _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
 )
 _TITLES = {
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
     413: "Payload Too Large",

@@ -10,8 +10,8 @@ import logging
 import threading
 from datetime import timedelta
 
-from service.jobs import JobFiles, JobStore, iter_jobs, utcnow
 from service.orders import OrderStore
+from workers.jobs import JobFiles, JobStore, iter_jobs, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from model.settings import get_settings
+from model.settings import clear_settings_cache, get_settings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from model.phantoms.cohort import WrittenCase
+    from model.lab.phantoms.cohort import WrittenCase
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -35,15 +35,15 @@ def llmctv_cache() -> Path:
 def isolated_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point LLMCTV_CACHE_DIR at a temporary folder for one test."""
     monkeypatch.setenv("LLMCTV_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
+    clear_settings_cache()
     yield tmp_path / "cache"
-    get_settings.cache_clear()
+    clear_settings_cache()
 
 
 @pytest.fixture(scope="session")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> list[WrittenCase]:
     """Two small site-A phantoms (128x128 slices): CT files, ground truth, clinical record."""
-    from model.phantoms import write_cohort
+    from model.lab.phantoms import write_cohort
 
     return write_cohort(tmp_path_factory.mktemp("ph") / "A", 2, "A", seed=3, scale=0.25)
 
@@ -54,8 +54,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Fas
     from gateway_client import TOKEN
     from live_server import serve_app
 
-    from model.settings import Settings
     from service.app import create_app
+    from service.settings import Settings
 
     settings = Settings(
         api_tokens=[TOKEN], storage_dir=tmp_path_factory.mktemp("storage"), dicom_listener=False

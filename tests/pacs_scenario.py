@@ -26,8 +26,8 @@ from gateway_client import AUTH, TOKEN  # noqa: E402
 from live_server import free_port, serve_app  # noqa: E402
 from orthanc_scenario import ORTHANC_AET, _get, _stop, _wait_for_rest, _write_config  # noqa: E402
 
-from model.settings import Settings  # noqa: E402
 from service.app import create_app  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 LUNG1_CT = TESTS.parents[1] / "shared" / "data" / "lung1_ct_rtstruct" / "LUNG1-001" / "image"
 STUDY = "1.3.6.1.4.1.32722.99.99.239341353911714368772597187099978969331"

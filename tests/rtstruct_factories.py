@@ -14,7 +14,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from model.dicom.contours import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries
-from model.geometry import Grid
+from model.imaging.geometry import Grid
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LUNG1_DIR = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001"

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import attach_encoder, load_checkpoint, save_checkpoint
-from model.config import preset
-from model.context import PromptContext
-from model.encoders import tiny_llama
 from model.errors import CheckpointMismatchError, ModelNotFoundError
-from model.network import ContourNet
+from model.network.checkpoint import attach_encoder, load_checkpoint, save_checkpoint
+from model.network.config import preset
+from model.network.context import PromptContext
+from model.network.segmenter import ContourNet
+from model.text.encoders import tiny_llama
 
 
 def _trained_pair() -> tuple[ContourNet, PromptContext]:

@@ -6,9 +6,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model.clinical import ClinicalRecord, parse_clinical
-from model.geometry import Grid
-from service.consistency import (
+from model.imaging.geometry import Grid
+from model.text.clinical import ClinicalRecord, parse_clinical
+from workers.consistency import (
     laterality_warnings,
     midline_x,
     nodal_warnings,

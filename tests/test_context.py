@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import preset
-from model.context import ContextCache, PromptContext, context_key, contexts_for
-from model.encoders import load_text_encoder, tiny_llama
 from model.errors import ConfigurationError, ModelNotFoundError
+from model.network.config import preset
+from model.network.context import ContextCache, PromptContext, context_key, contexts_for
+from model.text.encoders import load_text_encoder, tiny_llama
 
 NOTE_L = "N1, cT2, breast conserving surgery, left side"
 NOTE_R = "N0, cT1, total mastectomy surgery, right side"

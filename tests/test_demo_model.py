@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO
 
 from model.inference import Predictor
-from model.perturbation import perturbation_study
-from model.phantoms import LATERALITY_FLIP, N_SWITCH, write_cohort
+from model.lab.perturbation import perturbation_study
+from model.lab.phantoms import LATERALITY_FLIP, N_SWITCH, write_cohort
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLoss
 from pynetdicom.dsutils import split_dataset
 
 from model.errors import ConfigurationError
-from model.settings import get_settings
+from model.settings import clear_settings_cache
 from service.dicomnet.destinations import (
     DicomDestination,
     destinations_from_settings,
@@ -73,11 +73,11 @@ def test_destination_parsing() -> None:
 
 def test_destinations_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMCTV_DICOM_DESTINATIONS", "TPS=ECLIPSE@tps.local:104, PACS=O@h:4242")
-    get_settings.cache_clear()
+    clear_settings_cache()
     try:
         destinations = destinations_from_settings()
     finally:
-        get_settings.cache_clear()
+        clear_settings_cache()
     assert sorted(destinations) == ["PACS", "TPS"]
     assert resolve_destination("TPS", destinations).address == "ECLIPSE@tps.local:104"
     with pytest.raises(UnknownDestinationError, match="known: PACS, TPS") as caught:

@@ -14,31 +14,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.checkpoint import save_checkpoint
-from model.clinical import Side
-from model.config import preset
-from model.context import PromptContext
 from model.dicom.structures import RoiRule
-from model.encoders import tiny_llama
 from model.errors import ConfigurationError, DatasetError
-from model.experiment_runs import register, run
-from model.experiments import (
+from model.imaging.geometry import Grid, Volume
+from model.inference import Prediction, Predictor
+from model.lab.experiment_runs import register, run
+from model.lab.experiments import (
     SYNTHETIC_STATEMENT,
     text_dependent_breakdown,
     training_summary,
     write_experiment_report,
 )
-from model.geometry import Grid, Volume
-from model.inference import Prediction, Predictor
-from model.network import ContourNet
-from model.perturbation import (
+from model.lab.perturbation import (
     iter_cohort,
     nodal_ratio,
     perturbation_study,
     side_fraction,
     volume_in_region_cc,
 )
-from model.phantoms import LATERALITY_FLIP, N_SWITCH, eligible_perturbations, perturb, write_cohort
+from model.lab.phantoms import (
+    LATERALITY_FLIP,
+    N_SWITCH,
+    eligible_perturbations,
+    perturb,
+    write_cohort,
+)
+from model.network.checkpoint import save_checkpoint
+from model.network.config import preset
+from model.network.context import PromptContext
+from model.network.segmenter import ContourNet
+from model.text.clinical import Side
+from model.text.encoders import tiny_llama
 from model.workflows import evaluate_cases
 
 META = {

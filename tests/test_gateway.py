@@ -14,13 +14,13 @@ from fastapi import FastAPI
 from gateway_client import AUTH, submit, wait_finished
 from rtstruct_factories import read_mha_on_grid
 
-from model.clinical import ClinicalRecord, Side
 from model.dicom.series import read_ct_series
 from model.dicom.structures import rasterize, read_structure_set
-from model.metrics import dice
-from model.phantoms.cohort import WrittenCase
-from service.consistency import midline_x
-from service.dispatch import EmbeddedDispatcher
+from model.evaluation.metrics import dice
+from model.lab.phantoms.cohort import WrittenCase
+from model.text.clinical import ClinicalRecord, Side
+from workers.consistency import midline_x
+from workers.dispatch import EmbeddedDispatcher
 
 LUNG1_CT = LUNG1_DIR / "image"
 

@@ -23,11 +23,11 @@ from live_server import serve_app
 from pydicom.dataset import FileDataset
 from pydicom.uid import RLELossless
 
-from model.phantoms.cohort import WrittenCase
-from model.settings import Settings
+from model.lab.phantoms.cohort import WrittenCase
 from service.api import ServiceState
 from service.app import create_app
-from service.jobs import FileJobStore, JobFiles, iter_jobs
+from service.settings import Settings
+from workers.jobs import FileJobStore, JobFiles, iter_jobs
 
 CLINICAL = json.dumps(
     {

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model.config import preset
-from model.context import PromptContext
-from model.encoders import tiny_llama
-from model.geometry import Grid, Volume
+from model.imaging.geometry import Grid, Volume
+from model.imaging.preprocessing import PreprocessConfig
 from model.inference import Predictor, count_windows
-from model.network import ContourNet
-from model.preprocessing import PreprocessConfig
+from model.network.config import preset
+from model.network.context import PromptContext
+from model.network.segmenter import ContourNet
+from model.text.encoders import tiny_llama
 
 
 def _volume() -> Volume:

@@ -10,13 +10,13 @@ import pytest
 from gateway_client import TOKEN, submit
 from live_server import serve_app
 
-from model.phantoms.cohort import WrittenCase
-from model.settings import Settings
+from model.lab.phantoms.cohort import WrittenCase
 from service.api import ServiceState
 from service.app import create_app
-from service.errors import JobNotFoundError, ServiceUnavailableError
-from service.jobs import FileJobStore, Job, JobFiles, JobStatus, utcnow
 from service.retention import purge_expired
+from service.settings import Settings
+from workers.errors import JobNotFoundError, ServiceUnavailableError
+from workers.jobs import FileJobStore, Job, JobFiles, JobStatus, utcnow
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of model.metrics: overlap, HD95 in mm, bootstrap confidence intervals."""
+"""Tests of model.evaluation.metrics: overlap, HD95 in mm, bootstrap confidence intervals."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from monai.metrics import compute_hausdorff_distance
 from scipy import ndimage
 
 from model.errors import ConfigurationError
-from model.metrics import (
+from model.evaluation.metrics import (
     CaseMetrics,
     bootstrap_ci,
     dice,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import NetworkConfig, TuningMode, preset
 from model.errors import ConfigurationError
-from model.network import ContourNet
+from model.network.config import NetworkConfig, TuningMode, preset
+from model.network.segmenter import ContourNet
 
 
 def test_multimodal_forward_shape_and_text_dependence() -> None:

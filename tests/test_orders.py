@@ -16,11 +16,9 @@ from conftest import REPO, SHARED_DATA
 from gateway_client import AUTH, TOKEN
 from live_server import serve_app
 
-from model.phantoms.cohort import WrittenCase
-from model.settings import Settings
+from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
 from service.dicomnet.assembly import ReceivedSeries
-from service.jobs import FileJobStore, JobFiles, utcnow
 from service.order_desk import OrderDesk, received_root, record_series
 from service.orders import (
     Order,
@@ -31,6 +29,8 @@ from service.orders import (
     SendStatus,
 )
 from service.retention import purge_closed_orders
+from service.settings import Settings
+from workers.jobs import FileJobStore, JobFiles, utcnow
 
 SCENARIO = REPO / "tests" / "pacs_scenario.py"
 LUNG1_CT = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001" / "image"

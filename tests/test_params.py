@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from model.config import preset
-from model.params import PAPER_TABLE_S3, parameter_report
+from model.network.config import preset
+from model.network.params import PAPER_TABLE_S3, parameter_report
 
 
 def test_paper_counts_match_table_s3_within_3_percent() -> None:

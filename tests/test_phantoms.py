@@ -1,4 +1,4 @@
-"""Tests of model.phantoms: synthetic breast-RT cases (spec v1.1), LPS mm, arrays (k, j, i)."""
+"""Tests of model.lab.phantoms: synthetic breast-RT cases (spec v1.1), LPS mm, arrays (k, j, i)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy.ndimage import distance_transform_edt
 
 from model.cli import main as cli_main
-from model.clinical import ClinicalRecord, Diagnosis, Side, Surgery, read_clinical_csv
 from model.dicom.series import read_ct_series
 from model.dicom.structures import rasterize, read_structure_set
 from model.errors import ConfigurationError
-from model.phantoms import (
+from model.lab.phantoms import (
     LATERALITY_FLIP,
     N_SWITCH,
     PhantomCase,
@@ -27,10 +26,10 @@ from model.phantoms import (
     perturb,
     write_cohort,
 )
-from model.phantoms.case import eligible_perturbations
-from model.phantoms.cohort import case_id_for
-from model.phantoms.params import sample_params
-from model.phantoms.rules import (
+from model.lab.phantoms.case import eligible_perturbations
+from model.lab.phantoms.cohort import case_id_for
+from model.lab.phantoms.params import sample_params
+from model.lab.phantoms.rules import (
     ROI_AXILLA,
     ROI_BREAST,
     ROI_CHEST_WALL,
@@ -38,7 +37,8 @@ from model.phantoms.rules import (
     ROI_IMN,
     ROI_SCF,
 )
-from model.phantoms.sites import sample_clinical
+from model.lab.phantoms.sites import sample_clinical
+from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery, read_clinical_csv
 
 SCALE = 0.25
 NODES = (ROI_AXILLA, ROI_SCF, ROI_IMN)

@@ -1,4 +1,4 @@
-"""Tests of model.preprocessing: grids, resampling both ways, HU windowing."""
+"""Tests of model.imaging.preprocessing: grids, resampling both ways, HU windowing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy.typing as npt
 import pytest
 
 from model.errors import ConfigurationError
-from model.geometry import Grid, Volume
-from model.preprocessing import (
+from model.imaging.geometry import Grid, Volume
+from model.imaging.preprocessing import (
     PreprocessConfig,
     ResamplingPlan,
     normalize_hu,

@@ -20,7 +20,7 @@ from model.errors import (
     StructureSetError,
     UnreadableDicomError,
 )
-from model.geometry import Grid
+from model.imaging.geometry import Grid
 
 FRAME = generate_uid()
 GRID = Grid(shape=(3, 10, 12), origin=(0.0, 0.0, 0.0), spacing=(2.0, 1.0, 1.0))

@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
-from model.config import preset
-from model.encoders import tiny_llama
 from model.errors import CheckpointMismatchError, DatasetError
-from model.sampling import TrainingCase, group_cases, paired_batch, random_crop, subset_by_group
-from model.training import TrainConfig, Trainer, lr_lambda, split_cases
+from model.network.checkpoint import load_checkpoint
+from model.network.config import preset
+from model.text.encoders import tiny_llama
+from model.training.sampling import (
+    TrainingCase,
+    group_cases,
+    paired_batch,
+    random_crop,
+    subset_by_group,
+)
+from model.training.trainer import TrainConfig, Trainer, lr_lambda, split_cases
 
 
 def _toy_cases(n: int = 6) -> list[TrainingCase]:

@@ -12,20 +12,25 @@ import pytest
 import torch
 from redis_server import REDIS_SERVER, RedisServer, running_redis
 
-from model.checkpoint import attach_encoder, detached_context, load_checkpoint, save_checkpoint
-from model.clinical import N_STAGE_PATTERN, T_STAGE_PATTERN
-from model.config import preset
-from model.context import PromptContext, context_key
-from model.encoders import tiny_llama
 from model.errors import ConfigurationError, ContextNotCachedError
-from model.geometry import Grid, Volume
+from model.imaging.geometry import Grid, Volume
 from model.inference import Predictor
-from model.network import ContourNet
-from model.settings import Settings
-from service.embedding_cache import RedisContextCache
-from service.redis_store import connect
+from model.network.checkpoint import (
+    attach_encoder,
+    detached_context,
+    load_checkpoint,
+    save_checkpoint,
+)
+from model.network.config import preset
+from model.network.context import PromptContext, context_key
+from model.network.segmenter import ContourNet
+from model.text.clinical import N_STAGE_PATTERN, T_STAGE_PATTERN
+from model.text.encoders import tiny_llama
+from service.settings import Settings
 from workers.celery_app import check_limits
 from workers.command import worker_queues
+from workers.embedding_cache import RedisContextCache
+from workers.redis_store import connect
 from workers.warm import N_STAGES, T_STAGES, template_notes, warm
 
 NOTE = "N1, cT2, breast conserving surgery, left side"

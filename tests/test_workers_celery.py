@@ -29,10 +29,10 @@ from live_server import serve_app
 from redis_server import RedisServer, needs_redis, running_redis
 from worker_process import REPO, WorkerProcess, running_worker, worker_env
 
-from model.clinical import ClinicalRecord
-from model.phantoms.cohort import WrittenCase, write_cohort
-from model.settings import Settings
+from model.lab.phantoms.cohort import WrittenCase, write_cohort
+from model.text.clinical import ClinicalRecord
 from service.app import create_app
+from service.settings import Settings
 
 pytestmark = needs_redis
 MEASURED: dict[str, float] = {}

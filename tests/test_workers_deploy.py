@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from model.settings import Settings
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_EXAMPLE = REPO / "deploy" / "llmctv.env.example"

@@ -18,17 +18,17 @@ from gateway_client import AUTH, TOKEN
 from live_server import free_port, serve_app
 from redis_server import RedisServer, needs_redis, running_redis
 
-from model.settings import Settings
 from service.app import create_app
-from service.errors import JobNotFoundError, ServiceUnavailableError
-from service.jobs import Job, JobFiles, JobStatus, new_job_id, utcnow
-from service.pipeline import _progress_writer
-from service.redis_store import RedisJobStore, connect
 from service.retention import purge_expired
+from service.settings import Settings
 from workers.celery_app import create_celery_app
+from workers.celery_dispatch import CeleryDispatcher
 from workers.command import check_worker
-from workers.dispatch import CeleryDispatcher
+from workers.errors import JobNotFoundError, ServiceUnavailableError
 from workers.facts import WorkerFacts, publish
+from workers.jobs import Job, JobFiles, JobStatus, new_job_id, utcnow
+from workers.pipeline import _progress_writer
+from workers.redis_store import RedisJobStore, connect
 from workers.runtime import fail_unfinished
 
 pytestmark = needs_redis

@@ -12,12 +12,12 @@ import pytest
 from conftest import SHARED_DATA
 
 from model.cli import main
-from model.dataset import build_cache, load_cached, load_case
 from model.dicom.series import read_ct_series
 from model.dicom.structures import RoiRule, read_structure_set
-from model.phantoms.cohort import write_cohort
-from model.preprocessing import PreprocessConfig
-from model.sampling import group_cases
+from model.imaging.preprocessing import PreprocessConfig
+from model.lab.phantoms.cohort import write_cohort
+from model.training.dataset import build_cache, load_cached, load_case
+from model.training.sampling import group_cases
 
 PRE = PreprocessConfig(target_spacing=(6.0, 8.0, 8.0))
 
@@ -186,7 +186,7 @@ def test_cli_reports_errors_with_their_code(
 @pytest.mark.skipif(not (SHARED_DATA / "lung1_ct_rtstruct").is_dir(), reason="shared data absent")
 def test_real_clinical_dicom_is_training_input() -> None:
     case_dir = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001"
-    from model.clinical import parse_clinical
+    from model.text.clinical import parse_clinical
 
     record = parse_clinical(
         {

@@ -1,6 +1,13 @@
-"""Celery GPU workers (issue #5): ``llmctv worker`` and ``llmctv embed-cache``.
+"""Job execution: one job from stored CT files to RTSTRUCT, wherever it runs.
 
-:mod:`workers.celery_app` configures Celery, :mod:`workers.tasks` holds the one thin task,
-:mod:`workers.runtime` the model of each worker process, :mod:`workers.dispatch` the gateway's
-side, :mod:`workers.warm` the embedding-cache commands. Nothing is loaded at import time.
+- job records: :mod:`workers.jobs` (files), :mod:`workers.redis_store` (Redis),
+  :mod:`workers.records`, :mod:`workers.atomic_write`;
+- one job: :mod:`workers.pipeline` drives :mod:`workers.engine` (the model, loaded once, with
+  :mod:`workers.embedding_cache`), then :mod:`workers.consistency` and :mod:`workers.preview`;
+- where jobs run: :mod:`workers.dispatch` (the in-process runner of ``llmctv serve``) or Celery
+  (:mod:`workers.celery_app`, :mod:`workers.tasks`, :mod:`workers.runtime`,
+  :mod:`workers.celery_dispatch` for the gateway's side);
+- commands: :mod:`workers.command` (``llmctv worker``, ``llmctv embed-cache``), :mod:`workers.warm`.
+
+Imports :mod:`model` only, never :mod:`service`. Nothing heavy (torch) loads at import time.
 """

@@ -11,8 +11,8 @@ on Celery 5.7 / kombu 5.7 / Redis 7 (``shared/notes/celery-redis-redelivery.md``
 * ``visibility_timeout`` must be longer than the longest job (the hard time limit), or a
   running job is delivered a second time: :func:`check_limits` refuses such settings.
 
-Tasks are idempotent: :func:`service.pipeline.run_job` leaves a finished job alone. The job
-record in Redis (:mod:`service.redis_store`) is the state of record, so task results are not
+Tasks are idempotent: :func:`workers.pipeline.run_job` leaves a finished job alone. The job
+record in Redis (:mod:`workers.redis_store`) is the state of record, so task results are not
 stored (storing them would make the gateway subscribe to a result channel per job).
 """
 
@@ -23,12 +23,12 @@ from datetime import timedelta
 from celery import Celery
 
 from model.errors import ConfigurationError
-from model.settings import Settings
+from workers.settings import WorkerSettings
 
 TASK_NAME = "llmctv.contour"
 
 
-def check_limits(settings: Settings) -> None:
+def check_limits(settings: WorkerSettings) -> None:
     """Refuse time limits that would re-deliver running jobs or never stop them.
 
     Raises
@@ -51,7 +51,7 @@ def check_limits(settings: Settings) -> None:
         raise ConfigurationError("worker_queue and text_queue must differ")
 
 
-def create_celery_app(settings: Settings) -> Celery:
+def create_celery_app(settings: WorkerSettings) -> Celery:
     """A configured Celery application for ``settings`` (connects to nothing yet)."""
     check_limits(settings)
     app = Celery("llmctv", broker=settings.redis_url, backend=settings.redis_url)

@@ -17,19 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigurationError
-from model.settings import Settings
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 SETTING_OPTIONS = ("redis_url", "checkpoint", "storage_dir")
 
 
-def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> Settings:
-    from service.cli import settings_with  # service.cli imports this module
+def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> WorkerSettings:
+    from model.cli import option_overrides
+    from model.settings import with_overrides
+    from workers.settings import get_settings
 
-    return settings_with(args, names)
+    return with_overrides(get_settings(), option_overrides(args, names))
 
 
-def worker_settings(args: argparse.Namespace) -> Settings:
+def worker_settings(args: argparse.Namespace) -> WorkerSettings:
     """Process settings with the command-line options applied."""
     settings = _settings(args, SETTING_OPTIONS)
     if args.no_text_encoder:
@@ -37,7 +39,7 @@ def worker_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def worker_queues(settings: Settings, requested: str | None) -> list[str]:
+def worker_queues(settings: WorkerSettings, requested: str | None) -> list[str]:
     """Queues to consume: both with the text encoder, the contour queue without it.
 
     Raises
@@ -92,10 +94,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_worker(settings: Settings, node: str) -> int:
+def check_worker(settings: WorkerSettings, node: str) -> int:
     """Health check: 0 when a pool process of ``node`` has loaded its model and is beating."""
-    from service.redis_store import connect
     from workers.facts import read_all
+    from workers.redis_store import connect
 
     if not settings.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set")
@@ -107,7 +109,7 @@ def check_worker(settings: Settings, node: str) -> int:
 
 def register_worker(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add ``worker``."""
-    p = subparsers.add_parser(
+    p: argparse.ArgumentParser = subparsers.add_parser(
         "worker", help="Celery GPU worker on LLMCTV_REDIS_URL (the model loads once per process)"
     )
     p.add_argument("--redis-url", default=None, help="broker and job store (LLMCTV_REDIS_URL)")
@@ -133,8 +135,8 @@ def register_worker(subparsers: argparse._SubParsersAction[Any]) -> argparse.Arg
 
 def cmd_embed_cache(args: argparse.Namespace) -> int:
     """``embed-cache warm|stats|clear``."""
-    from service.embedding_cache import RedisContextCache
-    from service.redis_store import connect
+    from workers.embedding_cache import RedisContextCache
+    from workers.redis_store import connect
     from workers.warm import lookup_stats
 
     settings = _settings(args, ("redis_url", "checkpoint"))
@@ -154,7 +156,7 @@ def cmd_embed_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warm(settings: Settings, args: argparse.Namespace) -> int:
+def _warm(settings: WorkerSettings, args: argparse.Namespace) -> int:
     from workers.warm import N_STAGES, T_STAGES, load_for_warming, template_notes, warm
 
     notes = template_notes(args.n_stages or N_STAGES, args.t_stages or T_STAGES, args.bilateral)
@@ -172,7 +174,9 @@ def _warm(settings: Settings, args: argparse.Namespace) -> int:
 
 def register_embed_cache(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
     """Add ``embed-cache``."""
-    p = subparsers.add_parser("embed-cache", help="the shared context-embedding cache in Redis")
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "embed-cache", help="the shared context-embedding cache in Redis"
+    )
     p.add_argument("action", choices=["warm", "stats", "clear"])
     p.add_argument("--redis-url", default=None, help="LLMCTV_REDIS_URL")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: shipped demo model")

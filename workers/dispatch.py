@@ -1,130 +1,119 @@
-"""The gateway's side of Celery: job records in Redis, jobs sent to the worker queue.
+"""Where jobs go after the gateway accepts them.
 
-:func:`celery_backend` is what :func:`service.app.build_backend` uses when ``redis_url`` is set.
-``GET /health`` must answer fast even when Redis is slow or down, so
-:meth:`CeleryDispatcher.describe` returns facts gathered by a background thread every
-:data:`REFRESH_S` seconds (queue lengths, live workers) and never touches the network.
+:class:`EmbeddedDispatcher` runs them in a thread of the gateway process (no Redis needed);
+the Celery dispatcher (:mod:`workers.celery_dispatch`) sends them to GPU workers. Both end in
+:func:`workers.pipeline.run_job`.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
-import redis
-from celery import Celery
-from kombu.exceptions import OperationalError
+from model.errors import LlmctvError
+from workers.jobs import JobFiles, JobStatus, JobStore, iter_jobs
+from workers.pipeline import fail_job, run_job
+from workers.settings import WorkerSettings
 
-from model.settings import Settings
-from service.errors import ServiceUnavailableError
-from service.jobs import JobFiles, utcnow
-from service.redis_store import RedisJobStore, connect
-from workers import facts
-from workers.celery_app import create_celery_app
-from workers.tasks import send_to_queue
+if TYPE_CHECKING:
+    from workers.engine import ContourEngine
 
 log = logging.getLogger(__name__)
-REFRESH_S = 2.0
+_STOP = ""
 
 
-class CeleryDispatcher:
-    """Sends jobs to Celery workers; keeps ``/health`` facts fresh in the background.
+class JobDispatcher(Protocol):
+    """Accepts job ids whose record and files are stored."""
 
-    Parameters
-    ----------
-    settings
-        ``redis_url`` and the queue names are used.
-    app
-        The Celery application (:func:`workers.celery_app.create_celery_app`).
-    client
-        Redis client for queue lengths and worker facts.
-    refresh_s
-        Seconds between background refreshes of the facts.
+    def start(self) -> None:
+        """Begin taking jobs (called once, by the gateway's start-up)."""
+
+    def submit(self, job_id: str) -> None:
+        """Queue a stored job."""
+
+    def stop(self) -> None:
+        """Stop taking jobs (running ones finish or are re-queued on the next start)."""
+
+    def describe(self) -> dict[str, object]:
+        """Facts for ``GET /health`` (mode, queue length); must be fast."""
+
+
+def _load_engine(settings: WorkerSettings) -> ContourEngine:
+    """The model of the settings (torch is imported here, in the worker thread)."""
+    from workers.engine import ContourEngine
+
+    return ContourEngine.from_settings(settings)
+
+
+class EmbeddedDispatcher:
+    """One worker thread in the gateway process, with the model loaded once.
+
+    Jobs left queued or running by a previous process (a crash, a restart) are queued again at
+    start, so none is lost.
     """
 
     def __init__(
-        self, settings: Settings, app: Celery, client: redis.Redis, refresh_s: float = REFRESH_S
+        self,
+        settings: WorkerSettings,
+        store: JobStore,
+        files: JobFiles,
+        engine_factory: Callable[[WorkerSettings], ContourEngine] | None = None,
     ) -> None:
         self.settings = settings
-        self.app = app
-        self.client = client
-        self.refresh_s = refresh_s
-        self._facts: dict[str, object] = {"mode": "celery", "broker": "unknown"}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self.store = store
+        self.files = files
+        self._engine_factory = engine_factory or _load_engine
+        self._engine: ContourEngine | None = None
+        self._engine_error: LlmctvError | None = None
+        self._queue: queue.Queue[str] = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the background refresh (the first one at once, in the thread)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="llmctv-health", daemon=True)
+        """Start the worker thread and re-queue unfinished jobs."""
+        self._thread = threading.Thread(target=self._loop, name="llmctv-worker", daemon=True)
         self._thread.start()
+        for job in iter_jobs(self.store):
+            if not job.status.finished:
+                self.store.update(job.job_id, status=JobStatus.QUEUED)
+                self._queue.put(job.job_id)
 
     def submit(self, job_id: str) -> None:
-        """Queue a stored job for the workers.
-
-        Raises
-        ------
-        ServiceUnavailableError
-            The broker cannot be reached.
-        """
-        try:
-            send_to_queue(self.app, job_id, self.settings.worker_queue)
-        except (OperationalError, redis.RedisError) as exc:
-            raise ServiceUnavailableError(f"the job queue cannot be reached: {exc}") from exc
+        """Queue a stored job."""
+        self._queue.put(job_id)
 
     def stop(self) -> None:
-        """Stop the background refresh (queued jobs stay in Redis for the workers)."""
-        self._stop.set()
+        """Let the current job finish, then end the thread."""
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._queue.put(_STOP)
+            self._thread.join(timeout=self.settings.task_hard_time_limit)
             self._thread = None
 
     def describe(self) -> dict[str, object]:
-        """The latest facts (mode, broker state, queue lengths, workers); never blocks."""
-        with self._lock:
-            return dict(self._facts)
-
-    def gather(self) -> dict[str, object]:
-        """Read the facts from Redis now (blocking; used by the background thread)."""
-        queues = (self.settings.worker_queue, self.settings.text_queue)
-        with self.client.pipeline(transaction=False) as pipe:
-            for name in queues:
-                pipe.llen(name)
-            lengths = pipe.execute()
-        workers: list[dict[str, Any]] = facts.read_all(self.client)
+        """Mode, queue length and whether the model is loaded."""
         return {
-            "mode": "celery",
-            "broker": "ok",
-            "queued": {name: int(n) for name, n in zip(queues, lengths, strict=True)},
-            "workers": workers,
-            "workers_with_text_encoder": sum(1 for w in workers if w.get("text_encoder")),
-            "checked_at": utcnow().isoformat(timespec="seconds"),
+            "mode": "embedded",
+            "queued": self._queue.qsize(),
+            "model_loaded": self._engine is not None,
         }
 
-    def _refresh_once(self) -> None:
-        try:
-            found = self.gather()
-        except redis.RedisError as exc:
-            log.warning("health facts not refreshed: %s", exc)
-            found = {**self.describe(), "broker": "unreachable"}
-        with self._lock:
-            self._facts = found
+    def _load(self) -> ContourEngine | None:
+        if self._engine is None and self._engine_error is None:
+            try:
+                self._engine = self._engine_factory(self.settings)
+            except LlmctvError as exc:
+                log.error("the model cannot be loaded: %s", exc)
+                self._engine_error = exc
+        return self._engine
 
     def _loop(self) -> None:
-        self._refresh_once()
-        while not self._stop.wait(self.refresh_s):
-            self._refresh_once()
-
-
-def celery_backend(settings: Settings, files: JobFiles) -> tuple[RedisJobStore, CeleryDispatcher]:
-    """Job store and dispatcher of a gateway whose workers run under Celery on Redis.
-
-    ``files`` (CT input, RTSTRUCT output) stay in the storage folder shared with the workers;
-    only the records move to Redis.
-    """
-    client = connect(settings.redis_url or "")
-    app = create_celery_app(settings)
-    log.info("jobs go to Celery queue %r under %s", settings.worker_queue, files.root)
-    return RedisJobStore(client), CeleryDispatcher(settings, app, client)
+        self._load()
+        while (job_id := self._queue.get()) != _STOP:
+            engine = self._load()
+            if engine is None and self._engine_error is not None:
+                fail_job(self.store, job_id, self._engine_error)
+                continue
+            if engine is not None:
+                run_job(job_id, self.store, self.files, engine, self.settings)

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from service.jobs import utcnow
+from workers.jobs import utcnow
 
 log = logging.getLogger(__name__)
 

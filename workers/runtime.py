@@ -22,14 +22,14 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.errors import ConfigurationError, ContextNotCachedError, LlmctvError
 from model.inference import Predictor
-from model.settings import Settings
-from service.embedding_cache import RedisContextCache
-from service.engine import ContourEngine, checkpoint_folder
-from service.errors import JobNotFoundError, JobTimeoutError
-from service.jobs import JobFiles, JobStatus
-from service.pipeline import fail_job, run_job
-from service.redis_store import RedisJobStore, connect
 from workers import facts
+from workers.embedding_cache import RedisContextCache
+from workers.engine import ContourEngine, checkpoint_folder
+from workers.errors import JobNotFoundError, JobTimeoutError
+from workers.jobs import JobFiles, JobStatus
+from workers.pipeline import fail_job, run_job
+from workers.redis_store import RedisJobStore, connect
+from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ Reroute = Callable[[str], None]
 class WorkerOptions:
     """What the main process decided before the pool starts (inherited by each fork)."""
 
-    settings: Settings
+    settings: WorkerSettings
     node: str
     queues: list[str]
 
@@ -50,7 +50,7 @@ def default_node(text_encoder: bool) -> str:
     return f"llmctv-{'text' if text_encoder else 'cache'}@{socket.gethostname()}"
 
 
-def build_engine(settings: Settings, cache: RedisContextCache) -> ContourEngine:
+def build_engine(settings: WorkerSettings, cache: RedisContextCache) -> ContourEngine:
     """The worker's model: on the GPU when there is one; without the LLM when so configured."""
     predictor = Predictor.from_checkpoint(
         checkpoint_folder(settings),

@@ -1,6 +1,6 @@
 """The one Celery task: run a stored job by id. Thin on purpose.
 
-The task deserialises the job id, calls :func:`service.pipeline.run_job` through the worker
+The task deserialises the job id, calls :func:`workers.pipeline.run_job` through the worker
 process's runtime (model loaded once), which records every state change on the job record,
 and returns the job's status (logged by Celery). A note that is not cached on a worker
 without the language model sends the job on to the ``text`` queue (the job stays ``queued``).

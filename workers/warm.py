@@ -1,6 +1,6 @@
 """Fill, inspect and clear the shared embedding cache (``llmctv embed-cache``).
 
-Every note the template can render (:meth:`model.clinical.ClinicalRecord.prompt_text`) is
+Every note the template can render (:meth:`model.text.clinical.ClinicalRecord.prompt_text`) is
 enumerated from the contract's stage patterns:
 
 * one side: 14 N stages x 13 T stages x 2 surgeries x 2 sides = **728 notes**;
@@ -22,14 +22,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from model.clinical import ClinicalRecord, Diagnosis, Side, Surgery
-from model.context import context_key, contexts_for
 from model.errors import ConfigurationError
 from model.inference import Predictor
-from model.settings import Settings
-from service.embedding_cache import RedisContextCache
-from service.engine import checkpoint_folder
-from service.redis_store import connect
+from model.network.context import context_key, contexts_for
+from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
+from workers.embedding_cache import RedisContextCache
+from workers.engine import checkpoint_folder
+from workers.redis_store import connect
+from workers.settings import WorkerSettings
 
 N_STAGES = ("0", "1mi", "1", "1a", "1b", "1c", "2", "2a", "2b", "2c", "3", "3a", "3b", "3c")
 T_STAGES = ("is", "1mi", "1", "1a", "1b", "1c", "2", "3", "4", "4a", "4b", "4c", "4d")
@@ -104,7 +104,7 @@ def warm(
     )
 
 
-def load_for_warming(settings: Settings) -> tuple[Predictor, RedisContextCache]:
+def load_for_warming(settings: WorkerSettings) -> tuple[Predictor, RedisContextCache]:
     """The checkpoint with its text encoder, and the Redis cache of ``settings``."""
     if not settings.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set; the shared cache lives in Redis")

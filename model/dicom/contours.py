@@ -5,7 +5,8 @@ Coordinate system
 Everything here works in *array index* coordinates of one slice: a point is ``(j, i)`` =
 (row, column), as floats, where voxel ``(j, i)`` has its centre at ``(j, i)`` and covers the
 square ``[j - 0.5, j + 0.5] x [i - 0.5, i + 0.5]``. Mapping to patient LPS millimetres is the
-caller's job (see :mod:`model.dicom.rtstruct`, which goes through :class:`model.geometry.Grid`).
+caller's job (see :mod:`model.dicom.rtstruct`, which goes through
+:class:`model.imaging.geometry.Grid`).
 
 Conventions (the contract between :func:`mask_to_polygons` and :func:`polygons_to_mask`)
 -----------------------------------------------------------------------------------------
@@ -58,7 +59,7 @@ def mask_to_polygons(mask: npt.ArrayLike) -> list[FloatArray]:
     return [loop.astype(np.float64) - 0.5 for loop in corner_loops(np.asarray(mask))]
 
 
-def corner_loops(mask: npt.NDArray) -> list[IntArray]:
+def corner_loops(mask: npt.NDArray[np.bool_]) -> list[IntArray]:
     """Trace the voxel-boundary polygons of one 2-D slice in integer *corner* coordinates.
 
     Same polygons as :func:`mask_to_polygons`, but exact: corner ``(J, I)`` is the point
@@ -108,7 +109,8 @@ def _keep_corners(points: IntArray) -> IntArray:
     incoming = points - np.roll(points, 1, axis=0)
     outgoing = np.roll(points, -1, axis=0) - points
     turn = incoming[:, 0] * outgoing[:, 1] - incoming[:, 1] * outgoing[:, 0]
-    return points[turn != 0]
+    kept: IntArray = points[turn != 0]
+    return kept
 
 
 def _split_at_repeats(loop: IntArray) -> list[IntArray]:

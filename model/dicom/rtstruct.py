@@ -63,7 +63,7 @@ from model.dicom.rtstruct_types import (
     roi_color,
 )
 from model.errors import StructureSetWriteError
-from model.geometry import FloatArray
+from model.imaging.geometry import FloatArray
 
 __all__ = [
     "ReferencedSeries",

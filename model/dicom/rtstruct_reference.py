@@ -2,7 +2,7 @@
 
 Coordinates: DICOM patient LPS in millimetres. Slices are indexed by ``k`` in order of
 increasing position along the slice normal ``row x column`` of ImageOrientationPatient, the
-same order as the arrays of :class:`model.geometry.Grid`. Logs and error details never name
+same order as the arrays of :class:`model.imaging.geometry.Grid`. Logs and error details never name
 patients; series are named by UID only.
 """
 
@@ -25,7 +25,7 @@ from model.errors import (
     NoSeriesError,
     StructureSetWriteError,
 )
-from model.geometry import FloatArray, Grid
+from model.imaging.geometry import FloatArray, Grid
 
 _GEOMETRY_KEYWORDS = (
     "SOPInstanceUID",

@@ -1,4 +1,4 @@
-"""Reading one CT series from DICOM files into a :class:`~model.geometry.Volume`.
+"""Reading one CT series from DICOM files into a :class:`~model.imaging.geometry.Volume`.
 
 Coordinates: DICOM patient LPS in millimetres. The returned array is indexed ``(k, j, i)`` =
 (slice, row, column), with ``k`` growing along the slice normal ``row x column`` of
@@ -17,6 +17,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,7 +25,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -33,9 +34,9 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
-from model.dicom._geometry import build_grid
+from model.dicom.ingest_policy import DEFAULT_POLICY, IngestPolicy
+from model.dicom.series_geometry import build_grid
 from model.errors import (
-    ConfigurationError,
     DicomError,
     MixedSeriesError,
     NoSeriesError,
@@ -44,7 +45,7 @@ from model.errors import (
     UnreadableDicomError,
     UnsupportedTransferSyntaxError,
 )
-from model.geometry import Volume
+from model.imaging.geometry import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -64,56 +65,6 @@ PARSE_ERRORS = (
 )
 _DEFER_SIZE = "64 KB"
 _NATIVE_BITS = (8, 16, 32)
-
-
-@dataclass(frozen=True)
-class IngestPolicy:
-    """Tolerances for accepting a CT series.
-
-    Parameters
-    ----------
-    min_slices
-        Fewest slices accepted (at least 2, so that a slice spacing exists).
-    max_gap_factor
-        A step between neighbouring slice positions larger than this times the median step
-        means slices are missing.
-    orientation_tolerance_deg
-        Largest angle between an ImageOrientationPatient direction and the nearest patient
-        axis, between the slice normal and the LPS z axis, between the orientations of two
-        slices, and largest GantryDetectorTilt.
-    in_plane_shift_tolerance
-        Largest in-plane offset (fraction of the pixel spacing) of any slice position from the
-        line through the first position along the slice normal (gantry tilt, shear).
-    slice_position_tolerance
-        Largest distance (fraction of the mean slice spacing) between a slice position and its
-        place on the uniform grid.
-    pixel_spacing_tolerance_mm
-        Largest difference in PixelSpacing between slices.
-    skip_non_dicom
-        Skip files that are not DICOM with a logged warning; otherwise raise.
-    """
-
-    min_slices: int = 5
-    max_gap_factor: float = 1.5
-    orientation_tolerance_deg: float = 0.5
-    in_plane_shift_tolerance: float = 0.25
-    slice_position_tolerance: float = 0.1
-    pixel_spacing_tolerance_mm: float = 1e-3
-    skip_non_dicom: bool = True
-
-    def __post_init__(self) -> None:
-        if self.min_slices < 2:
-            raise ConfigurationError(f"min_slices must be at least 2, got {self.min_slices}")
-        if self.max_gap_factor <= 1.0:
-            raise ConfigurationError(f"max_gap_factor must exceed 1, got {self.max_gap_factor}")
-        tolerances = (
-            self.orientation_tolerance_deg,
-            self.in_plane_shift_tolerance,
-            self.slice_position_tolerance,
-            self.pixel_spacing_tolerance_mm,
-        )
-        if any(t < 0 for t in tolerances):
-            raise ConfigurationError("ingest tolerances must not be negative")
 
 
 @dataclass(frozen=True)
@@ -157,7 +108,7 @@ def read_ct_series(
     source: Path | Iterable[Path],
     *,
     series_instance_uid: str | None = None,
-    policy: IngestPolicy = IngestPolicy(),
+    policy: IngestPolicy = DEFAULT_POLICY,
 ) -> CtSeries:
     """Read and validate one CT series.
 
@@ -225,7 +176,7 @@ def inspect_ct_series(
     source: Path | Iterable[Path],
     *,
     series_instance_uid: str | None = None,
-    policy: IngestPolicy = IngestPolicy(),
+    policy: IngestPolicy = DEFAULT_POLICY,
 ) -> SeriesSummary:
     """Run every check of :func:`read_ct_series` that needs headers only (fast, no pixels).
 
@@ -410,7 +361,7 @@ def _strip_bulk_data(ds: Dataset) -> None:
 
 
 # --- pixels ----------------------------------------------------------------------------------
-def _decode_volume(slices: Sequence[Dataset], shape: tuple[int, int, int]) -> npt.NDArray:
+def _decode_volume(slices: Sequence[Dataset], shape: tuple[int, int, int]) -> npt.NDArray[Any]:
     """Decode every slice into one float32 HU array ``(k, j, i)``."""
     out = np.empty(shape, dtype=np.float32)
     for k, ds in enumerate(slices):
@@ -423,7 +374,7 @@ def _decode_volume(slices: Sequence[Dataset], shape: tuple[int, int, int]) -> np
     return out
 
 
-def _stored_values(ds: Dataset) -> npt.NDArray:
+def _stored_values(ds: Dataset) -> npt.NDArray[Any]:
     """The stored pixel values of one single-frame slice, shape ``(rows, columns)``."""
     syntax = _transfer_syntax(ds)
     if syntax.is_compressed:
@@ -448,7 +399,8 @@ def _stored_values(ds: Dataset) -> npt.NDArray:
         return raw
     if signed:
         return (raw << unused) >> unused  # sign-extend from BitsStored
-    return raw & raw.dtype.type((1 << stored) - 1)
+    masked: npt.NDArray[Any] = raw & raw.dtype.type((1 << stored) - 1)
+    return masked
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -462,7 +414,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
-def _decode_compressed(ds: Dataset, syntax: UID) -> npt.NDArray:
+def _decode_compressed(ds: Dataset, syntax: UID) -> npt.NDArray[Any]:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:

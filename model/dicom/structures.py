@@ -1,7 +1,7 @@
 """Reading RT structure sets and rasterising their ROIs onto a CT grid.
 
 Coordinates: contour points are DICOM patient LPS, millimetres; masks are arrays
-``(k, j, i)`` on a :class:`~model.geometry.Grid`.
+``(k, j, i)`` on a :class:`~model.imaging.geometry.Grid`.
 
 Rasterisation convention (shared with the RTSTRUCT writer): a voxel belongs to a closed planar
 contour when its *centre* lies inside the polygon. Contours of one ROI on one slice combine by
@@ -30,7 +30,7 @@ from model.errors import (
     StructureSetError,
     UnreadableDicomError,
 )
-from model.geometry import Grid
+from model.imaging.geometry import Grid
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import threading
 from types import FrameType
 from typing import Any
 
-from model.settings import Settings, get_settings
 from service.dicomnet.assembly import OnComplete, ReceivedSeries
 from service.dicomnet.listener import DicomListener
+from service.dicomnet.settings import DicomSettings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def register(
     on_complete
         Called for each completed series (default: log it).
     """
-    parser = subparsers.add_parser(
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "dicom-listener",
         help="run the DICOM Storage SCP (C-ECHO, C-STORE) in the foreground",
         description=(
@@ -68,7 +68,7 @@ def register(
     return parser
 
 
-def _settings_for(args: argparse.Namespace) -> Settings:
+def _settings_for(args: argparse.Namespace) -> DicomSettings:
     """The process settings with the command-line overrides applied."""
     overrides = {
         "dicom_host": args.host,

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from model.errors import ConfigurationError
-from model.settings import Settings, get_settings
 from service.dicomnet.errors import InvalidDestinationError, UnknownDestinationError
+from service.dicomnet.settings import DicomSettings, get_settings
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)$")
@@ -133,7 +133,9 @@ def parse_destinations(values: Iterable[str]) -> dict[str, DicomDestination]:
     return result
 
 
-def destinations_from_settings(settings: Settings | None = None) -> dict[str, DicomDestination]:
+def destinations_from_settings(
+    settings: DicomSettings | None = None,
+) -> dict[str, DicomDestination]:
     """The configured ``dicom_destinations`` by name (process settings by default)."""
     return parse_destinations((settings or get_settings()).dicom_destinations)
 

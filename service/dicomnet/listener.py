@@ -28,7 +28,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from model.dicom.series import PARSE_ERRORS
 from model.errors import ConfigurationError, LlmctvError, UnreadableDicomError
-from model.settings import Settings
 from service.dicomnet.assembly import OnComplete, ReceivedInstance, SeriesAssembler
 from service.dicomnet.destinations import check_ae_title
 from service.dicomnet.errors import (
@@ -38,6 +37,7 @@ from service.dicomnet.errors import (
     InvalidUidError,
     SopClassMismatchError,
 )
+from service.dicomnet.settings import DicomSettings
 from service.dicomnet.storage import check_uid, remove_stale_temporaries, store_instance
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class DicomListener:
         self._ae: AE | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, on_complete: OnComplete) -> DicomListener:
+    def from_settings(cls, settings: DicomSettings, on_complete: OnComplete) -> DicomListener:
         """A listener configured by the ``dicom_*`` settings.
 
         Instances are stored under ``<storage_dir>/dicom/received``.

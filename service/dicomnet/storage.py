@@ -16,8 +16,8 @@ import logging
 import re
 from pathlib import Path
 
-from service.atomic_write import TEMP_SUFFIX, write_atomically
 from service.dicomnet.errors import DicomStorageError, InvalidUidError
+from workers.atomic_write import TEMP_SUFFIX, write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: Dice, IoU, HD95 with bootstrap CIs, and evaluation reports."""

@@ -1,0 +1,1 @@
+"""Voxel grids in DICOM patient coordinates and CT preprocessing for the network."""

@@ -1,0 +1,1 @@
+"""The lab: synthetic phantoms, the paper's experiments, the perturbation study, figures."""

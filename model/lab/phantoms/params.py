@@ -1,0 +1,279 @@
+"""The random parameters of one phantom, sampled per the "Anatomy" section of the spec.
+
+Everything here is independent of the matrix size (``scale``) and of the clinical record:
+both sides always get a breast, node-region and surgical-change parameters, and the record
+decides which apply. Lengths are millimetres; ``top`` and the scan limits are LPS ``z``.
+Offsets ``u``/``v`` are LPS ``x``/``y`` relative to the body centre (``v < 0`` anterior).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from model.lab.phantoms.sites import SiteProfile, uniform
+from model.text.clinical import Side
+
+SIDE_SIGN = {Side.LEFT: 1, Side.RIGHT: -1}
+"""Sign of LPS ``x`` of each side relative to the body centre (+x is the patient's left)."""
+
+
+@dataclass(frozen=True)
+class ScannerParams:
+    """Acquisition: spacing at a 512 matrix, slice thickness, noise and calibration (HU)."""
+
+    pixel_spacing: float
+    slice_thickness: float
+    noise_sigma: float
+    hu_offset: float
+
+
+@dataclass(frozen=True)
+class BodyParams:
+    """Trunk: elliptic cylinder, wall layers, lungs, heart, bones.
+
+    ``a``/``b`` are the lateral/AP semi-axes, ``cx``/``cy`` the LPS centre; ``fat``,
+    ``pectoralis`` and ``rib`` are layer thicknesses measured inward from the chest surface.
+    """
+
+    a: float
+    b: float
+    cx: float
+    cy: float
+    fat: float
+    pectoralis: float
+    rib: float
+    ribs_visible: bool
+    rib_period: float
+    rib_phase: float
+    sternum_half_width: float
+    vertebra_radius: float
+    lung_semi_x: float
+    lung_semi_y: float
+    heart_u: float
+    heart_v: float
+    heart_semi: tuple[float, float, float]
+    heart_z_above_bottom: float
+
+    @property
+    def wall(self) -> float:
+        """Depth (mm) of the inner surface of the anterior chest wall (fat+muscle+rib)."""
+        return self.fat + self.pectoralis + self.rib
+
+
+@dataclass(frozen=True)
+class BreastParams:
+    """One breast (rendered unless that side had a mastectomy; its footprint always counts).
+
+    ``centre_frac`` is |centre x - cx| / a; ``radius`` is the lateral radius measured as arc
+    length along the chest surface (capped at |centre x| - 15); ``top`` the LPS ``z`` of the
+    cranial end; ``projection`` the anterior projection beyond the chest's skin line.
+    """
+
+    side: Side
+    centre_frac: float
+    length: float
+    top: float
+    radius: float
+    projection: float
+    gland_hu: float
+    gland_fraction: float
+
+    @property
+    def bottom(self) -> float:
+        """LPS ``z`` of the caudal end."""
+        return self.top - self.length
+
+    @property
+    def z_centre(self) -> float:
+        """LPS ``z`` of the footprint centre."""
+        return self.top - self.length / 2.0
+
+
+@dataclass(frozen=True)
+class SurgicalParams:
+    """Surgical changes of one side, used per the record's surgery.
+
+    Breast-conserving: a seroma at footprint position ``seroma_at`` = (arc fraction of the
+    radius, z fraction of the half-length, depth fraction of the breast thickness) with
+    semi-axes ``seroma_semi`` (x, y, z), and clips given as (unit direction, gap beyond the
+    seroma surface, HU). Mastectomy: a residual skin flap of ``flap`` mm and clips at
+    (arc fraction, z fraction, depth fraction between flap and mid-pectoralis, HU).
+    """
+
+    seroma_at: tuple[float, float, float]
+    seroma_semi: tuple[float, float, float]
+    bcs_clips: tuple[tuple[float, float, float, float, float], ...]
+    flap: float
+    tm_clips: tuple[tuple[float, float, float, float], ...]
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Lymph-node regions of one side (labels only)."""
+
+    axilla_y_frac: float
+    axilla_semi_x: float
+    axilla_semi_y_frac: float
+    scf_y_frac: float
+    scf_semi_x: float
+    scf_semi_y: float
+    imn_offset: float
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    """All parameters of one phantom; ``scan_bottom``/``scan_top`` are LPS ``z`` (mm)."""
+
+    scanner: ScannerParams
+    body: BodyParams
+    breasts: dict[Side, BreastParams]
+    surgical: dict[Side, SurgicalParams]
+    nodes: dict[Side, NodeParams]
+    scan_bottom: float
+    scan_top: float
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready parameters (for ``cohort.json``)."""
+        return {
+            "scanner": asdict(self.scanner),
+            "body": asdict(self.body),
+            "breasts": {s.value: _side_dict(asdict(p)) for s, p in self.breasts.items()},
+            "nodes": {s.value: asdict(p) for s, p in self.nodes.items()},
+            "scan_z_mm": [self.scan_bottom, self.scan_top],
+        }
+
+
+def _side_dict(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with :class:`Side` enums replaced by their strings (JSON-ready)."""
+    return {k: (v.value if isinstance(v, Side) else v) for k, v in values.items()}
+
+
+def _sample_scanner(rng: np.random.Generator, profile: SiteProfile) -> ScannerParams:
+    """Pixel spacing (mm, 4 decimals), slice thickness (mm), noise and offset (HU)."""
+    thicknesses = profile.slice_thicknesses
+    return ScannerParams(
+        pixel_spacing=round(uniform(rng, profile.pixel_spacing), 4),
+        slice_thickness=float(thicknesses[int(rng.integers(len(thicknesses)))]),
+        noise_sigma=uniform(rng, profile.noise_sigma),
+        hu_offset=uniform(rng, profile.hu_offset),
+    )
+
+
+def _sample_body(rng: np.random.Generator) -> BodyParams:
+    """Trunk parameters; centre in LPS mm, organ offsets relative to it."""
+    a, b = uniform(rng, (140, 190)), uniform(rng, (95, 130))
+    return BodyParams(
+        a=a,
+        b=b,
+        cx=uniform(rng, (-20, 20)),
+        cy=uniform(rng, (-20, 20)),
+        fat=uniform(rng, (8, 25)),
+        pectoralis=uniform(rng, (8, 15)),
+        rib=uniform(rng, (6, 10)),
+        ribs_visible=bool(rng.random() < 0.75),
+        rib_period=uniform(rng, (22, 30)),
+        rib_phase=uniform(rng, (0, 30)),
+        sternum_half_width=uniform(rng, (12, 18)),
+        vertebra_radius=uniform(rng, (15, 19)),
+        lung_semi_x=uniform(rng, (0.34, 0.38)) * a,
+        lung_semi_y=uniform(rng, (0.62, 0.72)) * b,
+        heart_u=uniform(rng, (0.10, 0.18)) * a,
+        heart_v=-uniform(rng, (0.05, 0.15)) * b,
+        heart_semi=(
+            uniform(rng, (0.26, 0.32)) * a,
+            uniform(rng, (0.30, 0.38)) * b,
+            uniform(rng, (50, 65)),
+        ),
+        heart_z_above_bottom=uniform(rng, (10, 40)),
+    )
+
+
+def _sample_breast(rng: np.random.Generator, side: Side, a: float, top: float) -> BreastParams:
+    """One breast whose cranial end lies within 8 mm of LPS ``z = top``."""
+    centre_frac = uniform(rng, (0.45, 0.60))
+    radius = min(uniform(rng, (50, 80)), centre_frac * a - 15.0)
+    return BreastParams(
+        side=side,
+        centre_frac=centre_frac,
+        length=uniform(rng, (90, 150)),
+        top=top + uniform(rng, (-8, 8)),
+        radius=radius,
+        projection=uniform(rng, (25, 80)),
+        gland_hu=uniform(rng, (20, 40)),
+        gland_fraction=uniform(rng, (0.2, 0.6)),
+    )
+
+
+def _unit_vector(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A uniformly distributed LPS direction ``(x, y, z)``."""
+    v = rng.normal(size=3)
+    v = v / max(float(np.linalg.norm(v)), 1e-9)
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _sample_surgical(rng: np.random.Generator) -> SurgicalParams:
+    """Seroma, clips and flap of one side (see :class:`SurgicalParams`)."""
+    seroma_at = (uniform(rng, (-0.3, 0.3)), uniform(rng, (-0.3, 0.3)), uniform(rng, (0.3, 0.6)))
+    seroma_semi = (uniform(rng, (5, 15)), uniform(rng, (5, 15)), uniform(rng, (5, 15)))
+    bcs_clips = tuple(
+        (*_unit_vector(rng), uniform(rng, (1, 4)), uniform(rng, (1500, 2500)))
+        for _ in range(int(rng.integers(0, 6)))
+    )
+    tm_clips = tuple(
+        (
+            uniform(rng, (-0.6, 0.6)),
+            uniform(rng, (-0.6, 0.6)),
+            uniform(rng, (0.0, 1.0)),
+            uniform(rng, (1500, 2500)),
+        )
+        for _ in range(int(rng.integers(0, 4)))
+    )
+    return SurgicalParams(
+        seroma_at=seroma_at,
+        seroma_semi=seroma_semi,
+        bcs_clips=bcs_clips,
+        flap=uniform(rng, (4, 7)),
+        tm_clips=tm_clips,
+    )
+
+
+def _sample_nodes(rng: np.random.Generator) -> NodeParams:
+    """Node-region parameters of one side (see the spec's "Lymph-node regions")."""
+    return NodeParams(
+        axilla_y_frac=uniform(rng, (0.25, 0.35)),
+        axilla_semi_x=uniform(rng, (22, 32)),
+        axilla_semi_y_frac=uniform(rng, (0.22, 0.30)),
+        scf_y_frac=uniform(rng, (0.45, 0.55)),
+        scf_semi_x=uniform(rng, (20, 28)),
+        scf_semi_y=uniform(rng, (20, 28)),
+        imn_offset=uniform(rng, (25, 35)),
+    )
+
+
+def sample_params(rng: np.random.Generator, profile: SiteProfile) -> PhantomParams:
+    """Draw every parameter of one phantom (both sides, all surgical options).
+
+    The breasts' cranial ends lie near a random table position; the scan runs from 70-100 mm
+    above the highest breast top to 20-40 mm below the lowest breast bottom (LPS ``z``).
+    """
+    scanner = _sample_scanner(rng, profile)
+    body = _sample_body(rng)
+    table_top = uniform(rng, (-40, 40))
+    sides = (Side.LEFT, Side.RIGHT)
+    breasts = {s: _sample_breast(rng, s, body.a, table_top) for s in sides}
+    surgical = {s: _sample_surgical(rng) for s in sides}
+    nodes = {s: _sample_nodes(rng) for s in sides}
+    scan_top = max(p.top for p in breasts.values()) + uniform(rng, (70, 100))
+    scan_bottom = min(p.bottom for p in breasts.values()) - uniform(rng, (20, 40))
+    return PhantomParams(
+        scanner=scanner,
+        body=body,
+        breasts=breasts,
+        surgical=surgical,
+        nodes=nodes,
+        scan_bottom=scan_bottom,
+        scan_top=scan_top,
+    )

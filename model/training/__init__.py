@@ -1,0 +1,1 @@
+"""Training: DICOM data sets and their cache, sampling and batches, the trainer."""

@@ -1,0 +1,206 @@
+"""Training and evaluation data from DICOM, the format clinics have.
+
+Layout of a data set folder::
+
+    DATA/clinical.csv            one row per case (columns: model.text.clinical.CSV_COLUMNS)
+    DATA/<case_id>/...           the case's CT series and its RTSTRUCT, any sub-folders
+
+The target label is the union of the RTSTRUCT's ROIs that a :class:`RoiRule` selects.
+:func:`build_cache` reads the DICOM once and writes one ``<case_id>.npz`` per case (CT in
+[0, 1] as float16 and the label as uint8, both on the network grid), so epochs never re-read
+DICOM. A case that cannot be read is reported with its error code and skipped — never
+silently. Logs give counts only; case ids appear in the returned report, not in logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from model.dicom.series import CtSeries, read_ct_series
+from model.dicom.structures import RoiRule, StructureSet, rasterize, read_structure_set
+from model.errors import DatasetError, LlmctvError, StructureSetError
+from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
+from model.text.clinical import ClinicalRecord, read_clinical_csv
+from model.training.sampling import TrainingCase
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 2
+
+
+@dataclass
+class LoadedCase:
+    """One case read from DICOM: the CT, the target mask on its grid, the clinical record."""
+
+    case_id: str
+    ct: CtSeries
+    mask: np.ndarray
+    record: ClinicalRecord
+
+
+@dataclass
+class CacheReport:
+    """What :func:`build_cache` did."""
+
+    built: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)  # (case, code, detail)
+
+    def summary(self) -> str:
+        """One line per skipped case plus totals (for the terminal, not for logs)."""
+        lines = [f"  skipped {c}: [{code}] {detail}" for c, code, detail in self.skipped]
+        lines.append(
+            f"cache: {len(self.built)} built, {len(self.reused)} reused, "
+            f"{len(self.skipped)} skipped"
+        )
+        return "\n".join(lines)
+
+
+def _rtstruct_files(case_dir: Path) -> list[Path]:
+    found = []
+    for path in sorted(p for p in case_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+        except (pydicom.errors.InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        if getattr(ds, "Modality", "") == "RTSTRUCT":
+            found.append(path)
+    return found
+
+
+def _structure_set_for(case_dir: Path, ct: CtSeries) -> StructureSet:
+    candidates = [read_structure_set(p) for p in _rtstruct_files(case_dir)]
+    matching = [s for s in candidates if s.frame_of_reference_uid == ct.frame_of_reference_uid]
+    if not matching:
+        raise StructureSetError(
+            f"no RTSTRUCT on the CT's frame of reference ({len(candidates)} RTSTRUCT files found)"
+        )
+    return matching[0]
+
+
+def load_case(case_dir: Path, record: ClinicalRecord, rule: RoiRule) -> LoadedCase:
+    """Read a case's CT and target mask (on the CT grid, ``(k, j, i)``)."""
+    ct = read_ct_series(case_dir)
+    structures = _structure_set_for(case_dir, ct)
+    names = [roi.name for roi in rule.select(structures)]
+    mask = rasterize(
+        structures, names, ct.volume.grid, frame_of_reference_uid=ct.frame_of_reference_uid
+    )
+    return LoadedCase(case_dir.name, ct, mask, record)
+
+
+def iter_cases(
+    data_dir: Path, csv_path: Path | None = None
+) -> list[tuple[str, Path, ClinicalRecord]]:
+    """``(case_id, folder, record)`` for every CSV row; a missing folder is an error."""
+    records = read_clinical_csv(csv_path or data_dir / "clinical.csv")
+    out = []
+    for case_id, record in records.items():
+        folder = data_dir / case_id
+        if not folder.is_dir():
+            raise DatasetError(f"case folder missing for a CSV row: {folder}")
+        out.append((case_id, folder, record))
+    return out
+
+
+def _fingerprint(folder: Path, note: str, rule: RoiRule, pre: PreprocessConfig) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{note}|{rule.include}|{rule.exclude}".encode())
+    h.update(json.dumps(asdict(pre), sort_keys=True, default=str).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        st = path.stat()
+        h.update(f"{path.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def build_cache(
+    data_dir: Path,
+    cache_dir: Path,
+    *,
+    rule: RoiRule | None = None,
+    preprocess: PreprocessConfig | None = None,
+    csv_path: Path | None = None,
+) -> CacheReport:
+    """Preprocess every case once into ``cache_dir`` (reusing unchanged entries)."""
+    rule = rule or RoiRule()
+    pre = preprocess or PreprocessConfig()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    report = CacheReport()
+    for case_id, folder, record in iter_cases(data_dir, csv_path):
+        note = record.prompt_text()
+        fp = _fingerprint(folder, note, rule, pre)
+        target = cache_dir / f"{case_id}.npz"
+        if target.is_file() and _stored_fingerprint(target) == fp:
+            report.reused.append(case_id)
+            continue
+        try:
+            case = load_case(folder, record, rule)
+        except LlmctvError as exc:
+            report.skipped.append((case_id, exc.code, exc.detail))
+            continue
+        image, plan = preprocess_ct(case.ct.volume, pre)
+        label = resample_labels(case.mask.astype(np.uint8), plan)
+        meta = {
+            "case_id": case_id,
+            "note": note,
+            "fingerprint": fp,
+            "spacing": list(plan.target.spacing),
+            "source_shape": list(plan.source.shape),
+            "group": case.ct.series_instance_uid,
+        }
+        tmp = cache_dir / f".{case_id}.tmp.npz"
+        np.savez(
+            tmp,
+            image=image.astype(np.float16),
+            label=label.astype(np.uint8),
+            meta=np.array(json.dumps(meta)),
+        )
+        tmp.replace(target)
+        report.built.append(case_id)
+    log.info(
+        "cache: %d built, %d reused, %d skipped",
+        len(report.built),
+        len(report.reused),
+        len(report.skipped),
+    )
+    return report
+
+
+def _stored_fingerprint(path: Path) -> str | None:
+    try:
+        with np.load(path) as data:
+            return str(json.loads(str(data["meta"]))["fingerprint"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_cached(cache_dir: Path, case_ids: list[str] | None = None) -> list[TrainingCase]:
+    """Load cached cases (all, or the listed ids) as :class:`TrainingCase` objects."""
+    paths = sorted(cache_dir.glob("*.npz"))
+    if case_ids is not None:
+        wanted = set(case_ids)
+        paths = [p for p in paths if p.stem in wanted]
+    cases = []
+    for path in paths:
+        if path.name.startswith("."):
+            continue
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            cases.append(
+                TrainingCase(
+                    meta["case_id"],
+                    data["image"],
+                    data["label"],
+                    meta["note"],
+                    tuple(meta["spacing"]),
+                    meta.get("group", ""),
+                )
+            )
+    if not cases:
+        raise DatasetError(f"no cached cases in {cache_dir}")
+    return cases

@@ -1,0 +1,38 @@
+"""Settings of DICOM networking: the listener, allowed peers, destinations, retries.
+
+Environment variables ``LLMCTV_DICOM_*``; list settings are comma-separated.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from model.settings import CommaList, load_settings, split_commas
+from workers.settings import StorageSettings
+
+
+class DicomSettings(StorageSettings):
+    """The DICOM listener (C-ECHO, C-STORE SCP) and the C-STORE sender."""
+
+    dicom_listener: bool = True
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = "LLMCTV"
+    dicom_allowed_aets: CommaList = Field(default_factory=list)
+    dicom_transfer_syntaxes: CommaList = Field(default_factory=list)
+    dicom_series_timeout_s: float = 10.0
+    dicom_destinations: CommaList = Field(default_factory=list)
+    dicom_send_retries: int = 3
+    dicom_send_backoff_s: float = 2.0
+
+    @field_validator(
+        "dicom_allowed_aets", "dicom_transfer_syntaxes", "dicom_destinations", mode="before"
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        return split_commas(value)
+
+
+def get_settings() -> DicomSettings:
+    """DICOM networking settings (cached by :func:`model.settings.load_settings`)."""
+    return load_settings(DicomSettings)

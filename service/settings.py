@@ -1,0 +1,37 @@
+"""Settings of the gateway: the HTTP face, uploads, orders, plus everything it hosts.
+
+:class:`Settings` holds the model's, the workers' and the DICOM settings too, because the
+gateway runs the embedded worker and the DICOM listener in its own process.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from model.settings import CommaList, load_settings, split_commas
+from service.dicomnet.settings import DicomSettings
+from workers.settings import WorkerSettings
+
+
+class Settings(WorkerSettings, DicomSettings):
+    """Process settings of ``llmctv serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_tokens: CommaList = Field(default_factory=list)
+    allow_no_auth: bool = False
+    max_upload_bytes: int = 2_000_000_000
+    max_archive_members: int = 20_000
+    max_unpacked_bytes: int = 4_000_000_000
+    max_compression_ratio: float = 200.0
+    order_expiry_hours: float = 24.0
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        return split_commas(value)
+
+
+def get_settings() -> Settings:
+    """The gateway's settings (cached by :func:`model.settings.load_settings`)."""
+    return load_settings(Settings)

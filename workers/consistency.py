@@ -1,0 +1,110 @@
+"""Consistency warnings: does the contour agree with the clinical fields it was asked for?
+
+These never fail a job; they appear in ``GET /jobs/{id}`` so that a person looks twice.
+
+Coordinates: voxel positions go through the CT grid to DICOM patient LPS (mm); +x is the
+patient's left. The midline is the x centroid of the body (HU above -400) on the slices the CTV
+occupies, so a table shift does not move it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from model.imaging.geometry import Grid
+from model.text.clinical import ClinicalRecord, Side
+
+BODY_HU = -400.0
+LATERAL_FRACTION = 0.8
+BILATERAL_MIN_FRACTION = 0.1
+
+
+def _ctv_x(grid: Grid, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """LPS x (mm) of every mask voxel, through the grid's affine ``(i, j, k, 1) -> LPS``."""
+    k, j, i = np.nonzero(mask)
+    a = grid.affine_lps()[0]
+    coordinate: npt.NDArray[np.float64] = a[0] * i + a[1] * j + a[2] * k + a[3]
+    return coordinate
+
+
+def midline_x(hu: npt.NDArray[np.floating], grid: Grid, slices: npt.NDArray[np.intp]) -> float:
+    """LPS x (mm) of the body centroid on ``slices`` (all slices when empty).
+
+    The centroid is taken in index space from the marginal voxel counts and mapped once
+    through the grid (the index-to-LPS map is affine, so this is the exact LPS centroid).
+    """
+    chosen = np.asarray(slices, dtype=np.intp) if len(slices) else np.arange(hu.shape[0])
+    body = hu[chosen] > BODY_HU
+    total = int(np.count_nonzero(body))
+    if total == 0:
+        return float(grid.index_to_lps(np.asarray(hu.shape, float) / 2.0)[0])
+    per_slice = body.sum(axis=(1, 2))
+    k = float(np.dot(per_slice, chosen)) / total
+    j = float(np.dot(body.sum(axis=(0, 2)), np.arange(hu.shape[1]))) / total
+    i = float(np.dot(body.sum(axis=(0, 1)), np.arange(hu.shape[2]))) / total
+    return float(grid.index_to_lps(np.array([k, j, i]))[0])
+
+
+def laterality_warnings(
+    record: ClinicalRecord, mask: npt.NDArray[np.bool_], hu: npt.NDArray[np.floating], grid: Grid
+) -> list[str]:
+    """Warn when the CTV lies on a side the note does not name (or misses a named side)."""
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    if len(slices) == 0:
+        return ["no CTV was found on this CT"]
+    mid = midline_x(hu, grid, slices)
+    x = _ctv_x(grid, mask)
+    left = float((x > mid).mean())
+    sides = {d.side for d in record.diagnoses}
+    if sides == {Side.LEFT} and left < LATERAL_FRACTION:
+        return [
+            f"the note says left, but {100 * (1 - left):.0f}% of the CTV lies right of the "
+            f"midline (CTV centroid {x.mean() - mid:+.0f} mm from it, + is left)"
+        ]
+    if sides == {Side.RIGHT} and 1 - left < LATERAL_FRACTION:
+        return [
+            f"the note says right, but {100 * left:.0f}% of the CTV lies left of the midline "
+            f"(CTV centroid {x.mean() - mid:+.0f} mm from it, + is left)"
+        ]
+    if len(sides) == 2 and min(left, 1 - left) < BILATERAL_MIN_FRACTION:
+        lacking = "left" if left < BILATERAL_MIN_FRACTION else "right"
+        return [f"the note names both sides, but almost no CTV lies on the {lacking} side"]
+    return []
+
+
+def node_negative_record(record: ClinicalRecord) -> ClinicalRecord | None:
+    """The same record with every N+ side set to N0, or ``None`` when nothing would change.
+
+    Only template-rendered records qualify: a verbatim ``note`` cannot be rewritten.
+    """
+    if record.note and record.note.strip():
+        return None
+    if not any(d.node_positive for d in record.diagnoses):
+        return None
+    diagnoses = tuple(
+        d.model_copy(update={"n_stage": "0"}) if d.node_positive else d for d in record.diagnoses
+    )
+    return record.model_copy(update={"diagnoses": diagnoses})
+
+
+def nodal_warnings(
+    record: ClinicalRecord,
+    mask: npt.NDArray[np.bool_],
+    node_negative_mask: npt.NDArray[np.bool_],
+    grid: Grid,
+    threshold_cc: float,
+) -> tuple[list[str], float]:
+    """Warn when the N+ contour adds (almost) nothing over the contour for the N0 note.
+
+    Returns the warnings and the nodal volume in cc (CTV(N+) minus CTV(N0)).
+    """
+    voxel_cc = float(np.prod(grid.spacing)) / 1000.0
+    nodal_cc = float(np.count_nonzero(mask & ~node_negative_mask)) * voxel_cc
+    if nodal_cc >= threshold_cc:
+        return [], nodal_cc
+    stages = ", ".join(f"N{d.n_stage} {d.side.value}" for d in record.diagnoses if d.node_positive)
+    return [
+        f"{stages} is stated, but no nodal volume was found: the contour adds {nodal_cc:.1f} cc "
+        f"over the contour for N0 (threshold {threshold_cc:g} cc)"
+    ], nodal_cc

@@ -1,0 +1,98 @@
+"""The contouring engine of one process: the model, loaded once, and its embedding cache.
+
+Both the embedded in-process worker and the Celery workers hold one :class:`ContourEngine`;
+:mod:`workers.pipeline` drives it. Nothing is loaded at import time: torch comes with
+:meth:`ContourEngine.from_settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from model.errors import ModelNotFoundError
+from model.imaging.geometry import Volume
+from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from model.inference import Prediction, Predictor, ProgressFn
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]  # workers/ is one level below the repository
+DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
+
+
+def checkpoint_folder(settings: WorkerSettings) -> Path:
+    """The configured checkpoint, or the shipped CPU demo model."""
+    folder = settings.checkpoint or DEMO_CHECKPOINT
+    if not (Path(folder) / "model.safetensors").is_file():
+        raise ModelNotFoundError(f"no checkpoint (model.safetensors) in {folder}")
+    return Path(folder)
+
+
+@dataclass
+class EngineResult:
+    """One contouring pass on the input grid."""
+
+    mask: npt.NDArray[np.bool_]
+    timings: dict[str, float]
+    windows: int
+
+
+class ContourEngine:
+    """One process's model, used by one job at a time.
+
+    Parameters
+    ----------
+    predictor
+        The loaded network (and text side).
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> ContourEngine:
+        """Load the checkpoint named by the settings (text encoder from the checkpoint).
+
+        g is cached in Redis when ``redis_url`` is set, else in this process.
+        """
+        from model.inference import Predictor
+        from workers.embedding_cache import context_cache_for
+
+        folder = checkpoint_folder(settings)
+        predictor = Predictor.from_checkpoint(
+            folder,
+            text_encoder=settings.text_encoder,
+            device=settings.device,
+            overlap=settings.overlap,
+            sw_batch_size=settings.sw_batch_size,
+            cache=context_cache_for(settings),
+        )
+        log.info("model loaded from %s (checkpoint %s)", folder, predictor.checkpoint_hash)
+        return cls(predictor)
+
+    @property
+    def checkpoint_hash(self) -> str:
+        """Short hash of the loaded checkpoint (recorded in jobs and the RTSTRUCT)."""
+        return self.predictor.checkpoint_hash
+
+    @property
+    def multimodal(self) -> bool:
+        """Whether the network reads the clinical text."""
+        return self.predictor.network.alignment is not None
+
+    def contour(self, volume: Volume, note: str, progress: ProgressFn | None) -> EngineResult:
+        """Contour ``volume`` (HU, LPS grid) for ``note``; mask on the input grid ``(k, j, i)``."""
+        with self._lock:
+            pred: Prediction = self.predictor.predict(
+                volume, note if self.multimodal else None, progress=progress
+            )
+        return EngineResult(pred.mask, dict(pred.timings), pred.windows)
