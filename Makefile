@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-APT_PACKAGES := dcmtk dicom3tools plastimatch redis-server orthanc iproute2 util-linux
+APT_PACKAGES := dcmtk dicom3tools plastimatch redis-server orthanc orthanc-dicomweb iproute2 util-linux chromium chromium-driver
 DEMO_DIR ?= out/demo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

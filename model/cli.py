@@ -61,7 +61,31 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
         csv=args.csv,
         roi_include=tuple(args.roi_include),
         roi_exclude=tuple(args.roi_exclude or ()),
+        structures=structure_patterns(getattr(args, "structure", None)),
     )
+
+
+def structure_patterns(specs: Sequence[str] | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``--structure`` values: ``phantom`` (the spec's five sub-volumes) or ``NAME=REGEX[,..]``.
+
+    Raises
+    ------
+    LlmctvError
+        A malformed or repeated entry (ConfigurationError).
+    """
+    from model.errors import ConfigurationError
+    from model.network.structures import PHANTOM_ROI_PATTERNS
+
+    found: dict[str, tuple[str, ...]] = {}
+    for spec in specs or ():
+        if spec == "phantom":
+            found.update(PHANTOM_ROI_PATTERNS)
+            continue
+        name, sep, patterns = spec.partition("=")
+        if not sep or not name or not patterns or name in found:
+            raise ConfigurationError(f"--structure takes distinct NAME=REGEX, got {spec!r}")
+        found[name] = tuple(p for p in patterns.split(",") if p)
+    return tuple(found.items())
 
 
 def _window_options(args: argparse.Namespace) -> WindowOptions:
@@ -160,6 +184,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--roi-include", nargs="+", default=[r"^ctv$"], help="ROI name regexes")
     p.add_argument("--roi-exclude", nargs="*", default=[], help="ROI name regexes to exclude")
+    p.add_argument(
+        "--structure",
+        action="append",
+        default=None,
+        metavar="NAME=REGEX",
+        help="train one output structure per ROI-name pattern (repeat); 'phantom' = the five "
+        "sub-volumes of the phantom spec (breast, chest_wall, axilla, scf, imn)",
+    )
 
 
 def _add_window_options(p: argparse.ArgumentParser) -> None:
@@ -250,9 +282,11 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
 
     from model.lab.experiment_runs import register as register_experiments
     from model.lab.phantoms.command import register as register_phantoms
+    from model.lab.structure_eval import register as register_structures_report
 
     register_phantoms(sub)
     register_experiments(sub)
+    register_structures_report(sub)
     for register in extra:
         register(sub)
     return parser

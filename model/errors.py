@@ -113,6 +113,14 @@ class InconsistentGeometryError(DicomError):
     code = "inconsistent_geometry"
 
 
+class ImplausibleGeometryError(DicomError):
+    """Geometry outside clinical limits: spacing, extent, matrix size, window count, or a
+    non-finite value in ImagePositionPatient, ImageOrientationPatient, PixelSpacing or
+    SliceThickness (limits: :class:`model.dicom.ingest_policy.IngestPolicy`)."""
+
+    code = "implausible_geometry"
+
+
 class MissingSlicesError(DicomError):
     """A gap in slice positions larger than the tolerated spacing."""
 
@@ -141,6 +149,18 @@ class RoiNotFoundError(StructureSetError):
     """No ROI of a structure set matches the configured target rule."""
 
     code = "roi_not_found"
+
+
+class NoteContradictsFieldsError(InvalidClinicalError):
+    """The free-text note names a side or an N stage that differs from the structured fields."""
+
+    code = "note_contradicts_fields"
+
+
+class NoteTooLongError(InvalidClinicalError):
+    """The note is longer than the text encoder reads (it is refused, never cut)."""
+
+    code = "note_too_long"
 
 
 class DatasetError(InputError):

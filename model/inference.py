@@ -25,7 +25,20 @@ from monai.inferers.utils import sliding_window_inference
 
 from model.errors import ConfigurationError
 from model.imaging.geometry import Volume
-from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, to_source_grid
+from model.imaging.postprocessing import (
+    CleaningPolicy,
+    CleaningReport,
+    body_mask,
+    clean_prediction,
+    midline_x,
+    tidy_labels,
+)
+from model.imaging.preprocessing import (
+    PreprocessConfig,
+    preprocess_ct,
+    source_box_of,
+    to_source_box,
+)
 from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
 from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
 from model.network.segmenter import ContourNet
@@ -59,19 +72,28 @@ class Prediction:
     Attributes
     ----------
     mask
-        bool ``(k, j, i)`` on the input CT's grid.
+        bool ``(k, j, i)`` on the input CT's grid: the whole CTV (union of the structures),
+        inside the body, islands removed.
     probability
-        float32 foreground probability on the same grid.
+        float32 foreground probability (1 - background) on the same grid, before cleaning;
+        0 where the network's foreground is below 0.25 in every nearby voxel.
     timings
         Seconds per stage (``preprocess``, ``context``, ``network``, ``postprocess``).
     windows
         Sliding windows evaluated.
+    structures
+        Per structure and side (``(name, side)``, side ``"L"``/``"R"``), bool ``(k, j, i)``
+        masks on the CT grid; a single-CTV network gives ``("ctv", side)`` entries.
+    cleaning
+        What postprocessing removed (cc outside the body, islands per structure).
     """
 
     mask: npt.NDArray[np.bool_]
     probability: npt.NDArray[np.float32]
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 0
+    structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
+    cleaning: CleaningReport | None = None
 
 
 class Predictor:
@@ -90,6 +112,8 @@ class Predictor:
         Sliding-window overlap fraction and windows per forward batch.
     cache
         Where g is looked up and stored (an in-process :class:`ContextCache` by default).
+    cleaning
+        Postprocessing on the CT grid: body mask, islands (:mod:`model.imaging.postprocessing`).
     checkpoint_hash
         Short hash of the checkpoint (recorded with results).
 
@@ -107,6 +131,7 @@ class Predictor:
         sw_batch_size: int = 2,
         cache: ContextStore | None = None,
         checkpoint_hash: str = "",
+        cleaning: CleaningPolicy | None = None,
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
@@ -118,6 +143,7 @@ class Predictor:
         self.sw_batch_size = sw_batch_size
         self.cache: ContextStore = cache if cache is not None else ContextCache()
         self.checkpoint_hash = checkpoint_hash
+        self.cleaning = cleaning or CleaningPolicy()
 
     @classmethod
     def from_checkpoint(
@@ -183,13 +209,37 @@ class Predictor:
         g = self._context(note, context)
         timings["context"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        prob, windows = self._sliding_window(image, g, progress)
+        probs, windows = sliding_window_classes(
+            self.network,
+            image,
+            g,
+            overlap=self.overlap,
+            sw_batch_size=self.sw_batch_size,
+            progress=progress,
+        )
         timings["network"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        on_ct = to_source_grid(prob, plan, mode="linear").astype(np.float32, copy=False)
-        mask = on_ct >= 0.5
+        fg = np.clip(1.0 - probs[0], 0.0, 1.0)
+        on_ct = np.zeros(volume.grid.shape, dtype=np.float32)
+        box = source_box_of(fg >= 0.25, plan)
+        if box is not None:
+            on_ct[box] = to_source_box(fg, plan, box, mode="linear")
+        body = body_mask(volume, self.cleaning)
+        labels = seeds = None
+        if len(probs) > 2 and box is not None:
+            net_labels, net_seeds = tidy_labels(probs, plan.target, midline_x(body, volume.grid))
+            labels = np.zeros(volume.grid.shape, dtype=np.uint8)
+            labels[box] = to_source_box(net_labels, plan, box, mode="nearest")
+            seeds = np.zeros(volume.grid.shape, dtype=bool)
+            seeds[box] = to_source_box(net_seeds, plan, box, mode="nearest") > 0
+        names = self.network.config.structure_names
+        cleaned = clean_prediction(
+            volume, on_ct >= 0.5, labels, names, self.cleaning, body=body, seeds=seeds
+        )
         timings["postprocess"] = time.perf_counter() - t0
-        return Prediction(mask, on_ct, timings, windows)
+        return Prediction(
+            cleaned.union, on_ct, timings, windows, cleaned.structures, cleaned.report
+        )
 
     def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:
         if self.network.alignment is None:
@@ -200,21 +250,9 @@ class Predictor:
             raise ConfigurationError("the multimodal network needs a clinical note or context")
         return self.context_for(note).to(self.device)
 
-    def _sliding_window(
-        self, image: npt.NDArray[np.float32], g: torch.Tensor | None, progress: ProgressFn | None
-    ) -> tuple[npt.NDArray[np.float32], int]:
-        return sliding_window_probability(
-            self.network,
-            image,
-            g,
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            progress=progress,
-        )
-
 
 @torch.no_grad()
-def sliding_window_probability(
+def sliding_window_classes(
     network: ContourNet,
     image: npt.NDArray[np.float32],
     g: torch.Tensor | None,
@@ -223,7 +261,7 @@ def sliding_window_probability(
     sw_batch_size: int = 2,
     progress: ProgressFn | None = None,
 ) -> tuple[npt.NDArray[np.float32], int]:
-    """Foreground probability on the network grid ``(k, j, i)`` and the window count.
+    """Class probabilities ``(C, k, j, i)`` on the network grid and the window count.
 
     ``image`` is the preprocessed CT on the network grid; ``g`` ``(1, N, D)`` is shared by
     every window (``None`` for the vision-only network). AMP is used on CUDA.
@@ -241,12 +279,12 @@ def sliding_window_probability(
         done += patches.shape[0]
         if progress is not None:
             progress(min(done / total, 1.0))
-        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+        return torch.softmax(logits.float(), dim=1)
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
     out = sliding_window_inference(x, roi, sw_batch_size, run, overlap=overlap, mode="gaussian")
     prob = out if isinstance(out, torch.Tensor) else out[0]
-    return prob[0, 0].float().cpu().numpy(), done
+    return prob[0].float().cpu().numpy(), done
 
 
 def _context_for(ckpt: Checkpoint, text_encoder: str | Path | None) -> PromptContext | None:

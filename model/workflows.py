@@ -19,7 +19,7 @@ from model.inference import Predictor
 from model.network.config import NetworkChoice
 from model.text.clinical import parse_clinical
 from model.text.encoders import load_text_encoder
-from model.training.dataset import build_cache, iter_cases, load_cached
+from model.training.dataset import TargetRule, build_cache, iter_cases, load_cached
 from model.training.sampling import subset_by_group
 from model.training.trainer import TrainConfig, Trainer, TrainResult
 
@@ -34,10 +34,23 @@ class DataOptions:
     csv: Path | None = None
     roi_include: tuple[str, ...] = (r"^ctv$",)
     roi_exclude: tuple[str, ...] = ()
+    structures: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def rule(self) -> RoiRule:
-        """The ROI-name rule of this data set."""
+        """The ROI-name rule of the whole CTV."""
         return RoiRule(include=tuple(self.roi_include), exclude=tuple(self.roi_exclude))
+
+    def target(self) -> TargetRule:
+        """The training label: the CTV, or one class per structure (ROI-name patterns)."""
+        return TargetRule(
+            union=self.rule(),
+            structures=tuple((name, RoiRule(include=p)) for name, p in self.structures),
+        )
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """The structures' names in label order (empty: one CTV class)."""
+        return tuple(name for name, _ in self.structures)
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,11 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     rule = options.data.rule()
     cache = options.cache or options.out / "cache"
     report = build_cache(
-        options.data.data, cache, rule=rule, preprocess=pre, csv_path=options.data.csv
+        options.data.data,
+        cache,
+        rule=options.data.target(),
+        preprocess=pre,
+        csv_path=options.data.csv,
     )
     print(report.summary())
     cases = load_cached(cache, report.built + report.reused)
@@ -92,6 +109,7 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     vision_only = options.network.vision_only
     encoder = None if vision_only else load_text_encoder(options.text_encoder)
     config = options.network.config(encoder.hidden_size if encoder else None)
+    config = config.with_structures(options.data.structure_names)
     meta = {
         "text_encoder_name": None if vision_only else str(options.text_encoder),
         "preprocessing": {
@@ -100,6 +118,7 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
             "orientation": pre.orientation,
         },
         "roi_rule": {"include": list(rule.include), "exclude": list(rule.exclude)},
+        "structure_rules": {name: list(p) for name, p in options.data.structures},
         "n_cases": len(cases),
     }
     trainer = Trainer(config, options.train, options.out, encoder, meta)

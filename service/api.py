@@ -17,13 +17,19 @@ from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical
 from service.auth import Authorized
-from service.errors import EmptyUploadError, JobFailedError, JobNotFinishedError
+from service.errors import (
+    EmptyUploadError,
+    JobAlreadyFinishedError,
+    JobFailedError,
+    JobNotFinishedError,
+)
 from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
 from service.problems import PROBLEM_JSON
 from service.settings import Settings
 from workers.dispatch import JobDispatcher
-from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id
-from workers.pipeline import fail_job
+from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
+from workers.pipeline import fail_job, ingest_policy
+from workers.review import Review
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -78,6 +84,11 @@ class JobView(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
     rtstruct_sop_instance_uid: str | None = None
+    review: Review = Field(default_factory=Review, description="pending, approved or rejected")
+    counterfactual_of: str | None = None
+    superseded_by: str | None = Field(
+        default=None, description="the job that re-ran this order on the complete series"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -154,7 +165,11 @@ def submit_contour(
     folder = state.files.input_dir(job_id)
     try:
         report = _intake(files, archive, folder, state.settings)
-        summary = inspect_ct_series(folder, series_instance_uid=series_instance_uid)
+        summary = inspect_ct_series(
+            folder,
+            series_instance_uid=series_instance_uid,
+            policy=ingest_policy(state.settings),
+        )
     except BaseException:
         state.files.remove(job_id)
         raise
@@ -190,8 +205,35 @@ def job_status(job_id: str, state: State, _: Authorized) -> JobView:
     return JobView.of(state.store.get(job_id))
 
 
+@router.delete(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    summary="Cancel a queued or running job",
+    responses=problem_responses(401, 404, 409),
+)
+def cancel_job(job_id: str, state: State, _: Authorized) -> JobView:
+    """End a queued or running job as ``cancelled``.
+
+    A queued job never starts; a running one stops at its next sliding-window step or stage
+    boundary (within seconds). A finished job gives 409 ``job_finished``.
+    """
+    job = state.store.get(job_id)
+    if job.status.finished:
+        raise JobAlreadyFinishedError(f"job {job_id} is {job.status.value}; nothing to cancel")
+    job = state.store.update(
+        job_id,
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
+        error=JobError(code="job_cancelled", detail="the job was cancelled by a client"),
+    )
+    log.info("job %s cancelled", job_id)
+    return JobView.of(job)
+
+
 def _finished(state: ServiceState, job_id: str) -> Job:
     job = state.store.get(job_id)
+    if job.status is JobStatus.CANCELLED:
+        raise JobFailedError(f"job {job_id} was cancelled; it has no result")
     if job.status is JobStatus.FAILED:
         code = job.error.code if job.error else "unknown"
         raise JobFailedError(f"job {job_id} failed [{code}]; it has no result")

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from model.text.clinical import parse_clinical
 from service.api import JobView, State, problem_responses
@@ -15,13 +15,15 @@ from service.dicomnet.destinations import destinations_from_settings, resolve_de
 from service.order_desk import OrderDesk, order_expiry
 from service.orders import (
     Order,
+    OrderNotFoundError,
     OrderRequest,
     OrderStatus,
     SendState,
     SendStatus,
+    SupersededRun,
 )
 from workers.errors import JobNotFoundError
-from workers.jobs import utcnow
+from workers.jobs import is_valid_id, utcnow
 
 router = APIRouter()
 
@@ -50,6 +52,10 @@ class OrderView(BaseModel):
     job: JobView | None
     send: SendState
     status_url: str
+    matched_instances: int | None = None
+    superseded: list[SupersededRun] = Field(
+        default_factory=list, description="earlier jobs of this order, on fewer instances"
+    )
 
     @classmethod
     def of(cls, order: Order, job: JobView | None) -> OrderView:
@@ -60,6 +66,13 @@ class OrderView(BaseModel):
             send=order.send,
             status_url=f"/orders/{order.order_id}",
         )
+
+
+def _known_id(order_id: str) -> str:
+    """``order_id`` when it has the form of an id (else 404, before any file is touched)."""
+    if not is_valid_id(order_id):
+        raise OrderNotFoundError(f"no order {order_id[:64]!r}")
+    return order_id
 
 
 def _view(order: Order, state: State) -> OrderView:
@@ -104,7 +117,7 @@ def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) ->
 )
 def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
     """The order with its job's status and the delivery of the RTSTRUCT."""
-    return _view(desk.orders.get(order_id), state)
+    return _view(desk.orders.get(_known_id(order_id)), state)
 
 
 @router.post(
@@ -116,7 +129,8 @@ def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> Orde
 )
 def retry_send(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
     """Queue the send-back again (after a failure, or to send once more)."""
-    order = desk.orders.get(order_id)
+    order = desk.orders.get(_known_id(order_id))
+    desk.require_approval(order)  # 409 review_required (setting require_review)
     resolve_destination(order.destination or "", destinations_from_settings(state.settings))
     order = desk.orders.update(
         order_id, send=order.send.model_copy(update={"status": SendStatus.PENDING, "reason": None})

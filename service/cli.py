@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cli import main as model_main
 from model.cli import option_overrides
+from model.errors import LlmctvError
 from model.settings import with_overrides
 from service.settings import Settings, get_settings
 
@@ -31,16 +33,45 @@ def settings_with(args: argparse.Namespace, names: Sequence[str]) -> Settings:
     return with_overrides(get_settings(), updates)
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    """Contour a generated phantom through the whole service; PASS (0) or FAIL (1)."""
+    from service.selftest import Selftest
+
+    settings = settings_with(args, ("checkpoint",))
+    report = Selftest(settings, timeout_s=args.timeout).run()
+    for line in report.lines():
+        print(line)
+    return 0 if report.passed else 1
+
+
+def register_selftest(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    """Add ``selftest``."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "selftest", help="contour a generated phantom through the whole service: PASS or FAIL"
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: LLMCTV_CHECKPOINT")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the job")
+    p.set_defaults(func=cmd_selftest)
+    return p
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     import uvicorn
 
     from service.app import create_app
+    from service.http_server import server_config
+    from workers.preflight import explain, load_engine
 
     settings = settings_with(args, ("host", "port", "checkpoint", "storage_dir", "redis_url"))
-    app = create_app(settings)
+    try:  # embedded: the model loads before the port opens, or the process exits with why
+        engine = None if settings.redis_url else load_engine(settings)
+    except LlmctvError as exc:
+        print(explain(exc), file=sys.stderr)
+        return 2
+    app = create_app(settings, engine=engine)
     log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    uvicorn.Server(server_config(app, settings, args.log_level)).run()
     return 0
 
 
@@ -80,5 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmctv`` console script."""
     from workers.command import register_embed_cache, register_worker
 
-    extra = (register_serve, register_dicom_listener, register_worker, register_embed_cache)
+    extra = (
+        register_serve,
+        register_dicom_listener,
+        register_worker,
+        register_embed_cache,
+        register_selftest,
+    )
     return model_main(argv, extra=extra)

@@ -12,13 +12,17 @@ from workers.errors import JobNotFoundError, JobTimeoutError, ServiceUnavailable
 __all__ = [
     "EmptyUploadError",
     "ForbiddenError",
+    "JobAlreadyFinishedError",
     "JobFailedError",
     "JobNotFinishedError",
     "JobNotFoundError",
     "JobTimeoutError",
+    "MalformedMultipartError",
     "ServiceUnavailableError",
+    "StorageFullError",
     "UnauthorizedError",
     "UnsafeArchiveError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -40,10 +44,41 @@ class JobNotFinishedError(LlmctvError):
     code = "job_not_finished"
 
 
+class JobAlreadyFinishedError(LlmctvError):
+    """A cancellation of a job that already finished (succeeded, failed or cancelled)."""
+
+    code = "job_finished"
+
+
 class JobFailedError(LlmctvError):
     """A job's result was requested but the job failed (its error is in the job status)."""
 
     code = "job_failed"
+
+
+class StorageFullError(ServiceUnavailableError):
+    """The storage folder is below its free-space watermark: new work is refused for now.
+
+    Answered 503 with ``Retry-After: retry_after_s`` (:mod:`service.storage_guard`).
+    """
+
+    code = "storage_full"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class UnsupportedMediaTypeError(InputError):
+    """A request body of a media type the endpoint does not take (STOW-RS: 415)."""
+
+    code = "unsupported_media_type"
+
+
+class MalformedMultipartError(InputError):
+    """A multipart body whose framing is broken or truncated (STOW-RS: 400)."""
+
+    code = "malformed_multipart"
 
 
 class UnsafeArchiveError(InputError):

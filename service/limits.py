@@ -1,8 +1,9 @@
-"""Request-body size limit, enforced while the body streams in (ASGI middleware).
+"""Request-body size limits, enforced while the body streams in (ASGI middleware).
 
 A declared ``Content-Length`` over the limit is refused before reading; a body that grows past
 the limit (chunked, or a lying header) is cut off, and whatever the application would have
-answered is replaced by the 413 ``payload_too_large`` problem.
+answered is replaced by the 413 ``payload_too_large`` problem. JSON bodies (``/orders``, any
+``application/json``) get the small ``json_limit``; uploads (multipart) the large ``limit``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.errors import PayloadTooLargeError
 from service.problems import PROBLEM_JSON, TYPE_ROOT
+
+JSON_PATHS = ("/orders", "/ui")
+"""Routes with small bodies whatever the declared content type: orders, the review pages'
+forms (these authenticate by session cookie after the body limit, not before it)."""
 
 
 def _problem_413(limit: int, path: str) -> tuple[dict[str, Any], bytes]:
@@ -42,18 +47,29 @@ def _problem_413(limit: int, path: str) -> tuple[dict[str, Any], bytes]:
 class BodySizeLimit:
     """Refuse request bodies larger than ``limit`` bytes with 413 problem+json."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.json_limit = limit if json_limit is None else json_limit
+
+    def limit_for(self, scope: Scope) -> int:
+        """The limit of one request: small for JSON bodies, large for uploads."""
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        is_json = content_type == b"application/json" or content_type.endswith(b"+json")
+        if is_json or str(scope.get("path", "")).startswith(JSON_PATHS):
+            return self.json_limit
+        return self.limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start, body = _problem_413(self.limit, scope.get("path", ""))
+        limit = self.limit_for(scope)
+        start, body = _problem_413(limit, scope.get("path", ""))
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
@@ -63,9 +79,9 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
-                if state["received"] > self.limit:
+                if state["received"] > limit:
                     state["exceeded"] = True
-                    raise PayloadTooLargeError(f"the request body exceeds {self.limit} bytes")
+                    raise PayloadTooLargeError(f"the request body exceeds {limit} bytes")
             return message
 
         async def guarded_send(message: Message) -> None:

@@ -1,14 +1,32 @@
 """The order desk: matches orders with received studies, starts jobs, sends results back.
 
-It polls (every second, and at once when a series completes or an order arrives), so it works
-whether jobs run in this process or on Celery workers, and it picks up where it left off after
-a restart: everything it needs is in the order records, the job store and the received-series
-manifests (``series.json`` written next to a completed CT series' instances).
+It runs a round every second, and at once when a series completes or an order arrives, so it
+works whether jobs run in this process or on Celery workers, and it picks up where it left off
+after a restart: everything it needs is in the order records, the job store and the
+received-series manifests (:mod:`service.received_series`).
+
+A round costs little when nothing changed: open orders come from the store's in-memory index
+(:meth:`service.orders.OrderStore.open_orders`), manifests from :class:`ManifestIndex`, and a
+waiting order is matched again only when the manifests changed.
+
+Series completeness
+-------------------
+DICOM has no "end of series", so a series is complete when it has been quiet for the series
+timeout; late instances start a new completion cycle with a new manifest counting every
+instance. Then:
+
+- a waiting order never matches a series that is still receiving, nor a manifest older than
+  the order with fewer instances than a series needs (a stray slice of the study);
+- an order whose job ran on fewer instances of the series is *superseded*: a new job runs on
+  the whole series, with a warning naming the old job and both counts; the old job gets
+  ``superseded_by``; when the old RTSTRUCT was already sent, the send-back is repeated with
+  the new one and the old one is noted (``send.replaces_rtstruct``, ``superseded``);
+- an order that failed on a partial series (e.g. ``too_few_slices``) is tried again on the
+  new cycle while it has not expired.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -16,41 +34,30 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
+from model.dicom.ingest_policy import IngestPolicy
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.dicomnet.sender import send_instances
-from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus
+from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus, SupersededRun
+from service.received_series import Manifest, ManifestIndex, write_manifest
 from service.settings import Settings
-from workers.atomic_write import write_atomically
 from workers.dispatch import JobDispatcher
-from workers.jobs import Job, JobFiles, JobStatus, JobStore, utcnow
-from workers.pipeline import fail_job
+from workers.errors import JobNotFoundError
+from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
+from workers.pipeline import fail_job, ingest_policy
+from workers.review import ReviewRequiredError, ReviewStatus
 
 log = logging.getLogger(__name__)
-MANIFEST = "series.json"
+#: Fewest instances a manifest older than the order must have to be matched.
+MIN_INSTANCES = IngestPolicy().min_slices
 
 
 def received_root(settings: Settings) -> Path:
     """Where the DICOM listener stores instances (``<storage>/dicom/received``)."""
     return settings.storage_dir / "dicom" / "received"
-
-
-def write_manifest(series: ReceivedSeries) -> None:
-    """Mark a completed series as usable (atomically), with what matching needs."""
-    manifest = {
-        "study_instance_uid": series.study_instance_uid,
-        "series_instance_uid": series.series_instance_uid,
-        "accession_number": series.accession_number,
-        "modality": series.modality,
-        "instance_count": series.instance_count,
-        "cycle": series.cycle,
-        "completed_at": utcnow().isoformat(),
-    }
-    write_atomically(series.folder / MANIFEST, json.dumps(manifest).encode())
 
 
 def record_series(series: ReceivedSeries) -> bool:
@@ -68,27 +75,6 @@ def record_series(series: ReceivedSeries) -> bool:
     return True
 
 
-def _manifests(root: Path, order: Order) -> list[tuple[Path, dict[str, Any]]]:
-    study = order.study_instance_uid or "*"
-    pattern = f"{study}/*/{MANIFEST}"
-    found = []
-    for path in root.glob(pattern):
-        try:
-            manifest = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if manifest.get("modality") != "CT":
-            continue
-        if order.accession_number and manifest.get("accession_number") != order.accession_number:
-            continue
-        if order.series_instance_uid and (
-            manifest.get("series_instance_uid") != order.series_instance_uid
-        ):
-            continue
-        found.append((path.parent, manifest))
-    return found
-
-
 def _link_or_copy(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob("*.dcm")):
@@ -96,6 +82,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.link(path, target / path.name)
         except OSError:
             shutil.copy2(path, target / path.name)
+
+
+def _usable_for(order: Order, manifest: Manifest) -> bool:
+    """Whether a waiting order may be matched with this manifest now."""
+    if manifest.completed_at < order.created_at and manifest.instance_count < MIN_INSTANCES:
+        return False  # a stray instance received before the order: wait for the series
+    return not manifest.still_receiving()
 
 
 class OrderDesk:
@@ -117,6 +110,8 @@ class OrderDesk:
         self.dispatcher = dispatcher
         self.poll_s = poll_s
         self.root = received_root(settings)
+        self.manifests = ManifestIndex(self.root)
+        self._tried: dict[str, int] = {}  # waiting order -> manifest generation it was tried at
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,14 +138,9 @@ class OrderDesk:
 
     def on_series_complete(self, series: ReceivedSeries) -> None:
         """The DICOM listener's callback: record a completed CT series and wake the loop."""
-        if series.modality != "CT":
-            log.info("ignoring a completed %s series (not CT)", series.modality)
-            return
-        write_manifest(series)
-        log.info(
-            "CT series %s complete: %d instances", series.series_instance_uid, series.instance_count
-        )
-        self.poke()
+        if record_series(series):
+            self.manifests.invalidate()
+            self.poke()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -163,53 +153,90 @@ class OrderDesk:
 
     # --- one round ---------------------------------------------------------------------------
     def run_once(self) -> None:
-        """Match waiting orders, expire old ones, send finished results."""
-        for order in self.orders.all():
+        """Supersede partial runs, match waiting orders, expire old ones, send results."""
+        if self.manifests.refresh():
+            self._supersede_partial_runs()
+        generation = self.manifests.generation
+        open_orders = self.orders.open_orders()
+        for order in open_orders:
             if order.status is OrderStatus.WAITING:
-                self._match(order)
+                if utcnow() >= order.expires_at:
+                    self.orders.update(order.order_id, status=OrderStatus.EXPIRED)
+                    log.info("order %s expired unmatched", order.order_id)
+                elif self._tried.get(order.order_id) != generation:
+                    self._tried[order.order_id] = generation
+                    self._match(order)
             elif order.status is OrderStatus.MATCHED:
                 self._deliver(order)
+        if len(self._tried) > len(open_orders):  # forget orders that closed
+            open_ids = {o.order_id for o in open_orders}
+            self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
 
     def _match(self, order: Order) -> None:
-        if utcnow() >= order.expires_at:
-            self.orders.update(order.order_id, status=OrderStatus.EXPIRED)
-            log.info("order %s expired unmatched", order.order_id)
-            return
-        candidates = _manifests(self.root, order)
+        found = self.manifests.candidates(
+            order.study_instance_uid, order.accession_number, order.series_instance_uid
+        )
+        candidates = [m for m in found if _usable_for(order, m)]
+        if not found:
+            self._fail_if_refused(order)
         if not candidates:
             return
-        folder, manifest = max(candidates, key=lambda c: int(c[1].get("instance_count", 0)))
+        manifest = max(candidates, key=lambda m: m.instance_count)
         warnings = []
         if len(candidates) > 1:
             warnings.append(
                 f"the study holds {len(candidates)} CT series; contoured the largest, "
-                f"{manifest['series_instance_uid']} (name one in the order to choose)"
+                f"{manifest.series_instance_uid} (name one in the order to choose)"
             )
-        self._start_job(order, folder, manifest, warnings)
+        self._start_job(order, manifest, warnings, order.order_id)
+
+    def _fail_if_refused(self, order: Order) -> None:
+        """Fail a waiting order whose study was refused by the listener and has no CT series."""
+        refusal = self.manifests.refusal(order.study_instance_uid, order.accession_number)
+        if refusal is None:
+            return
+        detail = f"the study's instances were refused: {refusal.detail}"
+        error = {"code": refusal.code, "detail": detail}
+        self.orders.update(order.order_id, status=OrderStatus.FAILED, error=error)
+        log.warning("order %s: its study was refused [%s]", order.order_id, refusal.code)
 
     def _start_job(
-        self, order: Order, folder: Path, manifest: dict[str, Any], warnings: list[str]
+        self, order: Order, manifest: Manifest, warnings: list[str], job_id: str
     ) -> None:
         job = Job(
-            job_id=order.order_id,
+            job_id=job_id,
             clinical=order.clinical,
-            series_instance_uid=manifest["series_instance_uid"],
+            series_instance_uid=manifest.series_instance_uid,
             source="dicom",
             warnings=warnings,
         )
         target = self.files.input_dir(job.job_id)
-        _link_or_copy(folder, target)
+        _link_or_copy(manifest.folder, target)
+        matched = {
+            "matched_series_instance_uid": manifest.series_instance_uid,
+            "matched_instances": manifest.instance_count,
+            "matched_cycle": manifest.cycle,
+        }
         try:
-            inspect_ct_series(target, series_instance_uid=job.series_instance_uid)
+            inspect_ct_series(
+                target,
+                series_instance_uid=job.series_instance_uid,
+                policy=ingest_policy(self.settings),
+            )
         except LlmctvError as exc:
             self.files.remove(job.job_id)
             error = {"code": exc.code, "detail": exc.detail}
-            self.orders.update(order.order_id, status=OrderStatus.FAILED, error=error)
+            self.orders.update(order.order_id, status=OrderStatus.FAILED, error=error, **matched)
             log.warning("order %s: the received series was refused [%s]", order.order_id, exc.code)
             return
         self.store.create(job)
         self.orders.update(
-            order.order_id, status=OrderStatus.MATCHED, job_id=job.job_id, matched_at=utcnow()
+            order.order_id,
+            status=OrderStatus.MATCHED,
+            job_id=job.job_id,
+            matched_at=utcnow(),
+            error=None,
+            **matched,
         )
         try:
             self.dispatcher.submit(job.job_id)
@@ -219,19 +246,121 @@ class OrderDesk:
             return
         log.info("order %s matched; job %s queued", order.order_id, job.job_id)
 
+    # --- series that grew after a job started ----------------------------------------------
+    def _supersede_partial_runs(self) -> None:
+        """Re-run orders whose series received more instances after they were matched."""
+        for order in self.orders.all():
+            if order.matched_series_instance_uid is None or order.order_id in self._sending:
+                continue
+            manifest = self.manifests.by_series.get(order.matched_series_instance_uid)
+            if (
+                manifest is None
+                or manifest.cycle <= (order.matched_cycle or 0)
+                or manifest.instance_count <= (order.matched_instances or 0)
+                or manifest.still_receiving()
+            ):
+                continue
+            if order.status is OrderStatus.MATCHED and order.job_id is not None:
+                self._supersede(order, manifest)
+            elif order.status is OrderStatus.FAILED and utcnow() < order.expires_at:
+                log.info("order %s: more instances arrived; matching again", order.order_id)
+                self.orders.update(order.order_id, status=OrderStatus.WAITING, error=None)
+
+    def _supersede(self, order: Order, manifest: Manifest) -> None:
+        old_id = order.job_id or ""
+        try:
+            old = self.store.get(old_id)
+        except JobNotFoundError:
+            old = None
+        old_uid = old.rtstruct_sop_instance_uid if old else None
+        sent = order.send.status is SendStatus.SENT
+        new_id = new_job_id()
+        warnings = [
+            f"supersedes job {old_id}, which ran on {order.matched_instances} instances of "
+            f"series {manifest.series_instance_uid}; {manifest.instance_count} had arrived when "
+            "the series completed again, and this job uses them all"
+        ]
+        send = order.send
+        if sent:
+            warnings.append(
+                f"the RTSTRUCT {old_uid} of job {old_id} was already sent to "
+                f"{order.destination}; this job's RTSTRUCT is sent too and replaces it: "
+                "discard the earlier one"
+            )
+        if send.status is not SendStatus.NOT_REQUESTED:
+            send = SendState(status=SendStatus.PENDING, replaces_rtstruct=old_uid if sent else None)
+        run = SupersededRun(
+            job_id=old_id,
+            instances=order.matched_instances or 0,
+            rtstruct_sop_instance_uid=old_uid,
+            sent_at=order.send.sent_at if sent else None,
+        )
+        self.orders.update(order.order_id, superseded=[*order.superseded, run], send=send)
+        if old is not None:
+            note = f"superseded by job {new_id}: more instances of the series arrived"
+            update: dict[str, object] = {"superseded_by": new_id, "warnings": [*old.warnings, note]}
+            if not old.status.finished:  # no point finishing a contour on a partial series
+                update |= {
+                    "status": JobStatus.CANCELLED,
+                    "finished_at": utcnow(),
+                    "error": JobError(code="job_superseded", detail=note),
+                }
+            self.store.update(old_id, **update)
+        log.warning(
+            "order %s: job %s ran on %s of %d instances; superseded by job %s",
+            order.order_id,
+            old_id,
+            order.matched_instances,
+            manifest.instance_count,
+            new_id,
+        )
+        self._start_job(self.orders.get(order.order_id), manifest, warnings, new_id)
+
     def _deliver(self, order: Order) -> None:
         if order.send.status is not SendStatus.PENDING or order.job_id is None:
             return
         job = self.store.get(order.job_id)
-        if job.status is JobStatus.FAILED:
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             code = job.error.code if job.error else "unknown"
-            send = order.send.model_copy(
-                update={"status": SendStatus.FAILED, "reason": f"the job failed [{code}]"}
-            )
+            reason = f"the job {job.status.value} [{code}]"
+            send = order.send.model_copy(update={"status": SendStatus.FAILED, "reason": reason})
             self.orders.update(order.order_id, send=send)
         elif job.status is JobStatus.SUCCEEDED and order.order_id not in self._sending:
+            if not self._review_allows(order, job):
+                return
             self._sending.add(order.order_id)
             self._sender.submit(self._send, order.order_id)
+
+    def _review_allows(self, order: Order, job: Job) -> bool:
+        """Whether ``job``'s RTSTRUCT may leave now (``require_review``: only once approved).
+
+        A rejected job's send-back ends failed; it is never sent.
+        """
+        if not self.settings.require_review or job.review.status is ReviewStatus.APPROVED:
+            return True
+        if job.review.status is ReviewStatus.REJECTED:
+            reason = "rejected in review; the RTSTRUCT is never sent"
+            send = order.send.model_copy(update={"status": SendStatus.FAILED, "reason": reason})
+            self.orders.update(order.order_id, send=send)
+            log.info("order %s: not sent, its job was rejected in review", order.order_id)
+        return False
+
+    def require_approval(self, order: Order) -> None:
+        """Refuse a (re)send of an order whose job is not approved, when review is required.
+
+        Raises
+        ------
+        ReviewRequiredError
+            ``require_review`` is set and the order's job is not approved.
+        """
+        if not self.settings.require_review:
+            return
+        job = self.store.get(order.job_id) if order.job_id else None
+        if job is None or job.review.status is not ReviewStatus.APPROVED:
+            state = job.review.status.value if job is not None else "not started"
+            raise ReviewRequiredError(
+                f"order {order.order_id}: its job must be approved before it is sent ({state})"
+            )
 
     def _send(self, order_id: str) -> None:
         try:

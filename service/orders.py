@@ -7,10 +7,18 @@ orders that never match, and sends the RTSTRUCT back.
 
 Records are JSON files in ``<storage>/orders/`` (shared storage; one gateway runs the desk).
 They hold UIDs and the contract's clinical fields, never a patient name or ID.
+
+The store keeps every record it has read in memory, keyed by file modification time, so the
+desk's once-a-second look at the open orders costs one ``stat`` of the folder when nothing
+changed; changed or new files (another process may write them) are read again, the rest not.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -73,6 +81,20 @@ class SendState(BaseModel):
     attempts: int = 0
     reason: str | None = None
     sent_at: datetime | None = None
+    replaces_rtstruct: str | None = Field(
+        default=None,
+        description="SOPInstanceUID of an RTSTRUCT already sent for this order that this "
+        "send-back replaces (its job ran on a partial series)",
+    )
+
+
+class SupersededRun(BaseModel):
+    """A job of the order that ran on a partial series and was replaced by a later one."""
+
+    job_id: str
+    instances: int
+    rtstruct_sop_instance_uid: str | None = None
+    sent_at: datetime | None = None
 
 
 class Order(BaseModel):
@@ -91,6 +113,10 @@ class Order(BaseModel):
     expires_at: datetime
     matched_at: datetime | None = None
     send: SendState = Field(default_factory=SendState)
+    matched_series_instance_uid: str | None = None
+    matched_instances: int | None = None
+    matched_cycle: int | None = None
+    superseded: list[SupersededRun] = Field(default_factory=list)
 
     @property
     def closed(self) -> bool:
@@ -110,10 +136,15 @@ def _order_path(folder: Path, order_id: str) -> Path:
     return folder / f"{order_id}.json"
 
 
+#: The index is re-read from disk at least this often, even when the folder looks unchanged
+#: (file times are coarse: a write by another process in the same tick would be missed).
+INDEX_REFRESH_S = 30.0
+
+
 class OrderStore:
     """Order records as ``<storage>/orders/<order_id>.json`` (atomic writes, thread-safe)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.folder = Path(root) / "orders"
         self.folder.mkdir(parents=True, exist_ok=True)
         self._records = JsonRecordFiles(
@@ -121,29 +152,83 @@ class OrderStore:
             lambda order_id: _order_path(self.folder, order_id),
             lambda order_id: OrderNotFoundError(f"no order {order_id}"),
         )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._index: dict[str, tuple[int, Order]] = {}  # order id -> (file mtime_ns, record)
+        self._folder_mtime: int | None = None
+        self._indexed_at = float("-inf")
 
     def create(self, order: Order) -> None:
         """Store a new order."""
         self._records.write(order.order_id, order)
+        self._remember(order)
 
     def get(self, order_id: str) -> Order:
-        """The order, or :class:`OrderNotFoundError`."""
+        """The order, or :class:`OrderNotFoundError` (read from disk)."""
         return self._records.read(order_id)
 
     def update(self, order_id: str, **changes: Any) -> Order:
         """Change fields atomically; returns the new record."""
-        return self._records.update(order_id, **changes)
+        order = self._records.update(order_id, **changes)
+        self._remember(order)
+        return order
 
     def delete(self, order_id: str) -> None:
         """Remove the order record (retention)."""
         self._records.delete(order_id)
+        with self._lock:
+            self._index.pop(order_id, None)
 
     def all(self) -> list[Order]:
         """Every order, oldest first."""
-        orders = []
-        for path in sorted(self.folder.glob("*.json")):
-            try:
-                orders.append(Order.model_validate_json(path.read_text()))
-            except (OSError, ValueError):
-                continue
+        with self._lock:
+            self._refresh()
+            orders = [order for _, order in self._index.values()]
         return sorted(orders, key=lambda o: o.created_at)
+
+    def open_orders(self) -> list[Order]:
+        """Orders that are not :attr:`~Order.closed`, oldest first (from the index)."""
+        with self._lock:
+            self._refresh()
+            orders = [order for _, order in self._index.values() if not order.closed]
+        return sorted(orders, key=lambda o: o.created_at)
+
+    def _remember(self, order: Order) -> None:
+        try:
+            mtime = _order_path(self.folder, order.order_id).stat().st_mtime_ns
+        except OSError:
+            mtime = -1
+        with self._lock:
+            self._index[order.order_id] = (mtime, order)
+
+    def _refresh(self) -> None:
+        """Bring the index up to date with the folder (caller holds the lock).
+
+        One ``stat`` when the folder is unchanged; otherwise one ``stat`` per file and a
+        parse of the files that are new or changed.
+        """
+        now = self._clock()
+        try:
+            folder_mtime = self.folder.stat().st_mtime_ns
+        except OSError:
+            return
+        if folder_mtime == self._folder_mtime and now - self._indexed_at < INDEX_REFRESH_S:
+            return
+        self._folder_mtime, self._indexed_at = folder_mtime, now
+        seen: set[str] = set()
+        with os.scandir(self.folder) as entries:
+            for entry in entries:
+                if not entry.name.endswith(".json") or entry.name.startswith("."):
+                    continue
+                order_id = entry.name.removesuffix(".json")
+                seen.add(order_id)
+                try:
+                    mtime = entry.stat().st_mtime_ns
+                    known = self._index.get(order_id)
+                    if known is None or known[0] != mtime:
+                        text = Path(entry.path).read_text()
+                        self._index[order_id] = (mtime, Order.model_validate_json(text))
+                except (OSError, ValueError):
+                    continue
+        for gone in set(self._index) - seen:
+            del self._index[gone]

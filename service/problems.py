@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,13 +25,19 @@ from model.errors import (
 from service.dicomnet.errors import UnknownDestinationError
 from service.errors import (
     ForbiddenError,
+    JobAlreadyFinishedError,
     JobFailedError,
     JobNotFinishedError,
     JobNotFoundError,
+    MalformedMultipartError,
     ServiceUnavailableError,
+    StorageFullError,
     UnauthorizedError,
+    UnsupportedMediaTypeError,
 )
 from service.orders import OrderNotFoundError
+from workers.errors import StorageUnavailableError, storage_error
+from workers.review import AlreadyReviewedError, ReviewRequiredError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -44,19 +51,27 @@ _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (OrderNotFoundError, 404),
     (UnknownDestinationError, 422),
     (JobNotFinishedError, 409),
+    (JobAlreadyFinishedError, 409),
     (JobFailedError, 409),
+    (AlreadyReviewedError, 409),
+    (ReviewRequiredError, 409),
     (PayloadTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (MalformedMultipartError, 400),
     (InputError, 422),
     (ServiceUnavailableError, 503),
+    (StorageUnavailableError, 503),
     (ModelNotFoundError, 503),
     (ConfigurationError, 500),
 )
 _TITLES = {
+    400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
     413: "Payload Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Content",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -99,7 +114,10 @@ def install(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request failed: [%s] %s", exc.code, exc.detail)
-        return problem(status, exc.code, exc.detail, request.url.path)
+        response = problem(status, exc.code, exc.detail, request.url.path)
+        if isinstance(exc, StorageFullError):
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -117,6 +135,13 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OSError) and (storage := storage_error(exc)) is not None:
+            log.error("request refused: [%s] %s", storage.code, storage.detail)
+            return problem(503, storage.code, storage.detail, request.url.path)
+        if isinstance(exc, redis.RedisError):  # the job store of Celery mode is down
+            log.error("request refused: Redis unreachable: %s", exc)
+            detail = "the job store (Redis) cannot be reached; try again later"
+            return problem(503, ServiceUnavailableError.code, detail, request.url.path)
         log.exception("unexpected error on %s", request.url.path)
         return problem(
             500, "internal_error", "unexpected error; see the service log", request.url.path

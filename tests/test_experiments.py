@@ -347,7 +347,7 @@ def test_rows_are_cached_and_reused_for_the_report(
     assert len(list(cache.glob("*.json"))) == 4, "2 rows x (table + perturbation)"
     assert not (tmp_path / "x" / "report.md").exists(), "rows only: no report"
 
-    from model import experiment_runs
+    from model.lab import experiment_runs
 
     real = experiment_runs._predictors
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +30,7 @@ from service.orders import (
     SendState,
     SendStatus,
 )
-from service.retention import purge_closed_orders
+from service.retention import RetentionTimer, purge_closed_orders, purge_received
 from service.settings import Settings
 from workers.jobs import FileJobStore, JobFiles, utcnow
 
@@ -274,3 +276,24 @@ def test_retention_removes_closed_old_orders_only(tmp_path: Path) -> None:
     assert sorted(o.order_id for o in orders.all()) == ["a3", "a4", "a5"]
     with pytest.raises(OrderNotFoundError):
         orders.get("a1")
+
+
+def test_retention_purges_received_series_with_the_jobs(tmp_path: Path) -> None:
+    received = tmp_path / "dicom" / "received"
+    old_series = received / "1.2.3" / "1.2.3.1"
+    new_series = received / "1.2.4" / "1.2.4.1"
+    for folder in (old_series, new_series):
+        folder.mkdir(parents=True)
+        (folder / "1.2.3.1.1.dcm").write_bytes(b"instance")
+        (folder / "series.json").write_text("{}")
+    (old_series.parent / "refused.json").write_text("{}")
+    long_ago = time.time() - 10 * 3600
+    for path in (*old_series.iterdir(), old_series, old_series.parent / "refused.json"):
+        os.utime(path, (long_ago, long_ago))
+    files = JobFiles(tmp_path)
+    timer = RetentionTimer(FileJobStore(files), files, retention_hours=5, interval_s=3600)
+    assert timer.received == received
+    assert purge_received(timer.received, retention_hours=5) == 1
+    assert not (received / "1.2.3").exists()  # the series and its emptied study folder
+    assert (new_series / "1.2.3.1.1.dcm").is_file()
+    assert purge_received(received, retention_hours=5) == 0

@@ -509,3 +509,51 @@ def test_corrupt_compressed_pixels(tmp_path: Path) -> None:
     write_ct_series(tmp_path, CtSpec(), edit=edit)
     with pytest.raises(UnreadableDicomError):
         read_ct_series(tmp_path)
+
+
+# --- plausibility limits (issue 15: absurd geometry fails at inspection) ---------------------
+def test_huge_declared_matrix_is_refused_without_allocating(tmp_path: Path) -> None:
+    """Rows/Columns 65535 with tiny pixel data: refused from the headers, no 80 GiB array."""
+    import tracemalloc
+
+    from model.dicom.series import inspect_ct_series
+    from model.errors import ImplausibleGeometryError
+
+    def huge(k: int, ds: FileDataset) -> None:
+        ds.Rows = ds.Columns = 65535
+
+    write_ct_series(tmp_path, CtSpec(n_slices=5), edit=huge)
+    tracemalloc.start()
+    try:
+        for reader in (inspect_ct_series, read_ct_series):
+            with pytest.raises(ImplausibleGeometryError, match="65535x65535"):
+                reader(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20
+
+
+def test_plausibility_limits_come_from_the_policy(tmp_path: Path) -> None:
+    from model.errors import ImplausibleGeometryError
+
+    write_ct_series(tmp_path, CtSpec(n_slices=5, rows=40, columns=40, pixel_spacing=(2.0, 2.0)))
+    read_ct_series(tmp_path)  # 80 mm: plausible by default
+    with pytest.raises(ImplausibleGeometryError, match="80 mm along axis j"):
+        read_ct_series(tmp_path, policy=IngestPolicy(max_extent_mm=50.0))
+    with pytest.raises(ImplausibleGeometryError, match=r"slice spacing is 2\.5 mm"):
+        read_ct_series(tmp_path, policy=IngestPolicy(max_spacing_mm=2.2))
+    with pytest.raises(ImplausibleGeometryError, match=r"PixelSpacing \(rows\) is 2 mm"):
+        read_ct_series(tmp_path, policy=IngestPolicy(min_spacing_mm=2.2, max_spacing_mm=9.0))
+    with pytest.raises(ImplausibleGeometryError, match="40x40 matrix"):
+        read_ct_series(tmp_path, policy=IngestPolicy(max_matrix=32))
+    with pytest.raises(ConfigurationError):
+        IngestPolicy(min_spacing_mm=5.0, max_spacing_mm=1.0)
+
+
+def test_wrong_value_count_is_invalid_dicom_not_a_crash(tmp_path: Path) -> None:
+    write_ct_series(
+        tmp_path, CtSpec(n_slices=5), edit=lambda k, ds: setattr(ds, "PixelSpacing", [0.7])
+    )
+    with pytest.raises(DicomError, match="PixelSpacing must hold 2 values"):
+        read_ct_series(tmp_path)

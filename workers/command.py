@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
-from model.errors import ConfigurationError
+from model.errors import ConfigurationError, LlmctvError
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from celery.signals import worker_process_init, worker_process_shutdown
     from celery.utils.nodenames import host_format
 
-    from workers import runtime
+    from workers import preflight, runtime
     from workers.celery_app import create_celery_app
     from workers.tasks import register_tasks
 
@@ -74,6 +75,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     node = host_format(args.node or runtime.default_node(settings.worker_text_encoder))
     if args.check:
         return check_worker(settings, node)
+    try:  # the model (or, cache-only, the embedding cache) is checked before the pool starts
+        preflight.check_worker_model(settings)
+    except LlmctvError as exc:
+        print(preflight.explain(exc), file=sys.stderr)
+        return 2
     queues = worker_queues(settings, args.queues)
     app = create_celery_app(settings)
     register_tasks(app)

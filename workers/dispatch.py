@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,7 +53,9 @@ class EmbeddedDispatcher:
     """One worker thread in the gateway process, with the model loaded once.
 
     Jobs left queued or running by a previous process (a crash, a restart) are queued again at
-    start, so none is lost.
+    start, so none is lost (each start counts as an attempt: see ``job_max_attempts``).
+    :meth:`stop` asks the running job to stop at its next progress step (it is queued again)
+    and waits at most ``worker_stop_timeout`` seconds for the thread.
     """
 
     def __init__(
@@ -70,9 +73,14 @@ class EmbeddedDispatcher:
         self._engine_error: LlmctvError | None = None
         self._queue: queue.Queue[str] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._running: str | None = None
+        self._running_since: float | None = None
+        self._last_progress: float | None = None
 
     def start(self) -> None:
         """Start the worker thread and re-queue unfinished jobs."""
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._loop, name="llmctv-worker", daemon=True)
         self._thread.start()
         for job in iter_jobs(self.store):
@@ -85,19 +93,52 @@ class EmbeddedDispatcher:
         self._queue.put(job_id)
 
     def stop(self) -> None:
-        """Let the current job finish, then end the thread."""
+        """Stop the running job at its next step (queued again), then end the thread.
+
+        Waits at most ``worker_stop_timeout`` seconds; a job stuck outside any progress step
+        is left ``running`` with its lease and is queued again at the next start.
+        """
         if self._thread is not None:
+            self._stopping.set()
             self._queue.put(_STOP)
-            self._thread.join(timeout=self.settings.task_hard_time_limit)
+            self._thread.join(timeout=self.settings.worker_stop_timeout)
+            if self._thread.is_alive():
+                log.warning("the worker thread did not stop in time; its job runs again later")
             self._thread = None
 
     def describe(self) -> dict[str, object]:
-        """Mode, queue length and whether the model is loaded."""
+        """Mode, queue length, whether the model is loaded, and the running job's age.
+
+        ``running_job_age_s`` and ``last_progress_age_s`` (seconds, ``None`` when idle) let a
+        readiness check see a stuck worker.
+        """
+        now = time.monotonic()
+        since, progress = self._running_since, self._last_progress
         return {
             "mode": "embedded",
             "queued": self._queue.qsize(),
             "model_loaded": self._engine is not None,
+            "worker_alive": self._thread is not None and self._thread.is_alive(),
+            "running_job": self._running is not None,
+            "running_job_age_s": None if since is None else round(now - since, 1),
+            "last_progress_age_s": None if progress is None else round(now - progress, 1),
+            "job_time_limit_s": self.settings.task_soft_time_limit,
+            "model_error": self._engine_error.code if self._engine_error is not None else None,
+            **self._cache_counts(),
         }
+
+    def _cache_counts(self) -> dict[str, int]:
+        """Embedding-cache hits and misses of the loaded model (for ``/metrics``)."""
+        cache = getattr(getattr(self._engine, "predictor", None), "cache", None)
+        return {
+            "cache_hits": int(getattr(cache, "hits", 0)),
+            "cache_misses": int(getattr(cache, "misses", 0)),
+        }
+
+    def _progress_seen(self) -> bool:
+        """The running job reached a progress step (called through ``should_stop``)."""
+        self._last_progress = time.monotonic()
+        return self._stopping.is_set()
 
     def _load(self) -> ContourEngine | None:
         if self._engine is None and self._engine_error is None:
@@ -110,10 +151,25 @@ class EmbeddedDispatcher:
 
     def _loop(self) -> None:
         self._load()
-        while (job_id := self._queue.get()) != _STOP:
+        while (job_id := self._queue.get()) != _STOP and not self._stopping.is_set():
             engine = self._load()
             if engine is None and self._engine_error is not None:
                 fail_job(self.store, job_id, self._engine_error)
                 continue
             if engine is not None:
-                run_job(job_id, self.store, self.files, engine, self.settings)
+                self._run(job_id, engine)
+
+    def _run(self, job_id: str, engine: ContourEngine) -> None:
+        self._running, self._running_since = job_id, time.monotonic()
+        self._last_progress = self._running_since
+        try:
+            run_job(
+                job_id,
+                self.store,
+                self.files,
+                engine,
+                self.settings,
+                should_stop=self._progress_seen,
+            )
+        finally:
+            self._running = self._running_since = self._last_progress = None

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from model.errors import ModelNotFoundError
-from model.imaging.geometry import Volume
+from model.errors import ModelNotFoundError, NoteTooLongError
+from model.imaging.geometry import Grid, Volume
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -43,6 +43,8 @@ class EngineResult:
     mask: npt.NDArray[np.bool_]
     timings: dict[str, float]
     windows: int
+    structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
+    removed_cc: dict[str, float] = field(default_factory=dict)
 
 
 class ContourEngine:
@@ -89,10 +91,45 @@ class ContourEngine:
         """Whether the network reads the clinical text."""
         return self.predictor.network.alignment is not None
 
+    def window_count(self, grid: Grid) -> int:
+        """Sliding windows one pass over a CT on ``grid`` (LPS) takes; no array is built."""
+        from model.imaging.preprocessing import plan_resampling
+        from model.inference import count_windows
+
+        pre = self.predictor.preprocess
+        plan = plan_resampling(grid, pre.target_spacing, orientation=pre.orientation)
+        roi = self.predictor.network.config.roi_size
+        return count_windows(plan.target.shape, roi, self.predictor.overlap)
+
+    def check_note(self, note: str) -> None:
+        """Refuse a note longer than the text encoder reads (``note_too_long``; never cut)."""
+        from model.network.context import MAX_NOTE_TOKENS
+
+        context = self.predictor.context
+        if not self.multimodal or context is None or not context.has_encoder:
+            return
+        (ids,) = context.encoder.tokenize([note])
+        if len(ids) > MAX_NOTE_TOKENS:
+            raise NoteTooLongError(
+                f"note: {len(ids)} tokens; the text encoder reads at most {MAX_NOTE_TOKENS}"
+            )
+
     def contour(self, volume: Volume, note: str, progress: ProgressFn | None) -> EngineResult:
         """Contour ``volume`` (HU, LPS grid) for ``note``; mask on the input grid ``(k, j, i)``."""
+        self.check_note(note)
         with self._lock:
             pred: Prediction = self.predictor.predict(
                 volume, note if self.multimodal else None, progress=progress
             )
-        return EngineResult(pred.mask, dict(pred.timings), pred.windows)
+        removed: dict[str, float] = {}
+        if pred.cleaning is not None:
+            removed = {"outside the body": pred.cleaning.outside_body_cc}
+            removed.update(pred.cleaning.islands_cc)
+        return EngineResult(
+            pred.mask, dict(pred.timings), pred.windows, dict(pred.structures), removed
+        )
+
+    @property
+    def has_structures(self) -> bool:
+        """Whether the network predicts sub-volumes (breast, nodes...) rather than one CTV."""
+        return bool(self.predictor.network.config.structures)

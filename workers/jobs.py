@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from workers.errors import JobNotFoundError
 from workers.records import JsonRecordFiles
+from workers.review import Review
 
 
 class JobStatus(StrEnum):
@@ -31,11 +32,12 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
         """Whether the job will not change any more."""
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class JobError(BaseModel):
@@ -43,6 +45,10 @@ class JobError(BaseModel):
 
     code: str
     detail: str
+
+
+#: Longest job id accepted (ours are 32 hex digits); longer ones are unknown, never a path.
+MAX_ID_LENGTH = 64
 
 
 def utcnow() -> datetime:
@@ -53,6 +59,11 @@ def utcnow() -> datetime:
 def new_job_id() -> str:
     """A random, URL-safe job id (not derived from any patient data)."""
     return secrets.token_hex(16)
+
+
+def is_valid_id(value: str) -> bool:
+    """Whether ``value`` can be a job or order id: 1 to 64 lowercase hex digits."""
+    return 0 < len(value) <= MAX_ID_LENGTH and all(c in "0123456789abcdef" for c in value)
 
 
 class Job(BaseModel):
@@ -75,6 +86,9 @@ class Job(BaseModel):
     rtstruct_sop_instance_uid: str | None = None
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
     lease_until: datetime | None = None
+    review: Review = Field(default_factory=Review)
+    counterfactual_of: str | None = None
+    superseded_by: str | None = None  # a later job of the same order (more instances)
 
 
 def claimable(job: Job, now: datetime) -> bool:
@@ -139,7 +153,7 @@ class JobFiles:
 
     def folder(self, job_id: str) -> Path:
         """The job's folder (job ids are hex; anything else is refused)."""
-        if not job_id or not all(c in "0123456789abcdef" for c in job_id):
+        if not is_valid_id(job_id):
             raise JobNotFoundError(f"no job {job_id[:64]!r}")
         return self.jobs / job_id
 

@@ -13,33 +13,98 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from model import __version__
-from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
+from model.dicom.ingest_policy import IngestPolicy
+from model.dicom.rtstruct import ReferencedSeries, WriterInfo, write_rtstruct
 from model.dicom.series import CtSeries, read_ct_series
-from model.errors import ContextNotCachedError, LlmctvError
+from model.errors import ContextNotCachedError, ImplausibleGeometryError, LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical
 from workers.consistency import laterality_warnings, nodal_warnings, node_negative_record
-from workers.errors import JobTimeoutError
+from workers.errors import (
+    JobAttemptsExhaustedError,
+    JobCancelledError,
+    JobInterruptedError,
+    JobTimeoutError,
+    storage_error,
+)
 from workers.jobs import JobError, JobFiles, JobStatus, JobStore, utcnow
 from workers.preview import render_preview
 from workers.settings import WorkerSettings
+from workers.structure_set import (
+    naming_map,
+    removal_warnings,
+    roi_specs,
+    structure_warnings,
+    volumes_cc,
+)
 
 if TYPE_CHECKING:
-    from workers.engine import ContourEngine
+    from workers.engine import ContourEngine, EngineResult
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
+#: Seconds between two looks at the job record for a cancellation.
+CANCEL_POLL_S = 0.25
+
+
+def ingest_policy(settings: WorkerSettings) -> IngestPolicy:
+    """The ingest policy with the plausibility limits of the settings (gateway and worker)."""
+    return IngestPolicy(
+        min_spacing_mm=settings.ingest_min_spacing_mm,
+        max_spacing_mm=settings.ingest_max_spacing_mm,
+        max_extent_mm=settings.ingest_max_extent_mm,
+        max_matrix=settings.ingest_max_matrix,
+        max_windows=settings.ingest_max_windows,
+    )
+
+
+class JobControl:
+    """Cooperative stops of one running job: cancellation, its time limit, a shutdown.
+
+    :meth:`check` runs at every sliding-window progress step and at every stage boundary, and
+    raises :class:`JobCancelledError`, :class:`JobTimeoutError` or :class:`JobInterruptedError`.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        job_id: str,
+        time_limit_s: float,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.deadline = time.monotonic() + time_limit_s
+        self.time_limit_s = time_limit_s
+        self.should_stop = should_stop
+        self._polled = 0.0
+
+    def check(self) -> None:
+        """Raise if the job must stop now."""
+        now = time.monotonic()
+        if self.should_stop is not None and self.should_stop():
+            raise JobInterruptedError("the worker is shutting down; the job is queued again")
+        if now > self.deadline:
+            raise JobTimeoutError(f"the job ran past its time limit of {self.time_limit_s:g} s")
+        if now - self._polled >= CANCEL_POLL_S:
+            self._polled = now
+            if self.store.get(self.job_id).status is JobStatus.CANCELLED:
+                raise JobCancelledError("the job was cancelled")
 
 
 def _progress_writer(
-    store: JobStore, job_id: str, start: float, share: float
+    store: JobStore, job_id: str, start: float, share: float, control: JobControl | None = None
 ) -> Callable[[float], None]:
-    """A callback that records ``start + share * fraction`` at most every 0.5 s."""
+    """A callback that records ``start + share * fraction`` at most every 0.5 s.
+
+    With ``control`` it also stops the job (by raising) when it is cancelled or timed out.
+    """
     last = [0.0]
 
     def report(fraction: float) -> None:
+        if control is not None:
+            control.check()
         now = time.monotonic()
         if now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
             last[0] = now
@@ -64,15 +129,26 @@ def _contour(
     record: ClinicalRecord,
     settings: WorkerSettings,
     progress: Callable[[float, float], Callable[[float], None]],
-) -> tuple[npt.NDArray[np.bool_], dict[str, float], list[str], float | None]:
-    """CTV for the record, and (for N+) the counterfactual N0 contour for the nodal check."""
+) -> tuple[EngineResult, dict[str, float], list[str], float | None]:
+    """CTV for the record, and its consistency warnings.
+
+    A network with separate structures is checked on them directly (nodal CTV present for N+,
+    absent for N0/N1mi; breast or chest wall as the surgery says). A single-CTV network needs
+    the counterfactual N0 contour for the nodal check (a second pass, N+ only).
+    """
     check = node_negative_record(record) if engine.multimodal else None
-    check = check if settings.nodal_check_cc > 0 else None
+    needs_second_pass = settings.nodal_check_cc > 0 and not engine.has_structures
+    check = check if needs_second_pass else None
     share = 0.5 if check is not None else 1.0
     result = engine.contour(ct.volume, record.prompt_text(), progress(0.0, share))
     timings = dict(result.timings)
     t0 = time.perf_counter()
     warnings = laterality_warnings(record, result.mask, ct.volume.array, ct.volume.grid)
+    voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
+    if engine.has_structures:
+        min_cc = settings.nodal_check_cc if settings.nodal_check_cc > 0 else 1.0
+        warnings += structure_warnings(record, result.structures, voxel_cc, min_cc)
+    warnings += removal_warnings(result.removed_cc, settings.removed_warning_cc)
     timings["consistency"] = time.perf_counter() - t0
     nodal_cc = None
     if check is not None:
@@ -83,7 +159,7 @@ def _contour(
         )
         warnings += found
         timings["nodal_check"] = time.perf_counter() - t0
-    return result.mask, timings, warnings, nodal_cc
+    return result, timings, warnings, nodal_cc
 
 
 def run_job(
@@ -93,23 +169,54 @@ def run_job(
     engine: ContourEngine,
     settings: WorkerSettings,
     timeouts: tuple[type[BaseException], ...] = (),
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run one job to a final state.
 
     Idempotent and safe against duplicate deliveries: the job is claimed atomically (queued,
     or running with an expired lease after its worker died), so a finished job, or one that a
     live worker holds, is left alone. ``timeouts`` are the exception types a soft time limit
-    raises (Celery's); they end the job as ``job_timeout``.
+    raises (Celery's); they end the job as ``job_timeout``, as does the cooperative limit
+    ``task_soft_time_limit`` checked at every progress step (the embedded worker's only
+    one). A job claimed more than ``job_max_attempts`` times (its worker died, or was
+    killed at its hard limit, each time) fails as ``job_attempts_exhausted`` instead of
+    running again (a dead letter). A cancelled job stops at its next progress step;
+    ``should_stop`` returning true (a graceful shutdown) stops it there too and queues it
+    again, and that does not count as an attempt.
     """
     job = store.claim(job_id, lease_s=settings.task_hard_time_limit)
     if job is None:
         log.info("job %s is finished or held by another worker; nothing to do", job_id)
         return
+    if job.attempts > settings.job_max_attempts:
+        fail_job(
+            store,
+            job_id,
+            JobAttemptsExhaustedError(
+                f"the job was started {job.attempts - 1} times without finishing; it is not retried"
+            ),
+        )
+        return
+    control = JobControl(store, job_id, settings.task_soft_time_limit, should_stop)
     try:
-        _execute(job_id, job.clinical, job.series_instance_uid, store, files, engine, settings)
+        _execute(
+            job_id, job.clinical, job.series_instance_uid, store, files, engine, settings, control
+        )
     except ContextNotCachedError:
         store.update(job_id, status=JobStatus.QUEUED, lease_until=None)
         raise
+    except JobCancelledError:
+        store.update(job_id, lease_until=None, finished_at=utcnow())
+        log.info("job %s stopped: cancelled", job_id)
+    except JobInterruptedError:  # handed back at a shutdown, not an attempt
+        store.update(
+            job_id,
+            status=JobStatus.QUEUED,
+            lease_until=None,
+            progress=0.0,
+            attempts=job.attempts - 1,
+        )
+        log.info("job %s interrupted by a shutdown; queued again", job_id)
     except LlmctvError as exc:
         fail_job(store, job_id, exc)
     except timeouts:
@@ -127,24 +234,30 @@ def _execute(
     files: JobFiles,
     engine: ContourEngine,
     settings: WorkerSettings,
+    control: JobControl,
 ) -> None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     record = parse_clinical(clinical)
-    ct = read_ct_series(files.input_dir(job_id), series_instance_uid=series_uid)
+    policy = ingest_policy(settings)
+    ct = read_ct_series(files.input_dir(job_id), series_instance_uid=series_uid, policy=policy)
     timings["ingest"] = time.perf_counter() - t0
+    _check_windows(engine, ct, policy)
+    control.check()
 
     def progress(start: float, share: float) -> Callable[[float], None]:
-        return _progress_writer(store, job_id, start, share)
+        return _progress_writer(store, job_id, start, share, control)
 
-    mask, contour_timings, warnings, nodal_cc = _contour(engine, ct, record, settings, progress)
+    result, contour_timings, warnings, nodal_cc = _contour(engine, ct, record, settings, progress)
+    mask = result.mask
     timings.update(contour_timings)
+    control.check()
     t0 = time.perf_counter()
-    roi = RoiSpec(settings.roi_name, mask, description="AI-generated CTV (llmctv)")
+    rois = roi_specs(mask, result.structures, settings.roi_name, naming_map(settings.roi_names))
     written = write_rtstruct(
         files.rtstruct(job_id),
         ReferencedSeries.from_datasets(ct.datasets),
-        [roi],
+        rois,
         writer_info(settings, engine.checkpoint_hash),
     )
     timings["rtstruct"] = time.perf_counter() - t0
@@ -152,7 +265,7 @@ def _execute(
     files.preview(job_id).write_bytes(render_preview(ct.volume.array, mask, ct.volume.grid))
     timings["preview"] = time.perf_counter() - t0
     voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
-    volumes = {settings.roi_name: round(float(mask.sum()) * voxel_cc, 2)}
+    volumes = volumes_cc(rois, voxel_cc)
     if nodal_cc is not None:
         volumes["nodal (N+ minus N0)"] = round(nodal_cc, 2)
     store.update(
@@ -169,8 +282,20 @@ def _execute(
     log.info("job %s succeeded in %.2f s", job_id, sum(timings.values()))
 
 
+def _check_windows(engine: ContourEngine, ct: CtSeries, policy: IngestPolicy) -> None:
+    """Refuse a CT whose network pass would take more than ``policy.max_windows`` windows."""
+    windows = engine.window_count(ct.volume.grid)
+    if windows > policy.max_windows:
+        raise ImplausibleGeometryError(
+            f"the series needs {windows} sliding windows per pass; at most "
+            f"{policy.max_windows} are accepted"
+        )
+
+
 def fail_job(store: JobStore, job_id: str, exc: BaseException) -> None:
     """Record ``exc`` as the job's final error (the one place errors become job states)."""
+    if isinstance(exc, OSError) and (storage := storage_error(exc)) is not None:
+        exc = storage
     if isinstance(exc, LlmctvError):
         error = JobError(code=exc.code, detail=exc.detail)
     else:

@@ -23,10 +23,13 @@ from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from model.errors import ConfigurationError, ContextNotCachedError, LlmctvError
 from model.inference import Predictor
 from workers import facts
+from workers.audit import AuditLog
 from workers.embedding_cache import RedisContextCache
 from workers.engine import ContourEngine, checkpoint_folder
 from workers.errors import JobNotFoundError, JobTimeoutError
-from workers.jobs import JobFiles, JobStatus
+from workers.job_events import ObservedJobStore
+from workers.jobs import JobFiles, JobStatus, JobStore
+from workers.metrics import RedisMetrics
 from workers.pipeline import fail_job, run_job
 from workers.redis_store import RedisJobStore, connect
 from workers.settings import WorkerSettings
@@ -50,6 +53,12 @@ def default_node(text_encoder: bool) -> str:
     return f"llmctv-{'text' if text_encoder else 'cache'}@{socket.gethostname()}"
 
 
+def observed_store(settings: WorkerSettings, client: redis.Redis, node: str) -> ObservedJobStore:
+    """Job records in Redis; starts and ends audited and counted (``llmctv:metrics``)."""
+    audit = AuditLog.from_settings(settings)
+    return ObservedJobStore(RedisJobStore(client), audit, RedisMetrics(client), f"worker:{node}")
+
+
 def build_engine(settings: WorkerSettings, cache: RedisContextCache) -> ContourEngine:
     """The worker's model: on the GPU when there is one; without the LLM when so configured."""
     predictor = Predictor.from_checkpoint(
@@ -71,7 +80,7 @@ class WorkerRuntime:
         self.options = options
         self.settings = options.settings
         self.client = client
-        self.store = RedisJobStore(client)
+        self.store = observed_store(self.settings, client, options.node)
         self.files = JobFiles(self.settings.storage_dir)
         self.cache = RedisContextCache(client)
         self.engine: ContourEngine | None = None
@@ -148,7 +157,7 @@ class WorkerRuntime:
         return self.store.get(job_id).status.value
 
 
-def fail_unfinished(store: RedisJobStore, job_id: str, exc: BaseException) -> None:
+def fail_unfinished(store: JobStore, job_id: str, exc: BaseException) -> None:
     """Record a task failure outside :func:`run_job` (a hard time limit) as the job's error."""
     error: BaseException = exc
     if isinstance(exc, TimeLimitExceeded):
@@ -166,7 +175,7 @@ class _Process:
     options: WorkerOptions | None = None
     runtime: WorkerRuntime | None = None
     heartbeat: facts.Heartbeat | None = None
-    parent_store: RedisJobStore | None = None
+    parent_store: ObservedJobStore | None = None
 
 
 def configure(options: WorkerOptions) -> None:
@@ -191,11 +200,12 @@ def current() -> WorkerRuntime:
     return runtime
 
 
-def parent_store() -> RedisJobStore:
+def parent_store() -> ObservedJobStore:
     """A job store for the main process (hard time limits are handled there)."""
     if _Process.parent_store is None:
-        url = options().settings.redis_url or ""
-        _Process.parent_store = RedisJobStore(connect(url))
+        opts = options()
+        client = connect(opts.settings.redis_url or "")
+        _Process.parent_store = observed_store(opts.settings, client, opts.node)
     return _Process.parent_store
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.settings import ModelSettings, load_settings
+from model.settings import CommaList, ModelSettings, load_settings, split_commas
 
 
 class StorageSettings(BaseSettings):
@@ -20,6 +20,11 @@ class StorageSettings(BaseSettings):
 
     storage_dir: Path = Field(default=Path.home() / ".local" / "share" / "llmctv")
     job_retention_hours: float = 168.0
+    storage_min_free_bytes: int = 1_000_000_000
+    # Disk backpressure (workers.storage_space): also full above this used fraction.
+    storage_max_used_fraction: float = 0.95
+    audit_retention_days: float = 400.0
+    audit_max_bytes: int = 20_000_000
 
 
 class WorkerSettings(ModelSettings, StorageSettings):
@@ -31,6 +36,21 @@ class WorkerSettings(ModelSettings, StorageSettings):
     roi_name_suffix: str = ""
     structure_set_label: str = "LLMCTV"
     nodal_check_cc: float = 5.0
+    # ROI names of the sub-volumes: structure=name pairs, {side} is L or R (TG-263 style).
+    roi_names: CommaList = Field(default_factory=list)
+    # Islands and outside-body volume removed by postprocessing above this (cc) are a warning.
+    removed_warning_cc: float = 1.0
+
+    # Plausible CT geometry (model.dicom.ingest_policy.IngestPolicy), checked at inspection.
+    ingest_min_spacing_mm: float = 0.1
+    ingest_max_spacing_mm: float = 10.0
+    ingest_max_extent_mm: float = 1000.0
+    ingest_max_matrix: int = 2048
+    ingest_max_windows: int = 2000
+    # Attempts (claims) of one job before it ends failed, like a dead letter.
+    job_max_attempts: int = 3
+    # Seconds the embedded worker may take to stop on shutdown (the job is re-queued).
+    worker_stop_timeout: float = 5.0
 
     redis_url: str | None = None
     worker_text_encoder: bool = True
@@ -41,6 +61,11 @@ class WorkerSettings(ModelSettings, StorageSettings):
     worker_queue: str = "contour"
     text_queue: str = "text"
     worker_start_timeout: float = 600.0
+
+    @field_validator("roi_names", mode="before")
+    @classmethod
+    def _split_roi_names(cls, value: object) -> object:
+        return split_commas(value)
 
 
 def get_settings() -> WorkerSettings:

@@ -32,6 +32,19 @@ class IngestPolicy:
         Largest difference in PixelSpacing between slices.
     skip_non_dicom
         Skip files that are not DICOM with a logged warning; otherwise raise.
+    min_spacing_mm, max_spacing_mm
+        Plausible range of PixelSpacing (both values) and of the slice spacing, in mm.
+    max_extent_mm
+        Largest physical extent of the series along each grid axis (LPS mm).
+    max_matrix
+        Largest Rows, Columns and number of slices; refused from the headers, before any
+        pixel is decoded or any array is allocated.
+    max_windows
+        Largest number of sliding windows one network pass may take (checked by the worker,
+        which knows the network's window and spacing).
+
+    The plausibility limits make a series with absurd geometry fail at inspection with
+    ``implausible_geometry`` instead of tying up a worker for hours.
     """
 
     min_slices: int = 5
@@ -41,6 +54,11 @@ class IngestPolicy:
     slice_position_tolerance: float = 0.1
     pixel_spacing_tolerance_mm: float = 1e-3
     skip_non_dicom: bool = True
+    min_spacing_mm: float = 0.1
+    max_spacing_mm: float = 10.0
+    max_extent_mm: float = 1000.0
+    max_matrix: int = 2048
+    max_windows: int = 2000
 
     def __post_init__(self) -> None:
         if self.min_slices < 2:
@@ -55,6 +73,10 @@ class IngestPolicy:
         )
         if any(t < 0 for t in tolerances):
             raise ConfigurationError("ingest tolerances must not be negative")
+        if not 0 < self.min_spacing_mm < self.max_spacing_mm:
+            raise ConfigurationError("need 0 < min_spacing_mm < max_spacing_mm")
+        if self.max_extent_mm <= 0 or self.max_matrix < 1 or self.max_windows < 1:
+            raise ConfigurationError("max_extent_mm, max_matrix and max_windows must be positive")
 
 
 #: The clinical defaults.

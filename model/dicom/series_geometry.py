@@ -7,6 +7,7 @@ ImageOrientationPatient row cosines, ``j`` the column cosines and ``k`` their cr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,7 @@ from pydicom.dataset import Dataset
 from model.dicom.ingest_policy import IngestPolicy
 from model.errors import (
     DicomError,
+    ImplausibleGeometryError,
     InconsistentGeometryError,
     MissingSlicesError,
     MixedSeriesError,
@@ -49,14 +51,19 @@ def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, l
     for keyword in _REQUIRED:
         if any(keyword not in ds or ds[keyword].value is None for ds in slices):
             raise DicomError(f"a CT slice lacks {keyword}")
+    _check_matrix(slices, policy)
+    for ds in slices:
+        if ds.get("SliceThickness") not in (None, ""):
+            tag_values(ds, "SliceThickness", 1)
     row, col, normal = _orientation(slices, policy.orientation_tolerance_deg)
     _check_gantry_tilt(slices, policy.orientation_tolerance_deg)
     rows, cols, spacing = _pixel_geometry(slices, policy.pixel_spacing_tolerance_mm)
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in slices])
+    positions = np.array([tag_values(ds, "ImagePositionPatient", 3) for ds in slices])
     along = positions @ normal
     order = [int(n) for n in np.argsort(along, kind="stable")]
     _check_in_plane(positions[order], row, col, spacing, policy.in_plane_shift_tolerance)
     dk = _slice_spacing(along[order], policy)
+    _check_plausible((len(slices), rows, cols), (dk, spacing[0], spacing[1]), policy)
     grid = Grid(
         shape=(len(slices), rows, cols),
         origin=(
@@ -70,6 +77,54 @@ def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, l
         ),
     )
     return grid, order
+
+
+def tag_values(ds: Dataset, keyword: str, count: int) -> list[float]:
+    """The ``count`` numbers of a decimal-string tag; refuse a wrong count or NaN/inf."""
+    value = ds[keyword].value
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError) as exc:
+        raise DicomError(f"{keyword} holds a value that is not a number") from exc
+    if len(numbers) != count:
+        raise DicomError(f"{keyword} must hold {count} values, not {len(numbers)}")
+    if not all(math.isfinite(v) for v in numbers):
+        raise ImplausibleGeometryError(f"{keyword} holds NaN or an infinite value")
+    return numbers
+
+
+def _check_matrix(slices: Sequence[Dataset], policy: IngestPolicy) -> None:
+    """Refuse empty or huge matrices from the headers, before anything is allocated."""
+    limit = policy.max_matrix
+    if len(slices) > limit:
+        raise ImplausibleGeometryError(f"{len(slices)} slices; at most {limit} are accepted")
+    for ds in slices:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if not (0 < rows <= limit and 0 < cols <= limit):
+            raise ImplausibleGeometryError(
+                f"a {rows}x{cols} matrix; Rows and Columns must be between 1 and {limit}"
+            )
+
+
+def _check_plausible(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], policy: IngestPolicy
+) -> None:
+    """Refuse spacings (mm) and a physical extent (LPS mm per grid axis) outside the limits."""
+    low, high = policy.min_spacing_mm, policy.max_spacing_mm
+    names = ("slice spacing", "PixelSpacing (rows)", "PixelSpacing (columns)")
+    for name, value in zip(names, spacing, strict=True):
+        if not low <= value <= high:
+            raise ImplausibleGeometryError(
+                f"{name} is {value:.4g} mm; accepted are {low:g} to {high:g} mm"
+            )
+    for axis, n, value in zip("kji", shape, spacing, strict=True):
+        extent = n * value
+        if extent > policy.max_extent_mm:
+            raise ImplausibleGeometryError(
+                f"the series spans {extent:.0f} mm along axis {axis}; at most "
+                f"{policy.max_extent_mm:.0f} mm are accepted"
+            )
 
 
 def _angle_deg(a: FloatArray, b: FloatArray) -> float:
@@ -86,9 +141,7 @@ def _unit(v: FloatArray) -> FloatArray:
 
 def _orientation(slices: Sequence[Dataset], tol_deg: float) -> tuple[FloatArray, ...]:
     """Row, column and normal unit vectors (orthonormalised); refuse non-axial series."""
-    iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in slices])
-    if iops.shape[1] != 6:
-        raise DicomError("ImageOrientationPatient must hold six values")
+    iops = np.array([tag_values(ds, "ImageOrientationPatient", 6) for ds in slices])
     row = _unit(iops[0, :3])
     col = _unit(iops[0, 3:] - (iops[0, 3:] @ row) * row)
     normal = np.cross(row, col)
@@ -121,8 +174,8 @@ def _pixel_geometry(slices: Sequence[Dataset], tol_mm: float) -> tuple[int, int,
     shapes = {(int(ds.Rows), int(ds.Columns)) for ds in slices}
     if len(shapes) > 1:
         raise InconsistentGeometryError(f"slices have {len(shapes)} different matrix sizes")
-    spacings = np.array([[float(v) for v in ds.PixelSpacing] for ds in slices])
-    if spacings.shape[1] != 2 or np.any(spacings <= 0):
+    spacings = np.array([tag_values(ds, "PixelSpacing", 2) for ds in slices])
+    if np.any(spacings <= 0):
         raise DicomError("PixelSpacing must hold two positive values")
     if np.ptp(spacings, axis=0).max() > tol_mm:
         raise InconsistentGeometryError("PixelSpacing differs between slices")

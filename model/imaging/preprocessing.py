@@ -35,6 +35,7 @@ from model.errors import ConfigurationError
 from model.imaging.geometry import Grid, Volume
 
 Mode = Literal["linear", "nearest"]
+Box = tuple[slice, ...]
 Orientation = Literal["source", "lps"]
 
 _SNAP_TOL = 1e-6  # fractional-index tolerance (voxels) for "exactly on a voxel centre"
@@ -458,6 +459,46 @@ def to_source_grid(
         If the spatial shape is not ``plan.target.shape`` or ``mode`` is unknown.
     """
     return _resample(target_array, plan.source, plan.target, mode)
+
+
+def source_box_of(mask: npt.NDArray[np.bool_], plan: ResamplingPlan, margin: int = 2) -> Box | None:
+    """The CT-grid index box ``(k, j, i)`` slices covering ``mask`` (network grid), or None.
+
+    The network-grid bounding box (grown by ``margin`` voxels) is mapped corner by corner
+    through LPS to CT indices, so everything a network voxel of ``mask`` can touch by
+    interpolation lies inside the box.
+    """
+    hits = np.argwhere(mask)
+    if len(hits) == 0:
+        return None
+    low = np.maximum(hits.min(axis=0) - margin, 0)
+    high = np.minimum(hits.max(axis=0) + margin, np.asarray(mask.shape) - 1)
+    corners = np.array(
+        [[(high if (bit >> a) & 1 else low)[a] for a in range(3)] for bit in range(8)], float
+    )
+    on_ct = plan.source.lps_to_index(plan.target.index_to_lps(corners))
+    start = np.clip(np.floor(on_ct.min(axis=0)).astype(int), 0, None)
+    stop = np.minimum(np.ceil(on_ct.max(axis=0)).astype(int) + 1, plan.source.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def to_source_box(
+    target_array: npt.NDArray[np.generic], plan: ResamplingPlan, box: Box, mode: Mode = "linear"
+) -> npt.NDArray[Any]:
+    """:func:`to_source_grid` on the ``box`` of the CT grid only (same values there)."""
+    return _resample(target_array, sub_grid(plan.source, box), plan.target, mode)
+
+
+def sub_grid(grid: Grid, box: Box) -> Grid:
+    """The grid of the voxels ``box`` (index slices ``(k, j, i)``) of ``grid``: same geometry."""
+    start = np.array([s.start for s in box], dtype=float)
+    origin = grid.index_to_lps(start)
+    return Grid(
+        shape=(box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start),
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+        spacing=grid.spacing,
+        direction=grid.direction,
+    )
 
 
 # --- intensities --------------------------------------------------------------------------------

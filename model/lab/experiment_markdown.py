@@ -198,7 +198,7 @@ def render_markdown(
     md += [
         "## Targets",
         "",
-        "Each target of issue #3 with its measured value (mean [95 % CI]) and PASS, MISS or "
+        "Each phantom target with its measured value (mean [95 % CI]) and PASS, MISS or "
         "NOT MEASURED, as measured: a MISS is not adjusted away.",
         "",
     ]

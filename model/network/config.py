@@ -36,7 +36,11 @@ class NetworkConfig:
     channels
         Feature channels of the 5 encoder levels (paper: 48, 48, 96, 192, 384).
     in_channels, out_channels
-        CT in, 2 classes out (background, CTV).
+        CT in; classes out: background plus one per structure (2 for a single ``CTV``).
+    structures
+        Names of the output structures after the background (e.g. ``breast``,
+        ``chest_wall``, ``axilla``, ``scf``, ``imn``; :mod:`model.network.structures`); empty
+        means one class, the whole CTV.
     text_dim
         Hidden size D of the text encoder (Llama-2-7b: 4096; SmolLM2-135M: 576).
     multimodal
@@ -73,8 +77,16 @@ class NetworkConfig:
     lora_alpha: int = 16
     roi_size: tuple[int, int, int] = (128, 384, 384)
     extra: dict[str, Any] = field(default_factory=dict)
+    structures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.out_channels != 1 + max(1, len(self.structures)):
+            raise ConfigurationError(
+                f"out_channels {self.out_channels} must be 1 + the {len(self.structures) or 1} "
+                "structure(s)"
+            )
+        if len(set(self.structures)) != len(self.structures):
+            raise ConfigurationError(f"structures must be distinct, got {self.structures}")
         if len(self.channels) != 5:
             raise ConfigurationError(f"channels must list 5 levels, got {self.channels}")
         stride = 2 ** len(self.channels)
@@ -115,9 +127,19 @@ class NetworkConfig:
             data["channels"] = tuple(data["channels"])
             data["roi_size"] = tuple(data["roi_size"])
             data["tuning"] = TuningMode(data["tuning"])
+            data["structures"] = tuple(data.get("structures", ()))
             return cls(**data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"invalid network config: {exc}") from exc
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """The foreground classes in channel order (``("ctv",)`` for a single-CTV network)."""
+        return self.structures or ("ctv",)
+
+    def with_structures(self, structures: tuple[str, ...]) -> NetworkConfig:
+        """Copy predicting ``structures`` (empty: one CTV class)."""
+        return replace(self, structures=structures, out_channels=1 + max(1, len(structures)))
 
     def with_tuning(self, tuning: TuningMode) -> NetworkConfig:
         """Copy with a tuning mode, adjusting ``n_prompts`` as that mode requires."""
@@ -169,12 +191,15 @@ class NetworkChoice:
         Text-side tuning mode (paper Table 4a); default: the preset's.
     vision_only
         The baseline without text.
+    structures
+        Output structures (empty: one CTV class).
     """
 
     preset: str
     text_dim: int | None = None
     tuning: str | None = None
     vision_only: bool = False
+    structures: tuple[str, ...] = ()
 
     def config(self, encoder_dim: int | None = None) -> NetworkConfig:
         """The validated configuration; ``encoder_dim`` applies unless ``text_dim`` is set."""
@@ -186,4 +211,4 @@ class NetworkChoice:
             overrides["tuning"] = self.tuning
         if self.vision_only:
             overrides["multimodal"] = False
-        return preset(self.preset, **overrides)
+        return preset(self.preset, **overrides).with_structures(self.structures)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -17,10 +18,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.errors import DatasetError, InvalidClinicalError
+from model.errors import (
+    DatasetError,
+    InvalidClinicalError,
+    NoteContradictsFieldsError,
+    NoteTooLongError,
+)
 
-T_STAGE_PATTERN = re.compile(r"^(is|1mi|1[abc]?|[23]|4[abcd]?)$")
-N_STAGE_PATTERN = re.compile(r"^(0|1mi|[123][abc]?)$")
+# Matched with ``fullmatch``: ``$`` alone would accept a trailing newline ("0\n").
+T_STAGE_PATTERN = re.compile(r"is|1mi|1[abc]?|[23]|4[abcd]?")
+N_STAGE_PATTERN = re.compile(r"0|1mi|[123][abc]?")
+
+#: Longest note accepted, in characters and in words. The text encoder reads at most
+#: ``model.network.context.MAX_NOTE_TOKENS`` (128) tokens; clinical prose takes about 4-5
+#: characters and 1.5 words per token, so these bounds stay well below it. A note that still
+#: tokenises longer fails its job with ``note_too_long`` (never cut silently).
+MAX_NOTE_CHARS = 400
+MAX_NOTE_WORDS = 64
+
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_N_STAGE_IN_NOTE = re.compile(r"(?<![A-Za-z0-9])(?:y?[pc])?N(0|1mi|[123][abc]?)(?![A-Za-z0-9])")
 
 
 class Side(StrEnum):
@@ -64,14 +81,14 @@ class Diagnosis(BaseModel):
     @field_validator("t_stage")
     @classmethod
     def _t_stage(cls, value: str) -> str:
-        if not T_STAGE_PATTERN.match(value):
+        if not T_STAGE_PATTERN.fullmatch(value):
             raise ValueError(f"t_stage {value!r} is not one of is|1|2|3|4 (+ suffix)")
         return value
 
     @field_validator("n_stage")
     @classmethod
     def _n_stage(cls, value: str) -> str:
-        if not N_STAGE_PATTERN.match(value):
+        if not N_STAGE_PATTERN.fullmatch(value):
             raise ValueError(f"n_stage {value!r} is not one of 0|1mi|1|2|3 (+ a/b/c)")
         return value
 
@@ -97,7 +114,14 @@ class ClinicalRecord(BaseModel):
     age: int | None = Field(default=None, ge=0, le=120)
     pathology: Pathology | None = None
     neoadjuvant_chemotherapy: bool | None = None
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = None
+
+    @field_validator("note")
+    @classmethod
+    def _printable_note(cls, value: str | None) -> str | None:
+        if value is not None and _has_control_characters(value):
+            raise ValueError("the note holds control characters (line breaks, tabs, escapes)")
+        return value
 
     @field_validator("diagnoses")
     @classmethod
@@ -121,16 +145,64 @@ def parse_clinical(data: Mapping[str, Any] | str | bytes) -> ClinicalRecord:
     Raises
     ------
     InvalidClinicalError
-        Naming the offending field.
+        Naming the offending field (``invalid_clinical``).
+    NoteTooLongError
+        A note over :data:`MAX_NOTE_CHARS` characters or :data:`MAX_NOTE_WORDS` words.
+    NoteContradictsFieldsError
+        A note that names a side or an N stage that the structured fields do not give.
     """
     try:
         if isinstance(data, str | bytes):
-            return ClinicalRecord.model_validate_json(data)
-        return ClinicalRecord.model_validate(data)
+            record = ClinicalRecord.model_validate_json(data)
+        else:
+            record = ClinicalRecord.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "clinical"
         raise InvalidClinicalError(f"{where}: {first['msg']}") from exc
+    if record.note is not None:
+        check_note_length(record.note)
+        check_note_agrees(record)
+    return record
+
+
+def _has_control_characters(text: str) -> bool:
+    """Control (Cc) or format (Cf: zero-width, bidi override) characters anywhere."""
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
+
+
+def check_note_length(note: str) -> None:
+    """Refuse a note the text encoder could not read whole (it is never cut)."""
+    words = len(note.split())
+    if len(note) > MAX_NOTE_CHARS or words > MAX_NOTE_WORDS:
+        raise NoteTooLongError(
+            f"note: {len(note)} characters and {words} words; at most {MAX_NOTE_CHARS} "
+            f"characters and {MAX_NOTE_WORDS} words are read by the model"
+        )
+
+
+def _same_n_stage(in_note: str, field: str) -> bool:
+    """``N1a`` in a note agrees with ``n_stage`` 1; N1mi (node negative) only with 1mi."""
+    if "mi" in (in_note[1:], field[1:]):
+        return in_note == field
+    return in_note == field or (in_note[0] == field[0] and min(len(in_note), len(field)) == 1)
+
+
+def check_note_agrees(record: ClinicalRecord) -> None:
+    """Refuse a note that names a side or an N stage the structured fields do not give."""
+    note = record.note or ""
+    sides = {d.side.value for d in record.diagnoses}
+    for word in {m.lower() for m in _SIDE_WORD.findall(note)} - sides:
+        raise NoteContradictsFieldsError(
+            f"note: names the {word} side, but diagnoses give {' and '.join(sorted(sides))}"
+        )
+    stages = [d.n_stage for d in record.diagnoses]
+    for named in _N_STAGE_IN_NOTE.findall(note):
+        if not any(_same_n_stage(named, field) for field in stages):
+            given = " and ".join(f"N{s}" for s in stages)
+            raise NoteContradictsFieldsError(
+                f"note: names N{named}, but diagnoses give n_stage {given}"
+            )
 
 
 def note_hash(text: str) -> str:

@@ -31,7 +31,26 @@ from model.text.clinical import ClinicalRecord, read_clinical_csv
 from model.training.sampling import TrainingCase
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+
+
+@dataclass(frozen=True)
+class TargetRule:
+    """Which ROIs make the training label.
+
+    ``union`` selects the ROIs of a single CTV class (label 1). With ``structures`` the label
+    is a class map instead: 0 background, ``n`` where the ``n``-th structure's ROIs are (the
+    first listed structure wins where two overlap).
+    """
+
+    union: RoiRule = field(default_factory=RoiRule)
+    structures: tuple[tuple[str, RoiRule], ...] = ()
+
+    def key(self) -> str:
+        """A stable text of the rule (part of the cache fingerprint)."""
+        parts = [f"{self.union.include}|{self.union.exclude}"]
+        parts += [f"{name}:{r.include}|{r.exclude}" for name, r in self.structures]
+        return ";".join(parts)
 
 
 @dataclass
@@ -84,15 +103,32 @@ def _structure_set_for(case_dir: Path, ct: CtSeries) -> StructureSet:
     return matching[0]
 
 
-def load_case(case_dir: Path, record: ClinicalRecord, rule: RoiRule) -> LoadedCase:
-    """Read a case's CT and target mask (on the CT grid, ``(k, j, i)``)."""
+def load_case(case_dir: Path, record: ClinicalRecord, rule: RoiRule | TargetRule) -> LoadedCase:
+    """Read a case's CT and target label (on the CT grid, ``(k, j, i)``).
+
+    The label is a bool mask for a single CTV, or a uint8 class map for a
+    :class:`TargetRule` with structures.
+    """
+    target = rule if isinstance(rule, TargetRule) else TargetRule(union=rule)
     ct = read_ct_series(case_dir)
     structures = _structure_set_for(case_dir, ct)
-    names = [roi.name for roi in rule.select(structures)]
-    mask = rasterize(
-        structures, names, ct.volume.grid, frame_of_reference_uid=ct.frame_of_reference_uid
-    )
-    return LoadedCase(case_dir.name, ct, mask, record)
+    frame = ct.frame_of_reference_uid
+    if not target.structures:
+        names = [roi.name for roi in target.union.select(structures)]
+        mask = rasterize(structures, names, ct.volume.grid, frame_of_reference_uid=frame)
+        return LoadedCase(case_dir.name, ct, mask, record)
+    target.union.select(structures)  # the case must have a CTV at all (RoiNotFoundError)
+    label = np.zeros(ct.volume.grid.shape, dtype=np.uint8)
+    for index, (_, structure_rule) in enumerate(target.structures, start=1):
+        names = [
+            roi.name
+            for roi in structures.rois
+            if roi.contours and structure_rule.matches(roi.name, roi.interpreted_type)
+        ]
+        if names:
+            region = rasterize(structures, names, ct.volume.grid, frame_of_reference_uid=frame)
+            label[(label == 0) & region] = index
+    return LoadedCase(case_dir.name, ct, label, record)
 
 
 def iter_cases(
@@ -109,8 +145,8 @@ def iter_cases(
     return out
 
 
-def _fingerprint(folder: Path, note: str, rule: RoiRule, pre: PreprocessConfig) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{note}|{rule.include}|{rule.exclude}".encode())
+def _fingerprint(folder: Path, note: str, rule: TargetRule, pre: PreprocessConfig) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{note}|{rule.key()}".encode())
     h.update(json.dumps(asdict(pre), sort_keys=True, default=str).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         st = path.stat()
@@ -122,12 +158,12 @@ def build_cache(
     data_dir: Path,
     cache_dir: Path,
     *,
-    rule: RoiRule | None = None,
+    rule: RoiRule | TargetRule | None = None,
     preprocess: PreprocessConfig | None = None,
     csv_path: Path | None = None,
 ) -> CacheReport:
     """Preprocess every case once into ``cache_dir`` (reusing unchanged entries)."""
-    rule = rule or RoiRule()
+    rule = rule if isinstance(rule, TargetRule) else TargetRule(union=rule or RoiRule())
     pre = preprocess or PreprocessConfig()
     cache_dir.mkdir(parents=True, exist_ok=True)
     report = CacheReport()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model.errors import CheckpointMismatchError, ConfigurationError, DatasetError
 from model.evaluation.metrics import dice
-from model.inference import resolve_device, sliding_window_probability
+from model.inference import resolve_device, sliding_window_classes
 from model.network.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
@@ -104,6 +104,37 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
+
+
+HEAD_WEIGHT = "decoder.head.conv.weight"
+HEAD_BIAS = "decoder.head.conv.bias"
+
+
+def expand_head(
+    state: dict[str, torch.Tensor], old_classes: int, new_channels: int
+) -> dict[str, torch.Tensor]:
+    """Seed a head of ``new_channels`` classes from a single-CTV (background + 1) head.
+
+    Background keeps its weights; every structure gets the old foreground weights (and, when
+    the head has a bias, the bias lowered by ``log(S)`` so that the summed structure probability
+    equals the old foreground probability). Training then separates the structures.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The old head has more than one foreground class (nothing to seed from).
+    """
+    if old_classes != 1:
+        raise CheckpointMismatchError("only a single-CTV head can seed new structures")
+    weight = state[HEAD_WEIGHT]
+    n = new_channels - 1
+    # ConvTranspose3d weights are (in, out, k, j, i): classes are dimension 1.
+    state = dict(state)
+    state[HEAD_WEIGHT] = torch.cat([weight[:, :1]] + [weight[:, 1:2]] * n, dim=1)
+    if HEAD_BIAS in state:
+        bias = state[HEAD_BIAS]
+        state[HEAD_BIAS] = torch.cat([bias[:1]] + [bias[1:2] - math.log(n)] * n)
+    return state
 
 
 class Trainer:
@@ -209,10 +240,10 @@ class Trainer:
         scores = []
         for case in cases:
             g = self._g([case.note])
-            prob, _ = sliding_window_probability(
+            probs, _ = sliding_window_classes(
                 self.net, np.asarray(case.image, np.float32), g, overlap=self.cfg.val_overlap
             )
-            scores.append(dice(prob >= 0.5, case.label > 0))
+            scores.append(dice(probs[0] <= 0.5, case.label > 0))  # foreground = 1 - background
         if self.context is not None:
             self.context.train()
         return float(np.mean(scores))
@@ -294,20 +325,32 @@ class Trainer:
 
         The checkpoint must have this run's network config and, for a multimodal network, the
         same text encoder. Its path and weights digest are recorded in the new checkpoint.
+        Only the output structures may differ: a single-CTV head then seeds every structure
+        (see :func:`expand_head`), so training starts from the old union contour.
 
         Raises
         ------
         CheckpointMismatchError
             Another network config or another text encoder.
         """
-        ckpt = self._load_weights(folder)
+        ckpt = self._load_weights(folder, allow_new_structures=True)
         self.meta["init_from"] = {"checkpoint": str(folder), "weights_digest": ckpt.digest}
         log.info("warm start from %s", folder)
 
-    def _load_weights(self, folder: Path) -> Checkpoint:
+    def _load_weights(self, folder: Path, allow_new_structures: bool = False) -> Checkpoint:
         """Load a checkpoint's network and text-side weights (same config and encoder)."""
-        ckpt = load_checkpoint(folder, expected=self.net.config)
-        self.net.load_state_dict(ckpt.network.state_dict())
+        mine = self.net.config
+        if not allow_new_structures:
+            ckpt = load_checkpoint(folder, expected=mine)
+            self.net.load_state_dict(ckpt.network.state_dict())
+        else:
+            ckpt = load_checkpoint(folder)
+            if ckpt.config.with_structures(mine.structures).to_json() != mine.to_json():
+                raise CheckpointMismatchError(f"{folder} has another network config")
+            state = ckpt.network.state_dict()
+            if ckpt.config.structures != mine.structures:
+                state = expand_head(state, len(ckpt.config.structure_names), mine.out_channels)
+            self.net.load_state_dict(state)
         if self.context is not None:
             if ckpt.text_encoder != self.context.identity:
                 raise CheckpointMismatchError(

@@ -80,6 +80,16 @@ class ReceivedInstance:
 OnComplete = Callable[[ReceivedSeries], None]
 
 
+def printable(text: str) -> str:
+    """``text`` with control and non-ASCII characters escaped (``\\n``, ``\\x07``).
+
+    For peer-controlled strings in logs (AE titles): a newline cannot start a forged line.
+    """
+    return "".join(
+        c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 @dataclass
 class _Pending:
     """Mutable state of one series in its current cycle (guarded by the assembler lock)."""
@@ -228,8 +238,8 @@ class SeriesAssembler:
             "series %s complete: %d instance(s), modality %s, from %s (cycle %d)",
             series.series_instance_uid,
             series.instance_count,
-            series.modality,
-            series.calling_ae,
+            printable(series.modality),
+            printable(series.calling_ae),
             series.cycle,
         )
         try:

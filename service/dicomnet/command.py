@@ -18,7 +18,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from service.dicomnet.assembly import OnComplete, ReceivedSeries
+from service.dicomnet.assembly import OnComplete, ReceivedSeries, printable
 from service.dicomnet.listener import DicomListener
 from service.dicomnet.settings import DicomSettings, get_settings
 
@@ -32,7 +32,8 @@ def log_completed_series(series: ReceivedSeries) -> None:
     """
     print(
         f"series complete: {series.series_instance_uid} (study {series.study_instance_uid}), "
-        f"{series.instance_count} {series.modality} instance(s) from {series.calling_ae}, "
+        f"{series.instance_count} {printable(series.modality)} instance(s) from "
+        f"{printable(series.calling_ae)}, "
         f"cycle {series.cycle}, in {series.folder}",
         flush=True,
     )

@@ -52,6 +52,24 @@ class SopClassMismatchError(IncompleteInstanceError):
     code = "dicom_sop_class_mismatch"
 
 
+class ModalityMismatchError(SopClassMismatchError):
+    """A received instance whose Modality contradicts its SOP class (e.g. MR in a CT object).
+
+    Refused at once (C-STORE status 0xA900) rather than stored as a series that no order
+    could ever use; the listener notes the refusal for the study
+    (:func:`service.dicomnet.storage.record_refusal`) so a waiting order can say why.
+    """
+
+    code = "dicom_modality_mismatch"
+
+    def __init__(
+        self, detail: str, *, study_instance_uid: str, accession_number: str | None
+    ) -> None:
+        super().__init__(detail)
+        self.study_instance_uid = study_instance_uid
+        self.accession_number = accession_number
+
+
 class DicomStorageError(LlmctvError):
     """A received instance could not be written to disk (full, read-only, permissions)."""
 

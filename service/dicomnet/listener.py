@@ -5,8 +5,13 @@ recorded with a :class:`~service.dicomnet.assembly.SeriesAssembler`, which repor
 series once it has been quiet for the series timeout. The conformance statement is
 ``docs/dicom-conformance.md``.
 
+Limits on peers (maximum PDU and instance size, the ARTIM timer, slots per address) are
+enforced before pynetdicom buffers anything: see :mod:`service.dicomnet.pdu_stream` and
+:mod:`service.dicomnet.admission`.
+
 Logs name associations by AE titles and addresses and instances by UIDs and counts; they
-never contain patient names or IDs.
+never contain patient names or IDs. AE titles are peer-controlled, so they are logged escaped
+(:func:`printable`): a control character cannot start a forged log line.
 """
 
 from __future__ import annotations
@@ -19,26 +24,39 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
 from pydicom.uid import UID, CTImageStorage, RTStructureSetStorage
 from pynetdicom import AE, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket
 
-from model.dicom.series import PARSE_ERRORS
 from model.errors import ConfigurationError, LlmctvError, UnreadableDicomError
-from service.dicomnet.assembly import OnComplete, ReceivedInstance, SeriesAssembler
+from service.audit import DICOM_EVENTS
+from service.dicomnet.admission import (
+    MAX_PENDING_TOTAL,
+    Admission,
+    AdmissionLimits,
+    GuardedAssociationServer,
+    serve_in_thread,
+)
+from service.dicomnet.assembly import OnComplete, ReceivedInstance, SeriesAssembler, printable
 from service.dicomnet.destinations import check_ae_title
 from service.dicomnet.errors import (
     DicomListenerError,
     DicomStorageError,
     IncompleteInstanceError,
     InvalidUidError,
+    ModalityMismatchError,
     SopClassMismatchError,
 )
+from service.dicomnet.pdu_stream import GuardedSocket, PduLimits
 from service.dicomnet.settings import DicomSettings
-from service.dicomnet.storage import check_uid, remove_stale_temporaries, store_instance
+from service.dicomnet.storage import (
+    record_refusal,
+    remove_stale_temporaries,
+    store_instance,
+)
+from service.dicomnet.store_request import describe_store
+from workers.storage_space import StorageWatermark
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +85,6 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (CTImageStorage, RTStructureSetStorage)
 
 MAX_PDU_BYTES = 262_144
 MAX_ASSOCIATIONS = 10
-ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 60.0
 NETWORK_TIMEOUT_S = 60.0
 
@@ -87,6 +104,18 @@ _STATUS_BY_ERROR: tuple[tuple[type[LlmctvError], int], ...] = (
 )
 
 _UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: A-ASSOCIATE-RJ (result, source, reason) of PS3.8 §9.3.4.
+_RJ_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
+_RJ_LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
+_RJ_TEMPORARY_CONGESTION = (0x02, 0x03, 0x01)
+_REJECTION_CODES = {
+    _RJ_CALLING_AE_NOT_RECOGNISED: "calling_ae_not_allowed",
+    _RJ_LOCAL_LIMIT_EXCEEDED: "local_limit",
+    _RJ_TEMPORARY_CONGESTION: "storage_full",
+}
+#: pynetdicom's own association count includes connections that never sent a request, so it is
+#: set out of the way; :class:`~service.dicomnet.admission.Admission` keeps the real limits.
+_PYNETDICOM_ASSOCIATIONS = 1_000
 
 
 def status_for_error(error: BaseException) -> int:
@@ -116,53 +145,6 @@ def check_transfer_syntaxes(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values)) or DEFAULT_TRANSFER_SYNTAXES
 
 
-def _text(ds: Dataset, keyword: str) -> str:
-    """A string attribute with padding removed ('' when missing)."""
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip("\0 ")
-
-
-def _describe(event: Event) -> ReceivedInstance:
-    """Read the identifying attributes of the C-STORE data set and check them.
-
-    The file path is filled in later, by the caller, once the instance is stored.
-    """
-    request = cast(C_STORE, event.request)
-    request_sop = str(request.AffectedSOPInstanceUID)
-    request_class = str(request.AffectedSOPClassUID)
-    try:
-        ds = event.dataset
-        sop_uid = _text(ds, "SOPInstanceUID")
-        sop_class = _text(ds, "SOPClassUID")
-        values = {k: _text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "Modality")}
-        accession = _text(ds, "AccessionNumber") or None
-    except PARSE_ERRORS as exc:
-        raise UnreadableDicomError(
-            f"instance {request_sop}: data set cannot be decoded ({type(exc).__name__})"
-        ) from exc
-    if sop_uid != request_sop:
-        raise IncompleteInstanceError(
-            f"SOPInstanceUID {sop_uid!r} differs from the request's {request_sop!r}"
-        )
-    if sop_class != request_class:
-        raise SopClassMismatchError(
-            f"instance {request_sop}: SOPClassUID {sop_class!r} differs from the request's"
-            f" {request_class!r}"
-        )
-    missing = [keyword for keyword, value in values.items() if not value]
-    if missing:
-        raise IncompleteInstanceError(f"instance {request_sop} lacks {', '.join(missing)}")
-    return ReceivedInstance(
-        study_instance_uid=check_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
-        series_instance_uid=check_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
-        sop_instance_uid=check_uid(sop_uid, "SOPInstanceUID"),
-        accession_number=accession,
-        modality=values["Modality"],
-        calling_ae=str(event.assoc.requestor.ae_title).strip(),
-        path=Path(),
-    )
-
-
 class DicomListener:
     """A Storage SCP and Verification SCP that files received series for contouring.
 
@@ -185,6 +167,14 @@ class DicomListener:
         Called once per completed series, from the assembler thread.
     max_associations
         Simultaneous associations; more are rejected (transient, local limit exceeded).
+        Superseded by ``admission`` when that is given.
+    admission
+        Association slots per listener and per peer address.
+    pdu_limits
+        Maximum PDU and instance size, ARTIM and PDU timeouts.
+    watermark
+        When the storage counts as full; then new associations are rejected (transient,
+        temporary congestion). ``None``: never checked.
 
     Raises
     ------
@@ -204,6 +194,9 @@ class DicomListener:
         series_timeout_s: float,
         on_complete: OnComplete,
         max_associations: int = MAX_ASSOCIATIONS,
+        admission: AdmissionLimits | None = None,
+        pdu_limits: PduLimits | None = None,
+        watermark: StorageWatermark | None = None,
     ) -> None:
         self._ae_title = check_ae_title(ae_title, "dicom_ae_title").strip()
         self._allowed = tuple(
@@ -215,9 +208,13 @@ class DicomListener:
         self._requested_port = port
         self._syntaxes = check_transfer_syntaxes(transfer_syntaxes)
         self._root = storage_root
-        self._max_associations = max_associations
+        limits = admission or AdmissionLimits(
+            max_associations=max_associations, max_per_peer=max(1, max_associations // 2)
+        )
+        self._admission = Admission(limits, pdu_limits or PduLimits())
         self._assembler = SeriesAssembler(series_timeout_s, on_complete)
-        self._server: ThreadedAssociationServer | None = None
+        self._watermark = watermark
+        self._server: GuardedAssociationServer | None = None
         self._ae: AE | None = None
 
     @classmethod
@@ -235,6 +232,18 @@ class DicomListener:
             storage_root=settings.storage_dir / "dicom" / "received",
             series_timeout_s=settings.dicom_series_timeout_s,
             on_complete=on_complete,
+            admission=AdmissionLimits(
+                max_associations=settings.dicom_max_associations,
+                max_per_peer=settings.dicom_max_associations_per_peer,
+                max_pending_per_peer=settings.dicom_max_pending_per_peer,
+            ),
+            pdu_limits=PduLimits(
+                max_pdu_bytes=settings.dicom_max_pdu_bytes,
+                max_instance_bytes=settings.dicom_max_instance_bytes,
+                artim_timeout_s=settings.dicom_artim_timeout_s,
+                pdu_timeout_s=NETWORK_TIMEOUT_S,
+            ),
+            watermark=StorageWatermark.from_settings(settings),
         )
 
     # --- properties -----------------------------------------------------------------------------
@@ -271,6 +280,11 @@ class DicomListener:
         return self._assembler
 
     @property
+    def admission(self) -> Admission:
+        """Open connections and association slots (for tests and metrics)."""
+        return self._admission
+
+    @property
     def running(self) -> bool:
         """Whether the listener accepts associations."""
         return self._server is not None
@@ -290,15 +304,18 @@ class DicomListener:
         remove_stale_temporaries(self._root)
         ae = self._build_ae()
         try:
-            server = ae.start_server(
-                (self._host, self._requested_port), block=False, evt_handlers=self._handlers()
+            made = ae.make_server(
+                (self._host, self._requested_port),
+                evt_handlers=self._handlers(),
+                server_class=GuardedAssociationServer,
+                admission=self._admission,
             )
         except OSError as exc:
             raise DicomListenerError(
                 f"cannot listen on {self._host}:{self._requested_port}: {exc.strerror or exc}"
             ) from exc
-        if server is None:
-            raise DicomListenerError("pynetdicom returned no server for a non-blocking start")
+        server = cast(GuardedAssociationServer, made)
+        serve_in_thread(server, f"dicom-listener-{self._ae_title}")
         self._ae, self._server = ae, server
         self._assembler.start()
         self._log_started()
@@ -312,6 +329,8 @@ class DicomListener:
             Report series still within their timeout as complete now; by default they are not
             reported (their files stay on disk).
         """
+        if self._server is not None:
+            self._server.shutdown()
         if self._ae is not None:
             self._ae.shutdown()
         self._ae = self._server = None
@@ -333,9 +352,9 @@ class DicomListener:
     # --- pynetdicom set-up ----------------------------------------------------------------------
     def _build_ae(self) -> AE:
         ae = AE(ae_title=self._ae_title)
-        ae.maximum_pdu_size = MAX_PDU_BYTES
-        ae.maximum_associations = self._max_associations
-        ae.acse_timeout = ACSE_TIMEOUT_S
+        ae.maximum_pdu_size = self._admission.pdu_limits.max_pdu_bytes
+        ae.maximum_associations = _PYNETDICOM_ASSOCIATIONS + MAX_PENDING_TOTAL
+        ae.acse_timeout = self._admission.pdu_limits.artim_timeout_s
         ae.dimse_timeout = DIMSE_TIMEOUT_S
         ae.network_timeout = NETWORK_TIMEOUT_S
         ae.require_called_aet = True
@@ -347,6 +366,7 @@ class DicomListener:
 
     def _handlers(self) -> list[Any]:
         return [
+            (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_REJECTED, self._handle_rejected),
@@ -375,18 +395,48 @@ class DicomListener:
 
     def _handle_accepted(self, event: Event) -> None:
         logger.info("association accepted from %s", _peer(event))
+        requestor = event.assoc.requestor
+        DICOM_EVENTS.association_accepted(str(requestor.ae_title), str(requestor.address))
+
+    def _handle_requested(self, event: Event) -> None:
+        """A-ASSOCIATE-RQ decoded: check the calling AE and give the association a slot.
+
+        This is the earliest point pynetdicom allows (the request is at most
+        ``dicom_max_pdu_bytes``); a refusal is an A-ASSOCIATE-RJ sent from here.
+        """
+        assoc = event.assoc
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "")).strip()
+        transport = cast(AssociationSocket, assoc.dul.socket)
+        sock = transport.socket
+        if self._allowed and calling not in self._allowed:
+            reason, rsd = "calling AE title not allowed", _RJ_CALLING_AE_NOT_RECOGNISED
+        elif self._watermark is not None and (space := self._watermark.state()).full:
+            reason, rsd = f"storage full: {space.detail}", _RJ_TEMPORARY_CONGESTION
+        elif not isinstance(sock, GuardedSocket):
+            return
+        else:
+            refusal = self._admission.admit_association(sock)
+            if refusal is None:
+                return
+            reason, rsd = f"local limit exceeded: {refusal}", _RJ_LOCAL_LIMIT_EXCEEDED
+        peer = f"{printable(calling)}@{assoc.requestor.address}:{assoc.requestor.port}"
+        logger.warning("association rejected from %s: %s", peer, reason)
+        code = _REJECTION_CODES[rsd]
+        DICOM_EVENTS.association_rejected(calling, str(assoc.requestor.address), code)
+        assoc.acse.send_reject(*rsd)
+        assoc.kill()
 
     def _handle_rejected(self, event: Event) -> None:
+        """pynetdicom rejected the association itself (its checks follow ours)."""
         requestor = event.assoc.requestor
-        calling = str(requestor.ae_title).strip()
         called = str(getattr(requestor.primitive, "called_ae_title", "")).strip()
-        if self._allowed and calling not in self._allowed:
-            reason = "calling AE title not allowed"
-        elif called != self._ae_title:
-            reason = f"called AE title {called!r} is not {self._ae_title!r}"
+        if called != self._ae_title:
+            reason = f"called AE title '{printable(called)}' is not {self._ae_title!r}"
         else:
-            reason = f"more than {self._max_associations} simultaneous associations"
+            reason = "refused by the DICOM library (see its log)"
         logger.warning("association rejected from %s: %s", _peer(event), reason)
+        code = "called_ae_mismatch" if called != self._ae_title else "refused_by_library"
+        DICOM_EVENTS.association_rejected(str(requestor.ae_title), str(requestor.address), code)
 
     def _handle_store(self, event: Event) -> int:
         """Store one instance; every failure becomes a C-STORE status here and only here."""
@@ -395,6 +445,8 @@ class DicomListener:
         except LlmctvError as exc:
             status = status_for_error(exc)
             logger.warning("C-STORE from %s refused, status 0x%04X: %s", _peer(event), status, exc)
+            if isinstance(exc, ModalityMismatchError):
+                self._note_refusal(exc)
             return status
         except Exception as exc:  # thread boundary: never let pynetdicom see a crash
             status = status_for_error(exc)
@@ -412,8 +464,16 @@ class DicomListener:
         )
         return STATUS_SUCCESS
 
+    def _note_refusal(self, exc: ModalityMismatchError) -> None:
+        try:
+            record_refusal(
+                self._root, exc.study_instance_uid, exc.code, exc.detail, exc.accession_number
+            )
+        except DicomStorageError as error:
+            logger.warning("%s", error)
+
     def _store(self, event: Event) -> ReceivedInstance:
-        described = _describe(event)
+        described = describe_store(event)
         path = store_instance(
             self._root,
             described.study_instance_uid,
@@ -427,4 +487,4 @@ class DicomListener:
 def _peer(event: Event) -> str:
     """``AET@address:port`` of the association's requestor."""
     requestor = event.assoc.requestor
-    return f"{str(requestor.ae_title).strip()}@{requestor.address}:{requestor.port}"
+    return f"{printable(str(requestor.ae_title).strip())}@{requestor.address}:{requestor.port}"

@@ -24,6 +24,13 @@ class DicomSettings(StorageSettings):
     dicom_destinations: CommaList = Field(default_factory=list)
     dicom_send_retries: int = 3
     dicom_send_backoff_s: float = 2.0
+    # Limits on peers (docs/dicom-conformance.md, "Limits on peers").
+    dicom_max_pdu_bytes: int = 262_144
+    dicom_max_instance_bytes: int = 268_435_456
+    dicom_artim_timeout_s: float = 5.0
+    dicom_max_associations: int = 10
+    dicom_max_associations_per_peer: int = 4
+    dicom_max_pending_per_peer: int = 16
 
     @field_validator(
         "dicom_allowed_aets", "dicom_transfer_syntaxes", "dicom_destinations", mode="before"

@@ -12,8 +12,10 @@ before they are used as path components.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from pathlib import Path
 
 from service.dicomnet.errors import DicomStorageError, InvalidUidError
@@ -24,6 +26,10 @@ logger = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _UID_MAX = 64
 INSTANCE_SUFFIX = ".dcm"
+#: A study's note of instances refused for a reason its orders should report.
+REFUSAL_NOTE = "refused.json"
+#: Touched at the storage root whenever a manifest or refusal note is written.
+CHANGE_MARKER = ".manifests"
 
 
 def check_uid(value: str, what: str) -> str:
@@ -98,14 +104,48 @@ def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, da
     return final
 
 
+def touch_change_marker(root: Path) -> None:
+    """Tell readers in any process that manifests or refusal notes under ``root`` changed."""
+    write_atomically(root / CHANGE_MARKER, str(time.time()).encode())
+
+
+def record_refusal(
+    root: Path, study_uid: str, code: str, detail: str, accession_number: str | None
+) -> None:
+    """Note that instances of a study were refused (``<root>/<study>/refused.json``).
+
+    The order desk fails waiting orders of the study with ``code`` when nothing usable
+    arrived. ``detail`` names UIDs only. A study UID that is not a UID is not noted.
+
+    Raises
+    ------
+    DicomStorageError
+        When the note cannot be written.
+    """
+    try:
+        folder = root / check_uid(study_uid, "StudyInstanceUID")
+    except InvalidUidError:
+        return
+    note = {"code": code, "detail": detail, "accession_number": accession_number}
+    note["refused_at"] = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder / REFUSAL_NOTE, json.dumps(note).encode())
+        touch_change_marker(root)
+    except OSError as exc:
+        raise DicomStorageError(f"cannot note a refusal: {exc.strerror}") from exc
+
+
 def remove_stale_temporaries(root: Path) -> int:
     """Delete temporary files left by a crash during a write; returns how many were removed.
 
-    Only hidden ``.*.tmp`` files two folders below ``root`` (in series folders) are touched.
-    Call it before the listener accepts associations, never while it is writing.
+    Only hidden ``.*.tmp`` files in series folders, study folders (refusal notes) and the
+    root (the change marker) are touched. Call it before the listener accepts associations,
+    never while it is writing.
     """
     removed = 0
-    for temp in root.glob(f"*/*/.*{TEMP_SUFFIX}"):
+    temps = [t for pattern in ("*/*/", "*/", "") for t in root.glob(f"{pattern}.*{TEMP_SUFFIX}")]
+    for temp in temps:
         try:
             temp.unlink()
         except OSError as exc:

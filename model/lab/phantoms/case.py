@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 
 from model.errors import ConfigurationError
 from model.imaging.geometry import Grid, Volume
+from model.lab.phantoms.acquisition import sample_extras
 from model.lab.phantoms.anatomy import Anatomy, build_anatomy, make_grid
 from model.lab.phantoms.params import sample_params
 from model.lab.phantoms.render import I16Array, render_hu
@@ -183,11 +184,14 @@ def generate_case(
     check_scale(scale)
     if rng_seed < 0:
         raise ConfigurationError(f"rng_seed must be non-negative, got {rng_seed}")
-    streams = np.random.SeedSequence(rng_seed).spawn(4)
-    clinical_rng, params_rng, texture_rng, noise_rng = (np.random.default_rng(s) for s in streams)
+    streams = np.random.SeedSequence(rng_seed).spawn(5)
+    rngs = [np.random.default_rng(s) for s in streams]
+    clinical_rng, params_rng, texture_rng, noise_rng, extras_rng = rngs
     sampled = sample_clinical(clinical_rng, profile)
     clinical = sampled if clinical is None else clinical
     params = sample_params(params_rng, profile)
+    if profile.acquisition_extras:
+        params = replace(params, extras=sample_extras(extras_rng))
     grid = make_grid(params, scale)
     surgeries = {d.side: d.surgery for d in clinical.diagnoses}
     anatomy = build_anatomy(params, grid, surgeries)

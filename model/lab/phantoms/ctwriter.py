@@ -128,7 +128,9 @@ def ct_slice_dataset(case: PhantomCase, k: int) -> Dataset:
     _series_equipment(ds, case)
     _acquisition(ds, case)
     ds.AcquisitionNumber = "1"
-    ds.InstanceNumber = str(nk - k)
+    extras = case.anatomy.params.extras
+    from_feet = extras is not None and extras.numbered_from_feet
+    ds.InstanceNumber = str(k + 1 if from_feet else nk - k)
     ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(z)]
     ds.SliceLocation = _ds(z)
     _pixels(ds, case, k)

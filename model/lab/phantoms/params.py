@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from model.lab.phantoms.acquisition import AcquisitionExtras
 from model.lab.phantoms.sites import SiteProfile, uniform
 from model.text.clinical import Side
 
@@ -134,6 +135,7 @@ class PhantomParams:
     nodes: dict[Side, NodeParams]
     scan_bottom: float
     scan_top: float
+    extras: AcquisitionExtras | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready parameters (for ``cohort.json``)."""
@@ -143,6 +145,7 @@ class PhantomParams:
             "breasts": {s.value: _side_dict(asdict(p)) for s, p in self.breasts.items()},
             "nodes": {s.value: asdict(p) for s, p in self.nodes.items()},
             "scan_z_mm": [self.scan_bottom, self.scan_top],
+            **({"acquisition": asdict(self.extras)} if self.extras else {}),
         }
 
 

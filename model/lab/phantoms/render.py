@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.ndimage import map_coordinates
 
+from model.lab.phantoms.acquisition import paint_couch_and_arms
 from model.lab.phantoms.anatomy import Anatomy
 from model.lab.phantoms.params import SIDE_SIGN
 from model.lab.phantoms.shapes import BoolArray, F32Array, ellipsoid, nearest_voxel
@@ -95,7 +96,16 @@ def _paint_organs(hu: F32Array, anatomy: Anatomy) -> None:
     centre = (body.cx + body.heart_u, body.cy + body.heart_v, bottom + body.heart_z_above_bottom)
     fat_semi = (body.heart_semi[0] + 8.0, body.heart_semi[1] + 8.0, body.heart_semi[2] + 8.0)
     _paint_solid(hu, anatomy, centre, fat_semi, HU_FAT, inner)
-    _paint_solid(hu, anatomy, centre, body.heart_semi, HU_SOFT, inner)
+    _paint_heart(hu, anatomy, HU_SOFT)
+
+
+def _paint_heart(hu: F32Array, anatomy: Anatomy, value: float) -> None:
+    """The heart ellipsoid inside the chest wall (``value``: soft tissue, or with contrast)."""
+    body = anatomy.params.body
+    inner = np.broadcast_to((anatomy.surface.depth >= body.wall + 3.0)[None], hu.shape)
+    bottom = min(p.bottom for p in anatomy.params.breasts.values())
+    centre = (body.cx + body.heart_u, body.cy + body.heart_v, bottom + body.heart_z_above_bottom)
+    _paint_solid(hu, anatomy, centre, body.heart_semi, value, inner)
 
 
 def _paint_spine(hu: F32Array, anatomy: Anatomy) -> None:
@@ -217,6 +227,12 @@ def render_hu(
             _paint_conserving(hu, anatomy, side)
         else:
             _paint_mastectomy(hu, anatomy, side)
+    extras = anatomy.params.extras
+    if extras is not None:
+        body = anatomy.params.body
+        paint_couch_and_arms(hu, extras, anatomy.coords, (body.cx, body.cy, body.a, body.b))
+        if extras.contrast_hu:
+            _paint_heart(hu, anatomy, HU_SOFT + extras.contrast_hu)
     scanner = anatomy.params.scanner
     hu += noise_rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(scanner.noise_sigma)
     hu += np.float32(scanner.hu_offset)

