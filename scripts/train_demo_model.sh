@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Reproduces the shipped CPU demo models (multimodal + vision-only) from synthetic phantoms.
-# Usage: scripts/train_demo_model.sh [WORK_DIR [multimodal|multimodal-cf|finetune-cf|vision|none]]
+# Usage: scripts/train_demo_model.sh [WORK_DIR [multimodal|multimodal-cf|finetune-cf|structures|vision|none]]
 #        (default out/demo-model multimodal). multimodal-cf trains on the same 48 cases plus their
 #        counterfactual notes (laterality flip, N switch: same CT, recomputed target).
 #        finetune-cf continues from multimodal-cf's best checkpoint (a new schedule) with half of
-#        the batches pairing two notes of one CT; its best checkpoint is checkpoints/demo.
+#        the batches pairing two notes of one CT (the single-CTV model of earlier versions).
+#        structures fine-tunes into the five sub-volumes (breast, chest wall, axilla, SCF, IMN)
+#        on sites A, R (robustness: couch, arms, 1.5-5 mm slices, 0.6-1.4 mm pixels) and RB
+#        (bilateral, per-side N switches), warm-started from INIT (default checkpoints/demo);
+#        RESUME=1 continues WORK/structures from its last epoch. Its best is checkpoints/demo.
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +23,28 @@ common=(--data "$WORK/train-A" --preset cpu --spacing 6 4 4 --epochs "$EPOCHS" -
 case "${2:-multimodal}" in
   multimodal-cf|finetune-cf) [ -f "$WORK/train-A-cf/clinical.csv" ] ||
     $LLMCTV phantoms --out "$WORK/train-A-cf" --cases 48 --site A --seed 101 --scale 0.25 --counterfactuals ;;
+esac
+structure_data() {
+  local d="$WORK/structures-data"
+  [ -f "$d/clinical.csv" ] && return
+  [ -f "$WORK/s-A/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-A" --cases 40 --site A --seed 201 --scale 0.25 --counterfactuals
+  [ -f "$WORK/s-R/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-R" --cases 40 --site R --seed 301 --scale 0.25 --counterfactuals
+  [ -f "$WORK/s-R2/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-R2" --cases 12 --site R --seed 401 --scale 0.5 --counterfactuals
+  [ -f "$WORK/s-RB/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-RB" --cases 30 --site RB --seed 501 --scale 0.25 --counterfactuals
+  mkdir -p "$d.tmp"; head -1 "$WORK/s-A/clinical.csv" > "$d.tmp/clinical.csv"
+  for part in s-A s-R s-R2 s-RB; do
+    tail -n +2 "$WORK/$part/clinical.csv" | while IFS= read -r line; do
+      id=${line%%,*}; ln -sfn "../$part/$id" "$d.tmp/$part-$id"; echo "$part-$id,${line#*,}" >> "$d.tmp/clinical.csv"
+    done
+  done
+  mv "$d.tmp" "$d"
+}
+case "${2:-multimodal}" in
+  structures) structure_data
+    $LLMCTV train "${common[@]}" --data "$WORK/structures-data" --out "$WORK/structures" \
+      --structure phantom --text-encoder smollm2 --init-from "${INIT:-checkpoints/demo}" \
+      --pair-fraction 0.5 --epochs "${FT_EPOCHS:-30}" --steps-per-epoch "${FT_STEPS:-40}" \
+      --lr "${FT_LR:-3e-4}" --val-fraction 0.1 ${RESUME:+--resume} ;;
 esac
 case "${2:-multimodal}" in
   multimodal-cf) $LLMCTV train "${common[@]}" --data "$WORK/train-A-cf" --out "$WORK/multimodal-cf" --text-encoder smollm2 ;;

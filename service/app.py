@@ -106,6 +106,105 @@ def start_listener(settings: Settings, desk: OrderDesk) -> DicomListener | None:
     return listener
 
 
+@dataclass
+class Gateway:
+    """What one gateway process runs besides HTTP: jobs, orders, retention, readiness, DICOM."""
+
+    settings: Settings
+    observed: Observability
+    service: ServiceState
+    desk: OrderDesk
+    retention: RetentionTimer
+    readiness: Readiness
+
+    @classmethod
+    def build(
+        cls, settings: Settings, state: ServiceState | None, engine: ContourEngine | None
+    ) -> Gateway:
+        """Wire the parts from the settings (``state``: pre-built store and dispatcher)."""
+        observed = Observability.from_settings(settings)
+        service = state or build_backend(settings, observed, engine)
+        orders = AuditedOrderStore(settings.storage_dir, observed.audit, observed.metrics)
+        readiness = Readiness(settings, service.dispatcher)
+        if isinstance(service.store, ObservedJobStore):
+            readiness.storage_writable = service.store.flush
+        retention = RetentionTimer(
+            service.store, service.files, settings.job_retention_hours, orders=orders
+        )
+        desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
+        return cls(settings, observed, service, desk, retention, readiness)
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """Start everything, in dependency order; stop it in reverse."""
+        DICOM_EVENTS.configure(self.observed.audit, self.observed.metrics)
+        self.observed.audit.purge()
+        self.observed.audit.record(
+            AuditKind.SETTINGS_LOADED,
+            "system",
+            version=__version__,
+            settings=public_settings(self.settings),
+        )
+        self.service.dispatcher.start()
+        self.retention.start()
+        self.desk.start()
+        listener = start_listener(self.settings, self.desk)
+        app.state.llmctv_listener = listener  # STOW-RS shares its series assembler
+        self.readiness.listener_running = lambda: listener is not None and listener.running
+        self.readiness.start()
+        try:
+            yield
+        finally:
+            self.readiness.stop()
+            if listener is not None:
+                listener.stop()
+            self.desk.stop()
+            self.retention.stop()
+            self.service.dispatcher.stop()
+
+    def publish(self, app: FastAPI) -> None:
+        """What the routes read from ``app.state``."""
+        app.state.llmctv = self.service
+        app.state.llmctv_orders = self.desk
+        app.state.llmctv_audit = self.observed.audit
+        app.state.llmctv_readiness = self.readiness
+        collector = LlmctvCollector(
+            self.observed.metrics,
+            self.service.dispatcher,
+            self.settings.storage_dir,
+            self.readiness,
+        )
+        app.state.llmctv_metrics = metrics_registry(collector)
+
+
+def _install_routes(app: FastAPI, settings: Settings) -> None:
+    problems.install(app)
+    for routes in (
+        router,
+        orders_router,
+        health_router,
+        metrics_router,
+        audit_router,
+        review_router,
+        dicomweb_router,  # STOW-RS, with its own receiver (router lifespan)
+    ):
+        app.include_router(routes)
+    ui.install(app, settings)  # the review station under /ui/ (own sessions)
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    # A full disk refuses uploads and STOW-RS before their bodies (inside authentication).
+    app.add_middleware(StorageBackpressure, settings=settings)
+    # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_upload_bytes + (1 << 20),
+        json_limit=settings.max_json_bytes,
+    )
+    # Added last, so outermost: the token is checked before any body is read.
+    app.add_middleware(AuthenticateFirst, settings=settings)
+
+
 def create_app(
     settings: Settings | None = None,
     state: ServiceState | None = None,
@@ -116,7 +215,7 @@ def create_app(
     Parameters
     ----------
     settings
-        Defaults to :func:`model.settings.get_settings`.
+        Defaults to :func:`service.settings.get_settings`.
     state
         Pre-built store and dispatcher (tests); built from ``settings`` otherwise.
     engine
@@ -131,80 +230,19 @@ def create_app(
     check_auth_configured(settings)
     if not configured_entries(settings):
         log.warning("authentication is OFF (development flag allow_no_auth)")
-    observed = Observability.from_settings(settings)
-    service = state or build_backend(settings, observed, engine)
-    orders = AuditedOrderStore(settings.storage_dir, observed.audit, observed.metrics)
-    readiness = Readiness(settings, service.dispatcher)
-    if isinstance(service.store, ObservedJobStore):
-        readiness.storage_writable = service.store.flush
-    retention = RetentionTimer(
-        service.store, service.files, settings.job_retention_hours, orders=orders
-    )
-    desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        DICOM_EVENTS.configure(observed.audit, observed.metrics)
-        observed.audit.purge()
-        observed.audit.record(
-            AuditKind.SETTINGS_LOADED,
-            "system",
-            version=__version__,
-            settings=public_settings(settings),
-        )
-        service.dispatcher.start()
-        retention.start()
-        desk.start()
-        listener = start_listener(settings, desk)
-        app.state.llmctv_listener = listener  # STOW-RS shares its series assembler
-        readiness.listener_running = lambda: listener is not None and listener.running
-        readiness.start()
-        try:
-            yield
-        finally:
-            readiness.stop()
-            if listener is not None:
-                listener.stop()
-            desk.stop()
-            retention.stop()
-            service.dispatcher.stop()
-
+    gateway = Gateway.build(settings, state, engine)
+    docs = settings.api_docs  # /docs, /redoc and /openapi.json only when enabled
     app = FastAPI(
         title="llmctv",
         version=__version__,
         description=DESCRIPTION,
-        lifespan=lifespan,
+        lifespan=gateway.lifespan,
         license_info={"name": "Apache-2.0"},
-        # /docs, /redoc and /openapi.json only when enabled (setting api_docs, default off).
-        docs_url="/docs" if settings.api_docs else None,
-        redoc_url="/redoc" if settings.api_docs else None,
-        openapi_url="/openapi.json" if settings.api_docs else None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
-    app.state.llmctv = service
-    app.state.llmctv_orders = desk
-    app.state.llmctv_audit = observed.audit
-    app.state.llmctv_readiness = readiness
-    collector = LlmctvCollector(
-        observed.metrics, service.dispatcher, settings.storage_dir, readiness
-    )
-    app.state.llmctv_metrics = metrics_registry(collector)
-    problems.install(app)
-    app.include_router(router)
-    app.include_router(orders_router)
-    app.include_router(health_router)
-    app.include_router(metrics_router)
-    app.include_router(audit_router)
-    app.include_router(review_router)
-    app.include_router(dicomweb_router)  # STOW-RS, with its own receiver (router lifespan)
-    ui.install(app, settings)  # the review station under /ui/ (own sessions)
-    # A full disk refuses uploads and STOW-RS before their bodies (inside authentication).
-    app.add_middleware(StorageBackpressure, settings=settings)
-    # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
-    app.add_middleware(
-        BodySizeLimit,
-        limit=settings.max_upload_bytes + (1 << 20),
-        json_limit=settings.max_json_bytes,
-    )
-    # Added last, so outermost: the token is checked before any body is read.
-    app.add_middleware(AuthenticateFirst, settings=settings)
+    gateway.publish(app)
+    _install_routes(app, settings)
+    _install_middleware(app, settings)
     return app

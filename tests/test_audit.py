@@ -180,3 +180,33 @@ def test_patient_fields_are_dropped_and_uids_hashed(tmp_path: Path) -> None:
     assert "patient_name" not in entry and "PatientID" not in entry
     assert entry["study_instance_uid"] == hash_identifier("1.2.3")
     assert entry["accession_number"] == hash_identifier("ACC-9")
+
+
+def test_order_send_outcomes_are_audited_and_counted(tmp_path: Path) -> None:
+    from service.audit import AuditedOrderStore
+    from service.orders import Order, OrderStatus, SendState, SendStatus
+    from workers.metrics import LocalMetrics, series_key
+
+    log = AuditLog(tmp_path / "audit", max_bytes=10**6, retention_days=1)
+    metrics = LocalMetrics()
+    orders = AuditedOrderStore(tmp_path, log, metrics)
+    order = Order(
+        study_instance_uid="1.2.3.4",
+        destination="TPS",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+        send=SendState(status=SendStatus.PENDING),
+    )
+    orders.create(order)
+    orders.update(order.order_id, status=OrderStatus.MATCHED, job_id="ab" * 16)
+    orders.update(order.order_id, send=SendState(status=SendStatus.FAILED, attempts=3))
+    orders.update(order.order_id, send=SendState(status=SendStatus.SENT, attempts=1))
+    kinds = [e["kind"] for e in log.read()]
+    assert kinds == [
+        AuditKind.ORDER_CREATED,
+        AuditKind.ORDER_MATCHED,
+        AuditKind.ORDER_SEND_FAILED,
+        AuditKind.ORDER_SENT,
+    ]
+    counts = metrics.snapshot()
+    assert counts[series_key("rtstruct_sends", {"outcome": "failed"})] == 1
+    assert counts[series_key("rtstruct_sends", {"outcome": "sent"})] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -172,8 +173,16 @@ def test_rt_utils_reads_the_service_rtstruct(lung1_job: Path) -> None:
     struct = rt_utils.RTStructBuilder.create_from(
         dicom_series_path=str(LUNG1_CT), rt_struct_path=str(lung1_job)
     )
-    assert struct.get_roi_names() == ["CTV"]
-    assert struct.get_roi_mask_by_name("CTV").any()
+    names = struct.get_roi_names()
+    assert names[0] == "CTV"
+    assert all(
+        re.fullmatch(r"CTV[pn]_(Breast|ChestWall|Axilla|SCF|IMN)_[LR]", n) for n in names[1:]
+    )
+    union = struct.get_roi_mask_by_name("CTV")
+    assert union.any()
+    for name in names[1:]:
+        part = struct.get_roi_mask_by_name(name)
+        assert part.any() and (part & ~union).mean() < 0.001, name
 
 
 def test_rtstruct_names_model_and_marks_ai(lung1_job: Path) -> None:

@@ -137,3 +137,19 @@ def test_body_mask_leaves_out_the_couch_and_keeps_the_lungs() -> None:
     lungs = truth_body & (case.hu < -600)
     assert lungs.any() and body[lungs].mean() > 0.99, "lungs count as body"
     assert body[case.masks["CTV"]].all(), "the whole true CTV lies inside the body"
+
+
+def test_structure_report_counts_a_missed_structure_apart() -> None:
+    from model.lab.structure_eval import markdown, summarize
+
+    base = {"dice": 0.9, "hd95": 5.0, "factors": {"couch": "yes"}, "dice_structure": {}}
+    rows = [
+        {**base, "hd95_structure": {"imn": 8.0}, "nodal_ratio_n1mi": 0.01},
+        {**base, "hd95_structure": {"imn": float("inf")}, "nodal_ratio_n1mi": 0.03},
+    ]
+    summary = summarize(rows)
+    assert summary["hd95_structure"]["imn"]["missed"] == 1
+    assert summary["hd95_structure"]["imn"]["mean"] == pytest.approx(8.0)
+    assert summary["nodal_ratio_n1mi"]["mean"] == pytest.approx(0.02)
+    text = markdown({"x": summary, "pooled": summary})
+    assert "missed 1" in text and "| couch | yes | 2 |" in text

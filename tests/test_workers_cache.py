@@ -140,8 +140,8 @@ def test_warm_batches_and_skips_cached_notes(tmp_path: Path, cache: RedisContext
 
 def test_template_note_counts_and_stage_lists_match_the_contract() -> None:
     candidates = {a + b for a, b in itertools.product(["is", *"012345"], ["", "mi", *"abcd"])}
-    assert {c for c in candidates if N_STAGE_PATTERN.match(c)} == set(N_STAGES)
-    assert {c for c in candidates if T_STAGE_PATTERN.match(c)} == set(T_STAGES)
+    assert {c for c in candidates if N_STAGE_PATTERN.fullmatch(c)} == set(N_STAGES)
+    assert {c for c in candidates if T_STAGE_PATTERN.fullmatch(c)} == set(T_STAGES)
     assert len(template_notes(bilateral="none")) == 14 * 13 * 2 * 2 == 728
     main = template_notes()
     assert len(main) == 728 + 50 * 50 and len(set(main)) == len(main)

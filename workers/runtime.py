@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from kombu.exceptions import OperationalError
 
 from model.errors import ConfigurationError, ContextNotCachedError, LlmctvError
 from model.inference import Predictor
@@ -125,16 +127,40 @@ class WorkerRuntime:
         """Write this process's facts to Redis."""
         facts.publish(self.client, self.current_facts())
 
-    def run(self, job_id: str, reroute: Reroute) -> str:
-        """Run one job; returns its status afterwards (``queued`` when handed on)."""
+    def run(self, job_id: str, reroute: Reroute, requeue: Reroute | None = None) -> str:
+        """Run one job; returns its status afterwards (``queued`` when handed on).
+
+        When Redis goes away mid-job (its record cannot be written), the job is neither failed
+        nor dropped: the task waits for Redis, then queues the job again with ``requeue``.
+        """
         self.jobs += 1
         try:
             return self._run(job_id, reroute)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if requeue is None:
+                raise
+            return self._requeue_after_outage(job_id, requeue, exc)
         finally:
             try:
                 self.publish()
             except redis.RedisError as exc:
                 log.warning("cannot publish worker facts: %s", exc)
+
+    def _requeue_after_outage(self, job_id: str, requeue: Reroute, exc: Exception) -> str:
+        """Wait for Redis (up to the soft time limit), then queue the job again."""
+        log.warning("job %s interrupted: Redis unreachable (%s); waiting for it", job_id, exc)
+        deadline = time.monotonic() + self.settings.task_soft_time_limit
+        while True:
+            try:
+                self.store.update(job_id, status=JobStatus.QUEUED, lease_until=None, progress=0.0)
+                requeue(job_id)
+            except (redis.RedisError, OperationalError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            log.info("job %s queued again after the Redis outage", job_id)
+            return JobStatus.QUEUED.value
 
     def _run(self, job_id: str, reroute: Reroute) -> str:
         if self.engine is None:

@@ -41,5 +41,9 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ContourTask)  # type: ignore[untyped-decorator]
     def contour(task: Task, job_id: str) -> str:
         worker = runtime.current()
-        text_queue = worker.settings.text_queue
-        return worker.run(job_id, reroute=lambda jid: send_to_queue(task.app, jid, text_queue))
+        text_queue, own_queue = worker.settings.text_queue, worker.settings.worker_queue
+        return worker.run(
+            job_id,
+            reroute=lambda jid: send_to_queue(task.app, jid, text_queue),
+            requeue=lambda jid: send_to_queue(task.app, jid, own_queue),
+        )

@@ -154,6 +154,14 @@ def _summary(values: Sequence[float]) -> dict[str, float | int]:
     return ci_summary([v for v in values if v is not None and not math.isnan(v)])
 
 
+def _structure_summary(rows: Sequence[dict[str, Any]], name: str) -> dict[str, Any]:
+    """HD95 of one structure over the cases that have it; a missed structure (predicted
+    empty: HD95 infinite) is counted apart, not averaged."""
+    values = [r["hd95_structure"][name] for r in rows if name in r["hd95_structure"]]
+    finite = [v for v in values if math.isfinite(v)]
+    return {**_summary(finite), "missed": len(values) - len(finite)}
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means with 95 % bootstrap CIs of every measure; per structure; per factor level."""
     out: dict[str, Any] = {
@@ -167,10 +175,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "nodal_ratio_n1mi": _summary(
             [r["nodal_ratio_n1mi"] for r in rows if "nodal_ratio_n1mi" in r]
         ),
-        "hd95_structure": {
-            name: _summary([r["hd95_structure"][name] for r in rows if name in r["hd95_structure"]])
-            for name in STRUCTURE_ROIS
-        },
+        "hd95_structure": {name: _structure_summary(rows, name) for name in STRUCTURE_ROIS},
     }
     factors: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for r in rows:
@@ -191,11 +196,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fmt(s: dict[str, Any], digits: int = 3) -> str:
+    missed = f", missed {s['missed']}" if s.get("missed") else ""
     if not s.get("n"):
-        return "n/a"
-    return (
-        f"{s['mean']:.{digits}f} [{s['ci_low']:.{digits}f}, {s['ci_high']:.{digits}f}] (n={s['n']})"
-    )
+        return f"n/a{missed}"
+    low, high = s["ci_low"], s["ci_high"]
+    return f"{s['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n={s['n']}{missed})"
 
 
 def markdown(results: dict[str, dict[str, Any]]) -> str:

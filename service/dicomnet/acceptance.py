@@ -7,7 +7,7 @@ One instance goes through the same three steps in the listener
    the listener's :func:`service.dicomnet.store_request.describe_store`: UIDs usable as path
    components, SOPClassUID and SOPInstanceUID equal to what the transport announced (the
    C-STORE request, or the Part 10 file meta), Modality matching the SOP class
-   (:data:`~service.dicomnet.store_request.MODALITY_OF_CLASS`);
+   (:data:`MODALITY_OF_CLASS`);
 2. :func:`store_described` stores it atomically (:func:`service.dicomnet.storage.store_instance`);
 3. the caller records it with its :class:`~service.dicomnet.assembly.SeriesAssembler`, which
    reports the series once quiet for the series timeout, to the order desk.
@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, RTStructureSetStorage
 
 from model.dicom.series import PARSE_ERRORS
 from model.errors import DicomError, UnreadableDicomError
@@ -35,11 +36,12 @@ from service.dicomnet.errors import (
     SopClassMismatchError,
 )
 from service.dicomnet.storage import check_uid, record_refusal, store_instance
-from service.dicomnet.store_request import MODALITY_OF_CLASS
 
 logger = logging.getLogger(__name__)
 
 #: Storage SOP classes accepted: the CT slices to contour and structure sets.
+#: The Modality each storage SOP class must carry (PS3.3 CT Image and RT Structure Set IODs).
+MODALITY_OF_CLASS: dict[str, str] = {CTImageStorage: "CT", RTStructureSetStorage: "RTSTRUCT"}
 ACCEPTED_SOP_CLASSES: tuple[str, ...] = tuple(MODALITY_OF_CLASS)
 
 

@@ -249,6 +249,21 @@ def perturbed_record(record: ClinicalRecord, kind: str) -> ClinicalRecord:
     return ClinicalRecord.model_validate({**record.model_dump(), "diagnoses": [new.model_dump()]})
 
 
+def side_n_switched(case: PhantomCase, side: Side) -> PhantomCase:
+    """A bilateral case with the N stage of ``side`` switched (N0/N1mi <-> N1, N1-N3 -> N0).
+
+    Not one of the spec's perturbations (those are for one-sided cases): training data that
+    teaches the network to read each side's N stage of a bilateral note. Same CT.
+    """
+    diagnoses = tuple(
+        d.model_copy(update={"n_stage": "0" if d.node_positive else "1"}) if d.side is side else d
+        for d in case.clinical.diagnoses
+    )
+    record = case.clinical.model_copy(update={"diagnoses": diagnoses})
+    kind = f"n_switch_{side.value}"
+    return replace(case, clinical=record, masks=ctv_masks(case.anatomy, record), perturbation=kind)
+
+
 def perturb(case: PhantomCase, kind: str) -> PhantomCase:
     """The case with a perturbed record and the ground truth recomputed on the SAME CT.
 

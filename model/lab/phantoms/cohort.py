@@ -40,10 +40,11 @@ from model.lab.phantoms.case import (
     eligible_perturbations,
     generate_case,
     perturb,
+    side_n_switched,
 )
 from model.lab.phantoms.ctwriter import ct_datasets, write_ct_series
 from model.lab.phantoms.sites import SPEC_VERSION, get_site
-from model.text.clinical import ClinicalRecord, write_clinical_csv
+from model.text.clinical import ClinicalRecord, Side, write_clinical_csv
 
 GROUND_TRUTH_INFO = WriterInfo(
     model_name="llmctv-phantom",
@@ -97,12 +98,17 @@ def write_case(case: PhantomCase, directory: Path) -> WrittenCase:
     )
 
 
-_VARIANT_SUFFIX = {LATERALITY_FLIP: "-flip", N_SWITCH: "-nswitch"}
+_VARIANT_SUFFIX = {
+    LATERALITY_FLIP: "-flip",
+    N_SWITCH: "-nswitch",
+    "n_switch_left": "-nleft",
+    "n_switch_right": "-nright",
+}
 
 
 def case_seed(seed: int, site: str, index: int) -> int:
     """The per-case seed of case ``index`` (1-based) of a cohort, from the cohort seed."""
-    sequence = np.random.SeedSequence([seed, ord(site), index])
+    sequence = np.random.SeedSequence([seed, *(ord(c) for c in site), index])
     return int(sequence.generate_state(1, dtype=np.uint64)[0])
 
 
@@ -198,6 +204,8 @@ def write_cohort(
             variants = [case]
             if counterfactuals:
                 variants += [perturb(case, kind) for kind in eligible_perturbations(case.clinical)]
+                if len(case.clinical.diagnoses) == 2:
+                    variants += [side_n_switched(case, side) for side in (Side.LEFT, Side.RIGHT)]
             for variant in variants:
                 variant_id = case_id + _VARIANT_SUFFIX.get(variant.perturbation or "", "")
                 variant = replace(variant, case_id=variant_id)

@@ -8,7 +8,7 @@ numbers are millimetres and Hounsfield units.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -98,6 +98,16 @@ SITES: dict[str, SiteProfile] = {
         acquisition_extras=True,
     ),
 }
+
+# Robustness, bilateral only: each side's N stage drawn independently, so that the
+# counterfactual notes (one side's N switched) teach per-side reading of the note.
+SITES["RB"] = replace(
+    SITES["R"],
+    name="RB",
+    laterality=(0.0, 0.0, 1.0),
+    n_stage=(0.35, 0.15, 0.30, 0.12, 0.08),
+    mastectomy=0.2,
+)
 
 _N_BASE = ("0", "1mi", "1", "2", "3")
 _N_SUFFIXES = {"1": ("a", "b", "c"), "2": ("a", "b"), "3": ("a", "b", "c")}
