@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
-import os
 import socket
 import struct
 import tempfile
@@ -50,7 +49,8 @@ def _serve(mode: str, port_queue: multiprocessing.Queue[int], stop: Event) -> No
         ae.network_timeout = 60
         ae.add_supported_context(VERIFICATION)
         server = ae.start_server(("127.0.0.1", 0), block=False)
-        assert server is not None
+        if server is None:
+            raise RuntimeError("the probe's DICOM server did not start")
         port_queue.put(int(server.server_address[1]))
         stop.wait()
         ae.shutdown()
@@ -110,7 +110,8 @@ def probe(mode: str, mib: int) -> None:
     child = multiprocessing.Process(target=_serve, args=(mode, ports, stop), daemon=True)
     child.start()
     port = ports.get(timeout=60)
-    assert child.pid is not None
+    if child.pid is None:
+        raise RuntimeError("the listener process did not start")
     time.sleep(0.5)
     with contextlib.suppress(OSError):  # reset the peak (VmHWM) to the current RSS
         Path(f"/proc/{child.pid}/clear_refs").write_text("5")
@@ -162,7 +163,6 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=600, help="MiB streamed after the header")
     parser.add_argument("--mode", choices=("plain", "guarded", "both"), default="both")
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     for mode in ("plain", "guarded") if args.mode == "both" else (args.mode,):
         probe(mode, args.mib)
 
