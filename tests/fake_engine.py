@@ -65,3 +65,24 @@ class FakeEngine(ContourEngine):
 def fake_factory(engine: FakeEngine) -> Callable[[Any], FakeEngine]:
     """An ``engine_factory`` for :class:`workers.dispatch.EmbeddedDispatcher`."""
     return lambda _settings: engine
+
+
+class HoldingDispatcher:
+    """Accepts jobs and never runs them (a busy worker)."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def submit(self, job_id: str) -> None:
+        """Remember the job."""
+        self.submitted.append(job_id)
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def describe(self) -> dict[str, object]:
+        """Mode only."""
+        return {"mode": "holding"}

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from factories import CtSpec, slice_position, write_ct_series
+from fake_engine import HoldingDispatcher
 from fastapi import FastAPI
 from gateway_client import AUTH, TOKEN, submit, wait_finished
 from live_server import serve_app
@@ -283,27 +284,6 @@ def test_unknown_job_is_404(gateway: tuple[str, FastAPI], job_id: str) -> None:
 
 
 # --- limits and unfinished jobs: a gateway with small limits and a worker that holds jobs ------
-class HoldingDispatcher:
-    """Accepts jobs and never runs them (a busy worker)."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def start(self) -> None:
-        """Nothing to start."""
-
-    def submit(self, job_id: str) -> None:
-        """Remember the job."""
-        self.submitted.append(job_id)
-
-    def stop(self) -> None:
-        """Nothing to stop."""
-
-    def describe(self) -> dict[str, object]:
-        """Mode only."""
-        return {"mode": "holding"}
-
-
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings = Settings(

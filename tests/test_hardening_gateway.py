@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from factories import CtSpec, write_ct_series
+from fake_engine import HoldingDispatcher
 from gateway_client import AUTH, TOKEN, submit
 from live_server import serve_app
 from pydicom.dataset import FileDataset
@@ -22,27 +23,6 @@ from service.api import ServiceState
 from service.app import create_app
 from service.settings import Settings
 from workers.jobs import FileJobStore, JobFiles
-
-
-class HoldingDispatcher:
-    """Accepts jobs and never runs them."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def start(self) -> None:
-        """Nothing to start."""
-
-    def submit(self, job_id: str) -> None:
-        """Remember the job."""
-        self.submitted.append(job_id)
-
-    def stop(self) -> None:
-        """Nothing to stop."""
-
-    def describe(self) -> dict[str, object]:
-        """Mode only."""
-        return {"mode": "holding"}
 
 
 @pytest.fixture(scope="module")
