@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.errors import LlmctvError
+from model.errors import ConfigurationError, LlmctvError
 
 if TYPE_CHECKING:
     from model.network.config import NetworkChoice
@@ -73,7 +73,6 @@ def structure_patterns(specs: Sequence[str] | None) -> tuple[tuple[str, tuple[st
     LlmctvError
         A malformed or repeated entry (ConfigurationError).
     """
-    from model.errors import ConfigurationError
     from model.network.structures import PHANTOM_ROI_PATTERNS
 
     found: dict[str, tuple[str, ...]] = {}
@@ -108,6 +107,23 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 # --- train, evaluate, predict ---------------------------------------------------------------
+def _oversample(options: list[str]) -> tuple[tuple[str, float], ...]:
+    """``["RB-=3"]`` -> ``(("RB-", 3.0),)``; the weight follows the last ``=``."""
+    pairs = []
+    for option in options:
+        pattern, sep, weight = option.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = float("nan")
+        if not sep or not pattern or not value > 0:
+            raise ConfigurationError(
+                f"--oversample wants REGEX=WEIGHT (WEIGHT > 0), got {option!r}"
+            )
+        pairs.append((pattern, value))
+    return tuple(pairs)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the cache from DICOM, then train."""
     from model.training.trainer import TrainConfig
@@ -130,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
             pair_fraction=args.pair_fraction,
+            note_augment=args.note_augment,
+            oversample=_oversample(args.oversample),
         ),
         train_fraction=args.train_fraction,
         init_from=args.init_from,
@@ -246,6 +264,22 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="share of steps whose batch pairs two notes of one CT (counterfactual data)",
+    )
+    p.add_argument(
+        "--oversample",
+        action="append",
+        default=[],
+        metavar="REGEX=WEIGHT",
+        help="draw cases whose id matches REGEX (and their CTs, for paired batches) WEIGHT "
+        "times as often; repeatable, the first match counts",
+    )
+    p.add_argument(
+        "--note-augment",
+        type=float,
+        default=0.0,
+        help="share of template notes rewritten to another with the same target: N and T "
+        "stage redrawn within the nodal class (N0/N1mi; N1-N3 with suffixes), clauses of "
+        "bilateral notes in a random order",
     )
     p.add_argument(
         "--init-from",

@@ -28,9 +28,11 @@ from model.imaging.geometry import Volume
 from model.imaging.postprocessing import (
     CleaningPolicy,
     CleaningReport,
+    added,
     body_mask,
     clean_prediction,
     midline_x,
+    structures_of_sides,
     tidy_labels,
 )
 from model.imaging.preprocessing import (
@@ -42,6 +44,7 @@ from model.imaging.preprocessing import (
 from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
 from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
 from model.network.segmenter import ContourNet
+from model.text.clinical import ClinicalRecord
 from model.text.encoders import load_text_encoder
 
 log = logging.getLogger(__name__)
@@ -226,20 +229,43 @@ class Predictor:
             on_ct[box] = to_source_box(fg, plan, box, mode="linear")
         body = body_mask(volume, self.cleaning)
         labels = seeds = None
+        mid_x = midline_x(body, volume.grid)
         if len(probs) > 2 and box is not None:
-            net_labels, net_seeds = tidy_labels(probs, plan.target, midline_x(body, volume.grid))
+            net_labels, net_seeds = tidy_labels(probs, plan.target, mid_x)
             labels = np.zeros(volume.grid.shape, dtype=np.uint8)
             labels[box] = to_source_box(net_labels, plan, box, mode="nearest")
             seeds = np.zeros(volume.grid.shape, dtype=bool)
             seeds[box] = to_source_box(net_seeds, plan, box, mode="nearest") > 0
         names = self.network.config.structure_names
         cleaned = clean_prediction(
-            volume, on_ct >= 0.5, labels, names, self.cleaning, body=body, seeds=seeds
+            volume, on_ct >= 0.5, labels, names, self.cleaning, body=body, seeds=seeds, mid_x=mid_x
         )
         timings["postprocess"] = time.perf_counter() - t0
         return Prediction(
             cleaned.union, on_ct, timings, windows, cleaned.structures, cleaned.report
         )
+
+    def predict_record(
+        self, volume: Volume, record: ClinicalRecord, *, progress: ProgressFn | None = None
+    ) -> Prediction:
+        """Contour one CT for a clinical record.
+
+        One pass with the record's note, except for a structure network and a bilateral
+        record without a free-text note: then each side is contoured with its own one-sided
+        note and keeps only its own side's structures (:func:`merged_sides`), which costs a
+        second network pass. The context of a bilateral note encodes its second clause's N
+        stage weakly, while one-sided notes are read well on either side (measured in
+        ``docs/structure-sets.md``).
+        """
+        parts = record.per_side() if self.network.config.structures else ()
+        if not parts:
+            return self.predict(volume, record.prompt_text(), progress=progress)
+        predictions = []
+        for index, part in enumerate(parts):
+            share = _sub_progress(progress, index / len(parts), 1 / len(parts))
+            predictions.append(self.predict(volume, part.prompt_text(), progress=share))
+        sides = tuple(p.diagnoses[0].side.letter for p in parts)
+        return merged_sides(predictions, sides)
 
     def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:
         if self.network.alignment is None:
@@ -249,6 +275,32 @@ class Predictor:
         if note is None:
             raise ConfigurationError("the multimodal network needs a clinical note or context")
         return self.context_for(note).to(self.device)
+
+
+def _sub_progress(progress: ProgressFn | None, start: float, share: float) -> ProgressFn | None:
+    if progress is None:
+        return None
+    outer = progress
+    return lambda fraction: outer(start + share * fraction)
+
+
+def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Prediction:
+    """One prediction from per-side passes: pass ``n`` gives the structures of ``sides[n]``.
+
+    The CTV is the union of the kept structures; probabilities are the voxel-wise maximum;
+    timings, windows and what cleaning removed are added up.
+    """
+    structures, union = structures_of_sides([p.structures for p in predictions], sides)
+    mask = np.zeros(predictions[0].mask.shape, dtype=bool) if union is None else union
+    reports = [p.cleaning for p in predictions if p.cleaning is not None]
+    cleaning = CleaningReport(
+        outside_body_cc=sum(r.outside_body_cc for r in reports),
+        islands_cc=added([r.islands_cc for r in reports]),
+    )
+    probability = np.maximum.reduce([p.probability for p in predictions])
+    timings = added([p.timings for p in predictions])
+    windows = sum(p.windows for p in predictions)
+    return Prediction(mask, probability, timings, windows, structures, cleaning)
 
 
 @torch.no_grad()

@@ -177,7 +177,7 @@ def evaluate_cases(
             continue
         spacing = case.ct.volume.grid.spacing
         for name, predictor in predictors.items():
-            pred = predictor.predict(case.ct.volume, record.prompt_text())
+            pred = predictor.predict_record(case.ct.volume, record)
             metrics = evaluate_case(pred.mask, case.mask, spacing)
             per_model[name].append(
                 {"case_id": case_id, "note": record.prompt_text(), **asdict(metrics)}
@@ -209,7 +209,7 @@ def predict_one(
         checkpoint, text_encoder=text_encoder, **window.predictor_options()
     )
     ct = read_ct_series(ct_dir)
-    pred = predictor.predict(ct.volume, record.prompt_text())
+    pred = predictor.predict_record(ct.volume, record)
     write_nifti(out, pred.mask.astype(np.uint8), ct.volume.grid)
     if rtstruct is not None:
         write_prediction_rtstruct(rtstruct, ct, pred.mask, predictor.checkpoint_hash)

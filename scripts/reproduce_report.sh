@@ -21,7 +21,7 @@ for mode in single_prompt lora none; do
   [ -f "$ABL/$mode/best/model.safetensors" ] && rows+=(--tuning-modes "$mode=$ABL/$mode/best")
 done
 [ ${#rows[@]} -gt 0 ] || echo "no ablation checkpoints in $ABL: Tables 3 and 4a will say 'not run'" >&2
-rm -rf docs/experiments
+rm -rf docs/experiments/report.md docs/experiments/report.json docs/experiments/figures  # structures/ stays
 $LLMCTV experiments \
   --model multimodal=checkpoints/demo --model vision-only=checkpoints/demo-vision \
   --internal "$DATA/test-A" --external "$DATA/test-B" "${rows[@]}" \

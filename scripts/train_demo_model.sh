@@ -8,7 +8,11 @@
 #        structures fine-tunes into the five sub-volumes (breast, chest wall, axilla, SCF, IMN)
 #        on sites A, R (robustness: couch, arms, 1.5-5 mm slices, 0.6-1.4 mm pixels) and RB
 #        (bilateral, per-side N switches), warm-started from INIT (default checkpoints/demo);
-#        RESUME=1 continues WORK/structures from its last epoch. Its best is checkpoints/demo.
+#        RESUME=1 continues WORK/structures from its last epoch. The shipped checkpoints/demo
+#        came from INIT=checkpoints/training/structures-rb with NOTE_AUG=0.5 (same-target note
+#        rewrites: N/T stage redrawn, bilateral clauses reordered), OVERSAMPLE='^RB-=3' (the
+#        bilateral per-side cases three times as often), PAIR_FRACTION=0.6, FT_LR=2e-4
+#        (README: the stages and their wall times).
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +47,9 @@ case "${2:-multimodal}" in
   structures) structure_data
     $LLMCTV train "${common[@]}" --data "$WORK/structures-data" --out "$WORK/structures" \
       --structure phantom --text-encoder smollm2 --init-from "${INIT:-checkpoints/demo}" \
-      --pair-fraction 0.5 --epochs "${FT_EPOCHS:-30}" --steps-per-epoch "${FT_STEPS:-40}" \
-      --lr "${FT_LR:-3e-4}" --val-fraction 0.1 ${RESUME:+--resume} ;;
+      --pair-fraction "${PAIR_FRACTION:-0.5}" --epochs "${FT_EPOCHS:-30}" \
+      --steps-per-epoch "${FT_STEPS:-40}" --lr "${FT_LR:-3e-4}" --val-fraction 0.1 \
+      --note-augment "${NOTE_AUG:-0}" ${OVERSAMPLE:+--oversample "$OVERSAMPLE"} ${RESUME:+--resume} ;;
 esac
 case "${2:-multimodal}" in
   multimodal-cf) $LLMCTV train "${common[@]}" --data "$WORK/train-A-cf" --out "$WORK/multimodal-cf" --text-encoder smollm2 ;;

@@ -182,7 +182,11 @@ def submit_contour(
         series_instance_uid=summary.series_instance_uid,
         warnings=warnings,
     )
-    state.store.create(job)
+    try:
+        state.store.create(job)
+    except BaseException:  # no record (e.g. Redis down): nothing may stay on disk either
+        state.files.remove(job_id)
+        raise
     submit_or_fail(state, job_id)
     log.info("job %s queued: %d slices of %dx%d", job_id, *summary.shape)
     base = f"/jobs/{job_id}"

@@ -7,8 +7,9 @@ decision::
     audit.record(AuditKind.REVIEW_DECISION, identity.name, job_id=job_id, decision="approved")
 
 where ``audit`` is ``request.app.state.llmctv_audit``. Orders are audited by
-:class:`AuditedOrderStore` (created, matched, sent, send failed, expired), DICOM associations by
-:data:`DICOM_EVENTS` (the listener's hooks).
+:class:`AuditedOrderStore` (created, matched, sent, send failed, expired), DICOM associations
+and STOW-RS requests by :data:`DICOM_EVENTS` (the listener's and the DICOMweb receiver's
+hooks).
 """
 
 from __future__ import annotations
@@ -154,6 +155,17 @@ class DicomEvents:
         if self.audit is not None:
             who = f"{calling_ae.strip()}@{address}"
             self.audit.record(AuditKind.DICOM_REJECTED, who, reason=reason)
+
+    def stow_request(self, sender: str, stored: int, refused: int, status: int) -> None:
+        """A STOW-RS request ended: instances stored and refused, the HTTP status answered."""
+        if stored:
+            self.metrics.incr("dicomweb_instances", {"outcome": "stored"}, stored)
+        if refused:
+            self.metrics.incr("dicomweb_instances", {"outcome": "refused"}, refused)
+        if self.audit is not None:
+            self.audit.record(
+                AuditKind.DICOMWEB_STORE, sender, stored=stored, refused=refused, status=status
+            )
 
 
 DICOM_EVENTS = DicomEvents()

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model.dicom.series import PARSE_ERRORS
 from model.errors import LlmctvError, UnreadableDicomError
+from service.audit import DICOM_EVENTS
 from service.auth import Authorized
 from service.dicomnet.acceptance import (
     ACCEPTED_SOP_CLASSES,
@@ -239,11 +240,10 @@ async def _receive(request: Request, study_uid: str | None, sender: str) -> JSON
         for part in handed:
             part.discard()
     status, body = store_response(outcomes)
-    log.info(
-        "STOW-RS: %d instance(s) stored, %d refused",
-        sum(o.failure is None for o in outcomes),
-        sum(o.failure is not None for o in outcomes),
-    )
+    stored = sum(o.failure is None for o in outcomes)
+    refused = len(outcomes) - stored
+    log.info("STOW-RS: %d instance(s) stored, %d refused", stored, refused)
+    DICOM_EVENTS.stow_request(sender, stored, refused, status)
     return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
 

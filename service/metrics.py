@@ -10,6 +10,7 @@ Exposed names (all ``llmctv_``): ``jobs_submitted_total{source}``,
 ``jobs_finished_total{status,code}``, ``job_duration_seconds{status}``,
 ``job_queue_wait_seconds``, ``job_stage_duration_seconds{stage}``,
 ``dicom_associations_total{outcome,reason}``, ``rtstruct_sends_total{outcome}``,
+``dicomweb_instances_total{outcome}``,
 ``queue_depth{queue}``, ``embedding_cache_hits_total``, ``embedding_cache_misses_total``,
 ``workers_alive``, ``storage_free_bytes``, ``ready{check}``, ``metrics_store_up``.
 """
@@ -45,6 +46,7 @@ HELP = {
     "jobs_finished": "Jobs that reached a final state, by status and error code.",
     "dicom_associations": "DICOM associations, accepted or rejected, by reason.",
     "rtstruct_sends": "RTSTRUCT send-backs to a destination, by outcome.",
+    "dicomweb_instances": "Instances received over STOW-RS, stored or refused.",
     "job_duration_seconds": "Seconds from a job's start to its final state.",
     "job_queue_wait_seconds": "Seconds a job waited in the queue before a worker started it.",
     "job_stage_duration_seconds": "Seconds per pipeline stage (from the job record's timings).",

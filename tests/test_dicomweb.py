@@ -238,3 +238,37 @@ def test_the_listeners_transfer_syntaxes_apply(tmp_path: Path) -> None:
         answer = _post(url, [_encoded(explicit)])
     assert answer.status_code == 409
     assert _reasons(answer.json()) == {explicit.SOPInstanceUID: 0xC122}
+
+
+def test_stow_requests_are_audited_and_counted(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin = "ops-admin-token-0123456789"
+    settings = Settings(
+        api_tokens=[f"router:submitter:{TOKEN}", f"ops:admin:{admin}"],
+        storage_dir=tmp_path,
+        dicom_listener=False,
+        storage_min_free_bytes=1,
+    )
+    good = _series(3)
+    mr = _series(1, modality="MR", study_uid=good[0].StudyInstanceUID)
+    with serve_app(create_app(settings, engine=FakeEngine())) as url:
+        assert _post(url, [_encoded(ds) for ds in (*good, *mr)]).status_code == 202
+        ops = {"Authorization": f"Bearer {admin}"}
+        text = httpx.get(f"{url}/metrics", headers=ops).text
+        entries = httpx.get(f"{url}/audit", params={"kind": "dicomweb.store"}, headers=ops).json()[
+            "entries"
+        ]
+    samples = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "llmctv_dicomweb_instances"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert samples == {"stored": 3.0, "refused": 1.0}
+    assert len(entries) == 1
+    entry = entries[0]
+    assert (entry["stored"], entry["refused"], entry["status"]) == (3, 1, 202)
+    assert entry["who"] == "DICOMweb:router"
+    assert good[0].PatientID not in str(entry) and good[0].StudyInstanceUID not in str(entry)

@@ -62,6 +62,9 @@ class FakeEngine:
         mask[k - 1 : k + 2, j - 2 : j + 2, i - 2 : i + 2] = True
         return EngineResult(mask, {"network": self.steps * self.step_s}, self.steps)
 
+    def contour_record(self, volume: Volume, record: Any, progress: Any) -> EngineResult:
+        return self.contour(volume, record.prompt_text(), progress)
+
 
 def _settings(tmp_path: Path, **extra: Any) -> WorkerSettings:
     return WorkerSettings(storage_dir=tmp_path, **extra)

@@ -67,20 +67,39 @@ class _DownDispatcher:
         raise ServiceUnavailableError("the job queue cannot be reached")
 
 
-def test_queue_down_gives_503_and_no_stranded_job(
-    tmp_path: Path, phantoms: list[WrittenCase]
-) -> None:
+def _submit_while_down(tmp_path: Path, case: WrittenCase, jobs: FileJobStore) -> None:
+    """Submit ``case`` to a gateway whose queue (and maybe store) is down: 503, still alive."""
     settings = Settings(api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False)
-    files = JobFiles(tmp_path)
-    jobs = FileJobStore(files)
-    state = ServiceState(settings, jobs, files, _DownDispatcher())
+    state = ServiceState(settings, jobs, jobs.files, _DownDispatcher())
     with serve_app(create_app(settings, state)) as url:
-        case = phantoms[0]
         answer = submit(url, list(case.ct_files), case.clinical.model_dump_json())
         assert answer.status_code == 503
         assert answer.json()["code"] == "service_unavailable"
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_queue_down_gives_503_and_no_stranded_job(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    jobs = FileJobStore(JobFiles(tmp_path))
+    _submit_while_down(tmp_path, phantoms[0], jobs)
     (job_id,) = jobs.job_ids()
     job = jobs.get(job_id)
     assert job.status is JobStatus.FAILED
     assert job.error is not None and job.error.code == "service_unavailable"
+
+
+class _DownStore(FileJobStore):
+    """The job store (Redis in production) cannot be reached for a new record."""
+
+    def create(self, job: Job) -> None:
+        raise ServiceUnavailableError("the job store cannot be reached")
+
+
+def test_job_store_down_gives_503_and_leaves_no_files(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    files = JobFiles(tmp_path)
+    _submit_while_down(tmp_path, phantoms[0], _DownStore(files))
+    leftovers = [p for p in files.jobs.rglob("*") if p.is_file()] if files.jobs.exists() else []
+    assert leftovers == [], "the uploaded series is removed when no job record can be made"

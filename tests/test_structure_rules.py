@@ -52,7 +52,7 @@ def _cc(pred: Prediction, case: PhantomCase, names: tuple[str, ...], side: str) 
 
 
 def _contour(case: PhantomCase, record: ClinicalRecord) -> Prediction:
-    return _predictor().predict(case.volume, record.prompt_text())
+    return _predictor().predict_record(case.volume, record)
 
 
 @pytest.mark.parametrize("site", ["A", "B"])
@@ -124,13 +124,14 @@ def test_bilateral_notes_give_both_breasts() -> None:
     assert _cc(pred, case, ("breast",), "L") > 20.0 and _cc(pred, case, ("breast",), "R") > 20.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #16 open: the shipped model does not yet read a different N stage per side "
-    "of a bilateral note (training on per-side counterfactuals, site RB, continues)",
-)
-def test_bilateral_notes_follow_each_sides_n_stage() -> None:
+@pytest.mark.parametrize(("n_left", "n_right"), [("1", "0"), ("0", "1"), ("1mi", "2")])
+def test_bilateral_notes_follow_each_sides_n_stage(n_left: str, n_right: str) -> None:
     case, both = _bilateral("1", "1")
     assert _cc(both, case, NODAL, "L") > 10.0 and _cc(both, case, NODAL, "R") > 10.0
-    case, left = _bilateral("1", "0")
-    assert _cc(left, case, NODAL, "L") > 5.0 * max(_cc(left, case, NODAL, "R"), 0.5)
+    case, pred = _bilateral(n_left, n_right)
+    nodal = {"L": _cc(pred, case, NODAL, "L"), "R": _cc(pred, case, NODAL, "R")}
+    positive = "L" if n_left not in ("0", "1mi") else "R"
+    negative = "R" if positive == "L" else "L"
+    assert nodal[positive] > 0.5 * _cc(both, case, NODAL, positive)
+    assert nodal[negative] <= 0.05 * _cc(both, case, NODAL, negative)
+    assert _cc(pred, case, ("breast",), "L") > 20.0 and _cc(pred, case, ("breast",), "R") > 20.0

@@ -114,3 +114,56 @@ def test_site_naming_map_and_its_limits() -> None:
         naming_map(["breast=CTVp_Breast_Whole_{side}"])
     with pytest.raises(ConfigurationError):
         naming_map(["kidney=X"])
+
+
+class NoteReadingEngine(ContourEngine):
+    """A multimodal structure network that reads only a one-sided note well: it answers a
+    breast on both sides, and nodes on both sides whenever the note holds any N+ clause."""
+
+    def __init__(self) -> None:
+        network = SimpleNamespace(
+            alignment=object(), config=SimpleNamespace(structures=("breast", "axilla"))
+        )
+        stub = SimpleNamespace(
+            checkpoint_hash="sides000", network=network, context=None, cache=ContextCache()
+        )
+        super().__init__(stub)  # type: ignore[arg-type]
+        self.notes: list[str] = []
+
+    def contour(self, volume: Volume, note: str, progress: object) -> EngineResult:
+        self.notes.append(note)
+        shape = volume.array.shape
+        masks = {}
+        for index, side in enumerate(("R", "L")):  # rows of the toy volume: one per key
+            for row, name in enumerate(("breast", "axilla")):
+                if name == "axilla" and "N1" not in note:
+                    continue
+                mask = np.zeros(shape, dtype=bool)
+                mask[0, 2 * index + row, :] = True
+                masks[(name, side)] = mask
+        union = np.logical_or.reduce(list(masks.values()))
+        return EngineResult(union, {"network": 0.5}, 1, masks, {"islands": 1.0})
+
+
+def test_a_bilateral_record_is_contoured_side_by_side() -> None:
+    engine = NoteReadingEngine()
+    volume = SimpleNamespace(array=np.zeros((1, 4, 3)))
+    record = ClinicalRecord(
+        diagnoses=(
+            Diagnosis(side=Side.LEFT, surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage="1"),
+            Diagnosis(side=Side.RIGHT, surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage="0"),
+        )
+    )
+    result = engine.contour_record(volume, record, None)  # type: ignore[arg-type]
+    assert engine.notes == [
+        "N1, cT2, breast conserving surgery, left side",
+        "N0, cT2, breast conserving surgery, right side",
+    ]
+    assert set(result.structures) == {("breast", "L"), ("axilla", "L"), ("breast", "R")}
+    assert result.mask.sum() == 3 * 3, "the union of the kept structures only"
+    assert result.timings["network"] == 1.0 and result.windows == 2
+    assert result.removed_cc == {"islands": 2.0}
+    with_note = record.model_copy(update={"note": "bilateral: left N1, right N0"})
+    engine.notes.clear()
+    engine.contour_record(volume, with_note, None)  # type: ignore[arg-type]
+    assert engine.notes == ["bilateral: left N1, right N0"], "a free text is never split"

@@ -14,6 +14,7 @@ from model.network.checkpoint import load_checkpoint
 from model.network.config import preset
 from model.text.encoders import tiny_llama
 from model.training.sampling import (
+    CaseSampler,
     TrainingCase,
     group_cases,
     paired_batch,
@@ -164,3 +165,32 @@ def test_warm_start_loads_the_weights_and_records_the_source(tmp_path: Path) -> 
     other = Trainer(preset("tiny", multimodal=False), cfg, tmp_path / "d")
     with pytest.raises(CheckpointMismatchError):
         other.warm_start(tmp_path / "a" / "last")
+
+
+def test_oversampling_draws_matching_cases_and_their_cts_more_often() -> None:
+    cases = _counterfactual_cases(4)  # 4 CTs x 2 notes
+    heavy = cases[0].case_id
+    sampler = CaseSampler(cases, ((f"^{heavy}$", 5.0),))
+    rng = np.random.default_rng(0)
+    drawn = sampler.draw_cases(6000, rng)
+    share = drawn.count(0) / len(drawn)
+    assert 0.38 < share < 0.46, f"weight 5 of 12 expected, got {share:.3f}"
+    assert sampler.group_weights is not None
+    heavy_group = next(
+        i for i, g in enumerate(sampler.pair_groups) if heavy in {c.case_id for c in g}
+    )
+    assert sampler.group_weights[heavy_group] == pytest.approx(5 / 8)
+    uniform = CaseSampler(cases)
+    assert uniform.case_weights is None and uniform.group_weights is None
+    with pytest.raises(DatasetError):
+        CaseSampler(cases, (("x", 0.0),))
+
+
+def test_oversample_option_is_parsed_or_refused() -> None:
+    from model.cli import _oversample
+    from model.errors import ConfigurationError
+
+    assert _oversample(["^RB-=3", "a=b=0.5"]) == (("^RB-", 3.0), ("a=b", 0.5))
+    for bad in ("RB-", "=2", "RB-=0", "RB-=x"):
+        with pytest.raises(ConfigurationError):
+            _oversample([bad])

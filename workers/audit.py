@@ -46,6 +46,7 @@ class AuditKind:
     REVIEW_DECISION = "review.decision"
     DICOM_ACCEPTED = "dicom.association_accepted"
     DICOM_REJECTED = "dicom.association_rejected"
+    DICOMWEB_STORE = "dicomweb.store"
     SETTINGS_LOADED = "settings.loaded"
 
 

@@ -18,6 +18,8 @@ import numpy.typing as npt
 
 from model.errors import ModelNotFoundError, NoteTooLongError
 from model.imaging.geometry import Grid, Volume
+from model.imaging.postprocessing import added, structures_of_sides
+from model.text.clinical import ClinicalRecord
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -121,15 +123,50 @@ class ContourEngine:
             pred: Prediction = self.predictor.predict(
                 volume, note if self.multimodal else None, progress=progress
             )
-        removed: dict[str, float] = {}
-        if pred.cleaning is not None:
-            removed = {"outside the body": pred.cleaning.outside_body_cc}
-            removed.update(pred.cleaning.islands_cc)
-        return EngineResult(
-            pred.mask, dict(pred.timings), pred.windows, dict(pred.structures), removed
-        )
+        return _result(pred)
+
+    def contour_record(
+        self, volume: Volume, record: ClinicalRecord, progress: ProgressFn | None
+    ) -> EngineResult:
+        """Contour ``volume`` for a clinical record.
+
+        A structure network contours a bilateral record without a free-text note side by side:
+        each side with its own one-sided note, keeping that side's structures (as
+        :meth:`model.inference.Predictor.predict_record`); otherwise one :meth:`contour`.
+        """
+        parts = record.per_side() if self.multimodal and self.has_structures else ()
+        if not parts:
+            return self.contour(volume, record.prompt_text(), progress)
+        results = []
+        for index, part in enumerate(parts):
+            start, share = index / len(parts), 1 / len(parts)
+            step = None if progress is None else _scaled(progress, start, share)
+            results.append(self.contour(volume, part.prompt_text(), step))
+        return _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
 
     @property
     def has_structures(self) -> bool:
         """Whether the network predicts sub-volumes (breast, nodes...) rather than one CTV."""
         return bool(self.predictor.network.config.structures)
+
+
+def _result(pred: Prediction) -> EngineResult:
+    """The engine's view of a prediction: masks, timings and what cleaning removed (cc)."""
+    removed: dict[str, float] = {}
+    if pred.cleaning is not None:
+        removed = {"outside the body": pred.cleaning.outside_body_cc}
+        removed.update(pred.cleaning.islands_cc)
+    return EngineResult(pred.mask, dict(pred.timings), pred.windows, dict(pred.structures), removed)
+
+
+def _scaled(progress: ProgressFn, start: float, share: float) -> ProgressFn:
+    return lambda fraction: progress(start + share * fraction)
+
+
+def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult:
+    """Pass ``n`` gives the structures of ``sides[n]``; the CTV is their union."""
+    structures, union = structures_of_sides([r.structures for r in results], sides)
+    mask = np.zeros(results[0].mask.shape, dtype=bool) if union is None else union
+    timings = added([r.timings for r in results])
+    removed = added([r.removed_cc for r in results])
+    return EngineResult(mask, timings, sum(r.windows for r in results), structures, removed)

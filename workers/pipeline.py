@@ -140,7 +140,7 @@ def _contour(
     needs_second_pass = settings.nodal_check_cc > 0 and not engine.has_structures
     check = check if needs_second_pass else None
     share = 0.5 if check is not None else 1.0
-    result = engine.contour(ct.volume, record.prompt_text(), progress(0.0, share))
+    result = engine.contour_record(ct.volume, record, progress(0.0, share))
     timings = dict(result.timings)
     t0 = time.perf_counter()
     warnings = laterality_warnings(record, result.mask, ct.volume.array, ct.volume.grid)

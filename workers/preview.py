@@ -49,9 +49,9 @@ def _show(
     origin: Literal["upper", "lower"] = "lower" if rows_up else "upper"
     ax.imshow(image, cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1], origin=origin, aspect=aspect)
     if mask.any():
-        ax.contour(
-            mask.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8, origin=origin
-        )
+        # In data coordinates, as imshow places row r at y = r for either origin. (contour's
+        # own ``origin="upper"`` would put row 0 at y = N: the outline upside down.)
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors="red", linewidths=0.8)
     if flip_x:
         ax.invert_xaxis()
     ax.set_title(title, fontsize=9)

@@ -61,7 +61,10 @@ def template_notes(
         pair_t = t_stages if bilateral == "all" else [t for t in t_stages if t in MAIN_T_STAGES]
         left, right = _sides(Side.LEFT, pair_n, pair_t), _sides(Side.RIGHT, pair_n, pair_t)
         records += [ClinicalRecord(diagnoses=(a, b)) for a, b in itertools.product(left, right)]
-    return list(dict.fromkeys(r.prompt_text() for r in records))
+    notes = (
+        n for r in records for n in (r.prompt_text(), *(p.prompt_text() for p in r.per_side()))
+    )
+    return list(dict.fromkeys(notes))
 
 
 @dataclass

@@ -8,9 +8,10 @@ relative to the body's centroid, never from array halves.
    breaks thin contacts (couch, immobilisation board), with holes filled slice by slice (lungs,
    airways). Nothing of the CTV outside it is kept.
 2. Each **structure** is split by side at the body midline; in each (structure, side) only the
-   largest connected component is kept (the anatomy has one), so islands far from the target
-   go. A single-CTV network keeps, per side, the components of at least ``keep_fraction`` of
-   its largest one.
+   largest connected component is kept (the anatomy has one), and with a structure network only
+   a component anchored on the network's main piece of that structure, so islands far from the
+   target go. Each pair is processed in its own bounding box. A single-CTV network keeps, per
+   side, the components of at least ``keep_fraction`` of its largest one.
 3. What was removed is reported in cc (the job shows it as a warning).
 """
 
@@ -108,14 +109,19 @@ def body_mask(volume: Volume, policy: CleaningPolicy = CleaningPolicy()) -> Bool
     for k in range(region.shape[0]):
         region[k] = ndimage.binary_fill_holes(region[k])
     ring = _disk(1)
-    outer = _upsample(ndimage.binary_dilation(region, structure=ring), step, hu.shape)
-    inner = _upsample(ndimage.binary_erosion(region, structure=ring), step, hu.shape)
-    body: BoolArray = outer & (tissue | inner)
+    # 2: well inside the region, 1: its edge band (decided by the CT itself), 0: outside.
+    zone = ndimage.binary_dilation(region, structure=ring).astype(np.uint8)
+    zone += ndimage.binary_erosion(region, structure=ring)
+    full = _upsample(zone, step, hu.shape)
+    full += tissue  # >= 2: inside the region, or in its edge band and tissue on the CT
+    body: BoolArray = full >= 2
     return body
 
 
-def _upsample(mask: BoolArray, step: int, shape: tuple[int, ...]) -> BoolArray:
-    """Repeat a ``[:, ::step, ::step]`` mask back to ``shape``."""
+def _upsample(
+    mask: npt.NDArray[np.uint8], step: int, shape: tuple[int, ...]
+) -> npt.NDArray[np.uint8]:
+    """Repeat a ``[:, ::step, ::step]`` array back to ``shape``."""
     if step == 1:
         return mask
     full = np.repeat(np.repeat(mask, step, axis=1), step, axis=2)
@@ -165,23 +171,38 @@ def _bbox(mask: BoolArray) -> tuple[slice, ...] | None:
     return tuple(spans)
 
 
-def keep_components(mask: BoolArray, largest_only: bool, keep_fraction: float) -> BoolArray:
-    """``mask`` with its small connected components (26-connectivity) removed."""
+def keep_components(
+    mask: BoolArray,
+    largest_only: bool,
+    keep_fraction: float,
+    anchors: BoolArray | None = None,
+) -> BoolArray:
+    """``mask`` with its small connected components (26-connectivity) removed.
+
+    With ``anchors`` (same shape), only components that overlap them are candidates: the
+    others are islands and go whatever their size.
+    """
     box = _bbox(mask)
     if box is None:
         return mask
     labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
+    if count <= 1 and anchors is None:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
+    if anchors is not None:
+        anchored = np.zeros(count + 1, dtype=bool)
+        anchored[np.unique(labels[anchors[box]])] = True
+        sizes[~anchored] = 0
+    out = np.zeros(mask.shape, dtype=bool)
+    if sizes.max() == 0:
+        return out
     if largest_only:
         keep = sizes == sizes.max()
         keep[np.flatnonzero(keep)[1:]] = False
     else:
         keep = sizes >= keep_fraction * sizes.max()
     keep[0] = False
-    out = np.zeros_like(mask)
     out[box] = keep[labels]
     return out
 
@@ -225,6 +246,7 @@ def clean_prediction(
     *,
     body: BoolArray | None = None,
     seeds: BoolArray | None = None,
+    mid_x: float | None = None,
 ) -> CleanedPrediction:
     """Clean a prediction on the CT grid.
 
@@ -242,8 +264,11 @@ def clean_prediction(
     body
         The body mask (:func:`body_mask`), when already computed.
     seeds
-        The structures' main pieces on the CT grid (:func:`tidy_labels`); connected parts of the
-        CTV that touch none of them are islands.
+        The structures' main pieces on the CT grid (:func:`tidy_labels`); in each (structure,
+        side) the largest piece that overlaps them is kept, pieces that overlap none are
+        islands.
+    mid_x
+        LPS x (mm) of the body midline (:func:`midline_x`), when already computed.
     """
     voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
     report = CleaningReport()
@@ -252,43 +277,86 @@ def clean_prediction(
         report.outside_body_cc = round(float(np.count_nonzero(union & ~body)) * voxel_cc, 2)
         union = union & body
     structures: dict[tuple[str, str], BoolArray] = {}
-    cleaned = np.zeros_like(union)
+    # np.zeros (calloc) rather than zeros_like (a written fill): pages outside the boxes are
+    # never touched, which matters for one full-grid mask per structure on a 512 matrix.
+    cleaned = np.zeros(union.shape, dtype=bool)
     box = _bbox(union)
     if box is None:
         return CleanedPrediction(cleaned, structures, report)
     inside = union[box]
-    if seeds is not None and policy.keep_largest:
-        inside = _touching(inside, seeds[box])
-    left = left_of_midline(volume.grid, midline_x(body, volume.grid), box)
-    sub_labels = None if labels is None else labels[box]
+    mid_x = midline_x(body, volume.grid) if mid_x is None else mid_x
+    codes = _side_codes(inside, None if labels is None else labels[box], volume.grid, mid_x, box)
     largest_only = policy.keep_largest and labels is not None
-    for index, name in enumerate(names, start=1):
-        region = inside if sub_labels is None else inside & (sub_labels == index)
-        for side, on_side in zip(SIDES, (left, ~left), strict=True):
-            part = region & on_side
-            kept = part
-            if policy.keep_largest and part.any():
-                kept = keep_components(part, largest_only, policy.keep_fraction)
-            if float(np.count_nonzero(kept)) * voxel_cc < policy.min_structure_cc:
-                kept = np.zeros_like(kept)
-            if kept.any():
-                full = np.zeros_like(union)
-                full[box] = kept
-                cleaned[box] |= kept
-                structures[(name, side)] = full
+    for code, sub in enumerate(ndimage.find_objects(codes), start=1):
+        if sub is None:
+            continue
+        part = codes[sub] == code
+        kept = part
+        where = tuple(
+            slice(b.start + a.start, b.start + a.stop) for b, a in zip(box, sub, strict=True)
+        )
+        if policy.keep_largest:
+            anchors = None if seeds is None else seeds[where]
+            kept = keep_components(part, largest_only, policy.keep_fraction, anchors)
+        if float(np.count_nonzero(kept)) * voxel_cc < policy.min_structure_cc:
+            continue
+        full = np.zeros(union.shape, dtype=bool)
+        full[where] = kept
+        cleaned[where] |= kept
+        structures[(names[(code - 1) // 2], SIDES[(code - 1) % 2])] = full
     removed = np.count_nonzero(union) - np.count_nonzero(cleaned)
     if removed:
         report.islands_cc["islands"] = round(float(removed) * voxel_cc, 2)
     return CleanedPrediction(cleaned, structures, report)
 
 
-def _touching(mask: BoolArray, seeds: BoolArray) -> BoolArray:
-    """The connected components (26-connectivity) of ``mask`` that overlap ``seeds``."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return mask
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[np.unique(labels[seeds & mask])] = True
-    keep[0] = False
-    touching: BoolArray = keep[labels]
-    return touching
+def _side_codes(
+    inside: BoolArray,
+    labels: npt.NDArray[np.uint8] | None,
+    grid: Grid,
+    mid_x: float,
+    box: tuple[slice, ...],
+) -> npt.NDArray[np.uint8]:
+    """One code per (structure, side) in ``box``: ``2 s - 1`` left, ``2 s`` right, 0 outside.
+
+    ``s`` is the structure's label (1..S; 1 for a single CTV). One array for every pair, so
+    that each pair is then processed in its own bounding box only. The side of a voxel is the
+    sign of its LPS x (first row of the grid's affine, at its box-relative index plus the
+    box's start) against ``mid_x``; only the CTV's voxels are evaluated.
+    """
+    k, j, i = np.unravel_index(np.flatnonzero(inside), inside.shape)
+    a = grid.affine_lps()[0]
+    x = a[0] * (i + box[2].start) + a[1] * (j + box[1].start) + a[2] * (k + box[0].start) + a[3]
+    structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
+    codes = np.zeros(inside.shape, dtype=np.uint8)
+    codes[k, j, i] = structure * 2 - (x > mid_x).astype(np.uint8)
+    codes[k, j, i] = np.where(structure > 0, codes[k, j, i], 0)
+    return codes
+
+
+def structures_of_sides(
+    per_pass: list[dict[tuple[str, str], BoolArray]], sides: tuple[str, ...]
+) -> tuple[dict[tuple[str, str], BoolArray], BoolArray | None]:
+    """Merge side-by-side passes: pass ``n`` gives the structures of side ``sides[n]``.
+
+    Returns the kept structures and their union (``None`` if nothing was kept).
+    """
+    structures = {
+        key: mask
+        for found, side in zip(per_pass, sides, strict=True)
+        for key, mask in found.items()
+        if key[1] == side
+    }
+    union = None
+    for mask in structures.values():
+        union = mask.copy() if union is None else union | mask
+    return structures, union
+
+
+def added(values: list[dict[str, float]]) -> dict[str, float]:
+    """Key-wise sums (timings, removed cc) of several passes."""
+    total: dict[str, float] = {}
+    for entry in values:
+        for key, value in entry.items():
+            total[key] = total.get(key, 0.0) + value
+    return total

@@ -8,6 +8,8 @@ N1mi and N1 notes. Reported, with bootstrap CIs:
   IMN; both sides together);
 - the share of the CTV on the named side after a flip;
 - nodal-region volume N0 / N1 and N1mi / N1 (the region is the N1 ground truth's nodes);
+- for bilateral cases, per-side N: with one side N1 and the other N0 (both ways round), the
+  nodal-region volume on the N0 side over that on the N1 side;
 - the same Dice and HD95 grouped by acquisition factor (slice thickness, pixel spacing, noise,
   HU offset, couch, arms, contrast) for the robustness table.
 
@@ -31,7 +33,7 @@ from model.inference import Prediction, Predictor
 from model.lab.perturbation import ci_summary, nodal_ratio, side_fraction, volume_in_region_cc
 from model.lab.phantoms import generate_case
 from model.lab.phantoms.case import PhantomCase
-from model.lab.phantoms.rules import ctv_masks
+from model.lab.phantoms.rules import ctv_masks, node_regions
 from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
 
 STRUCTURE_ROIS = {
@@ -98,7 +100,7 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
     """One case's measures (see the module docstring)."""
     spacing = case.grid.spacing
     record = case.clinical
-    pred = predictor.predict(case.volume, record.prompt_text())
+    pred = predictor.predict_record(case.volume, record)
     truth = case.masks["CTV"]
     has_structures = bool(predictor.network.config.structures)
     row: dict[str, Any] = {
@@ -120,7 +122,7 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
     unilateral = len(record.diagnoses) == 1
     if unilateral and record.diagnoses[0].surgery is Surgery.BREAST_CONSERVING:
         flipped = _flipped(record)
-        flip = predictor.predict(case.volume, flipped.prompt_text())
+        flip = predictor.predict_record(case.volume, flipped)
         row["flip_side_fraction"] = side_fraction(
             flip.mask, case.grid, flipped.diagnoses[0].side, _midline(case)
         )
@@ -132,7 +134,7 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
                 region |= mask
         cc = {
             n: volume_in_region_cc(
-                predictor.predict(case.volume, _with_n(record, n).prompt_text()).mask,
+                predictor.predict_record(case.volume, _with_n(record, n)).mask,
                 region,
                 case.grid,
             )
@@ -141,7 +143,41 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
         row["nodal_cc"] = cc
         row["nodal_ratio_n0"] = nodal_ratio(cc["0"], cc["1"])
         row["nodal_ratio_n1mi"] = nodal_ratio(cc["1mi"], cc["1"])
+    else:
+        row["nodal_ratio_bilateral"] = _bilateral_nodal_ratio(predictor, case)
     return row
+
+
+def _bilateral_nodal_ratio(predictor: Predictor, case: PhantomCase) -> float:
+    """Per-side N: a bilateral note with one side N1 and the other N0, both ways round.
+
+    The nodal-region volume on the N0 side over that on the N1 side of the same contour,
+    averaged over the two orders (each side's region from its own N1 ground truth).
+    """
+    regions = {
+        d.side: np.logical_or.reduce(
+            [m for n, m in node_regions(case.anatomy, d.side).items() if n in NODAL_ROIS]
+        )
+        for d in case.clinical.diagnoses
+    }
+    ratios = []
+    for positive in regions:
+        record = case.clinical.model_copy(
+            update={
+                "diagnoses": tuple(
+                    d.model_copy(update={"n_stage": "1" if d.side is positive else "0"})
+                    for d in case.clinical.diagnoses
+                ),
+                "note": None,
+            }
+        )
+        mask = predictor.predict_record(case.volume, record).mask
+        cc = {
+            side: volume_in_region_cc(mask, region, case.grid) for side, region in regions.items()
+        }
+        negative = next(side for side in regions if side is not positive)
+        ratios.append(nodal_ratio(cc[negative], cc[positive]))
+    return float(np.mean(ratios))
 
 
 def cohort(site: str, seed: int, n: int, scale: float) -> Iterable[PhantomCase]:
@@ -174,6 +210,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "nodal_ratio_n0": _summary([r["nodal_ratio_n0"] for r in rows if "nodal_ratio_n0" in r]),
         "nodal_ratio_n1mi": _summary(
             [r["nodal_ratio_n1mi"] for r in rows if "nodal_ratio_n1mi" in r]
+        ),
+        "nodal_ratio_bilateral": _summary(
+            [r["nodal_ratio_bilateral"] for r in rows if "nodal_ratio_bilateral" in r]
         ),
         "hd95_structure": {name: _structure_summary(rows, name) for name in STRUCTURE_ROIS},
     }
@@ -213,6 +252,7 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
         ("flip_side_fraction", "CTV on the named side after a flip", 3),
         ("nodal_ratio_n0", "nodal volume N0 / N1", 3),
         ("nodal_ratio_n1mi", "nodal volume N1mi / N1", 3),
+        ("nodal_ratio_bilateral", "bilateral: nodal volume N0 side / N1 side", 3),
     ):
         lines.append(
             f"| {label} | " + " | ".join(_fmt(results[n][key], digits) for n in names) + " |"
@@ -268,6 +308,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--cases", type=int, default=12, help="cases per cohort")
     p.add_argument("--clinical-cases", type=int, default=4, help="cases at a 512 matrix")
+    p.add_argument(
+        "--bilateral-cases", type=int, default=6, help="bilateral cases (site RB, 128 matrix)"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd)
     return p
@@ -282,6 +325,8 @@ def _cmd(args: argparse.Namespace) -> int:
     }
     if args.clinical_cases:
         cohorts["R at 512 matrix"] = ("R", 95001, args.clinical_cases, 1.0)
+    if args.bilateral_cases:
+        cohorts["bilateral (RB)"] = ("RB", 97001, args.bilateral_cases, 0.25)
     run(predictor, cohorts, args.out)
     print((args.out / "structures.md").read_text())
     return 0

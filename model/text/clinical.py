@@ -46,6 +46,11 @@ class Side(StrEnum):
     LEFT = "left"
     RIGHT = "right"
 
+    @property
+    def letter(self) -> str:
+        """``"L"`` or ``"R"``: the side of the structure keys ``(name, side)`` and ROI names."""
+        return "L" if self is Side.LEFT else "R"
+
 
 class Surgery(StrEnum):
     """Type of breast surgery."""
@@ -130,6 +135,18 @@ class ClinicalRecord(BaseModel):
         if len(set(sides)) != len(sides):
             raise ValueError("a side is given twice")
         return value
+
+    def per_side(self) -> tuple[ClinicalRecord, ...]:
+        """A bilateral record without a free-text note as one one-sided record per side.
+
+        Left first. Empty for a one-sided record and for any record with a note (a free text
+        cannot be split by side reliably). The target rules are per side, so each side's
+        record gives that side's CTV.
+        """
+        if len(self.diagnoses) < 2 or (self.note is not None and self.note.strip()):
+            return ()
+        ordered = sorted(self.diagnoses, key=lambda d: d.side.value)
+        return tuple(self.model_copy(update={"diagnoses": (d,)}) for d in ordered)
 
     def prompt_text(self) -> str:
         """The text the model reads: ``note`` verbatim if given, else the rendered template."""

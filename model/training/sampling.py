@@ -11,6 +11,7 @@ difference the loss sees between them is what the text changes.
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -121,17 +122,63 @@ def group_cases(cases: list[TrainingCase]) -> dict[str, list[TrainingCase]]:
     return dict(groups)
 
 
+class CaseSampler:
+    """Which training cases (and which CTs, for paired batches) a step draws.
+
+    Uniform by default. ``oversample`` holds ``(regex, weight)`` pairs: a case whose id matches
+    a regex (``re.search``; the first match counts) is drawn ``weight`` times as often, and a
+    CT group as often as its heaviest case. Used to show rarer cases (e.g. bilateral notes
+    with a different N stage per side) more often without duplicating data.
+    """
+
+    def __init__(
+        self, cases: list[TrainingCase], oversample: tuple[tuple[str, float], ...] = ()
+    ) -> None:
+        self.n_cases = len(cases)
+        self.pair_groups = [g for g in group_cases(cases).values() if len(g) > 1]
+        self.case_weights: npt.NDArray[np.float64] | None = None
+        self.group_weights: npt.NDArray[np.float64] | None = None
+        if not oversample:
+            return
+        patterns = [(re.compile(p), float(w)) for p, w in oversample]
+        if any(w <= 0 for _, w in patterns):
+            raise DatasetError(f"oversampling weights must be positive, got {oversample}")
+
+        def weight(case: TrainingCase) -> float:
+            return next((w for p, w in patterns if p.search(case.case_id)), 1.0)
+
+        self.case_weights = _normalised([weight(c) for c in cases])
+        self.group_weights = _normalised([max(weight(c) for c in g) for g in self.pair_groups])
+
+    def draw_cases(self, size: int, rng: np.random.Generator) -> list[int]:
+        """``size`` case indices, with replacement."""
+        if self.case_weights is None:
+            return [int(i) for i in rng.integers(self.n_cases, size=size)]
+        return [int(i) for i in rng.choice(self.n_cases, size=size, p=self.case_weights)]
+
+
+def _normalised(weights: list[float]) -> npt.NDArray[np.float64] | None:
+    if not weights:
+        return None
+    array = np.asarray(weights, dtype=np.float64)
+    normalised: npt.NDArray[np.float64] = array / array.sum()
+    return normalised
+
+
 def paired_batch(
     groups: list[list[TrainingCase]],
     batch_size: int,
     roi: tuple[int, int, int],
     rng: np.random.Generator,
     pos_fraction: float,
+    *,
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """``batch_size // 2`` pairs: two notes of one CT, cropped at the same window.
 
-    ``groups`` must hold only groups of two or more cases. The window is centred on the
-    union of the pair's targets, so the region where the notes disagree is usually inside.
+    ``groups`` must hold only groups of two or more cases, drawn uniformly or with the
+    probabilities ``weights``. The window is centred on the union of the pair's targets, so
+    the region where the notes disagree is usually inside.
     """
     if batch_size < 2 or batch_size % 2:
         raise DatasetError(f"paired batches need an even batch size, got {batch_size}")
@@ -139,7 +186,8 @@ def paired_batch(
         raise DatasetError("paired batches need CTs with two or more notes (counterfactuals)")
     crops, notes = [], []
     for _ in range(batch_size // 2):
-        group = groups[int(rng.integers(len(groups)))]
+        pick = rng.integers(len(groups)) if weights is None else rng.choice(len(groups), p=weights)
+        group = groups[int(pick)]
         first, second = (group[int(i)] for i in rng.choice(len(group), size=2, replace=False))
         union = np.maximum(_pad_to(first.label, roi), _pad_to(second.label, roi))
         window = crop_window(union, roi, rng, pos_fraction)

@@ -32,10 +32,11 @@ from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
 from model.text.encoders import TextEncoder
+from model.training.note_variants import equivalent_notes
 from model.training.sampling import (
+    CaseSampler,
     TrainingCase,
     crop_batch,
-    group_cases,
     paired_batch,
     shuffled_groups,
 )
@@ -64,6 +65,9 @@ class TrainConfig:
     amp: bool = True
     grad_clip: float = 1.0
     pair_fraction: float = 0.0  # share of steps whose batch pairs two notes of one CT
+    note_augment: float = 0.0  # share of notes rewritten to another with the same target
+    # (case-id regex, weight) pairs: cases (and CT groups) matching are drawn that much more often
+    oversample: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -197,21 +201,33 @@ class Trainer:
             return self.cfg.steps_per_epoch
         return max(1, math.ceil(n_train / self.cfg.batch_size))
 
+    def _draw_batch(
+        self, train: list[TrainingCase], sampler: CaseSampler, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """One batch: two notes of one CT per pair (``pair_fraction`` of steps) or single crops."""
+        roi = self.net.config.roi_size
+        if self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction:
+            images, labels, notes = paired_batch(
+                sampler.pair_groups,
+                self.cfg.batch_size,
+                roi,
+                rng,
+                self.cfg.pos_fraction,
+                weights=sampler.group_weights,
+            )
+        else:
+            picks = [train[i] for i in sampler.draw_cases(self.cfg.batch_size, rng)]
+            images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
+        return images, labels, equivalent_notes(notes, self.cfg.note_augment, rng)
+
     def _train_epoch(
         self, train: list[TrainingCase], rng: np.random.Generator, sched: Any, steps: int
     ) -> float:
         self.net.train()
         losses = []
-        roi = self.net.config.roi_size
-        pairs = [g for g in group_cases(train).values() if len(g) > 1]
+        sampler = CaseSampler(train, self.cfg.oversample)
         for _ in range(steps):
-            if self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction:
-                images, labels, notes = paired_batch(
-                    pairs, self.cfg.batch_size, roi, rng, self.cfg.pos_fraction
-                )
-            else:
-                picks = [train[int(i)] for i in rng.integers(len(train), size=self.cfg.batch_size)]
-                images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
+            images, labels, notes = self._draw_batch(train, sampler, rng)
             images, labels = images.to(self.device), labels.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                 g = self._g(notes)
