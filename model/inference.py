@@ -262,7 +262,7 @@ class Predictor:
             return self.predict(volume, record.prompt_text(), progress=progress)
         predictions = []
         for index, part in enumerate(parts):
-            share = _sub_progress(progress, index / len(parts), 1 / len(parts))
+            share = scaled_progress(progress, index / len(parts), 1 / len(parts))
             predictions.append(self.predict(volume, part.prompt_text(), progress=share))
         sides = tuple(p.diagnoses[0].side.letter for p in parts)
         return merged_sides(predictions, sides)
@@ -277,7 +277,8 @@ class Predictor:
         return self.context_for(note).to(self.device)
 
 
-def _sub_progress(progress: ProgressFn | None, start: float, share: float) -> ProgressFn | None:
+def scaled_progress(progress: ProgressFn | None, start: float, share: float) -> ProgressFn | None:
+    """``progress`` for one of several passes: fraction ``f`` is reported as ``start + share f``."""
     if progress is None:
         return None
     outer = progress

@@ -3,15 +3,12 @@ RTSTRUCT back in Orthanc (inside ``unshare -n``: Orthanc listens on all interfac
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, SHARED_DATA
+from private_network import namespace_problem, run_scenario
 
 SCENARIO = REPO / "tests" / "stow_scenario.py"
 LUNG1_CT = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001" / "image"
@@ -19,17 +16,11 @@ PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 def _problem() -> str | None:
-    for tool in ("unshare", "ip", "Orthanc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages util-linux, iproute2, orthanc)"
     if not PLUGIN.is_file():
         return f"the Orthanc DICOMweb plugin is not installed ({PLUGIN}: orthanc-dicomweb)"
     if not LUNG1_CT.is_dir():
         return f"shared data absent: {LUNG1_CT}"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"`unshare -n` is not permitted here: {probe.stderr.strip()[:200]}"
-    return None
+    return namespace_problem("Orthanc")
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +28,7 @@ def stow_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     problem = _problem()
     if problem:
         pytest.skip(problem)
-    workdir = tmp_path_factory.mktemp("stow")
-    done = subprocess.run(
-        ["unshare", "-n", sys.executable, str(SCENARIO), "--workdir", str(workdir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_scenario(SCENARIO, tmp_path_factory.mktemp("stow"))
     assert "error" not in report, report
     return report
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from endpoint_probe import EndpointProbe
 from fake_engine import FakeEngine
 from gateway_client import AUTH, TOKEN, submit, wait_finished
 from live_server import serve_app
@@ -59,45 +60,13 @@ def wait_ready(url: str, want: int, timeout: float = 60.0) -> float:
     return time.monotonic() - t0
 
 
-class ReadyProbe:
-    """Polls ``/health/ready`` in a thread; keeps (time, status) and the slowest answer."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.seen: list[tuple[float, int]] = []
-        self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> ReadyProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.wait(0.1):
-                t0 = time.perf_counter()
-                status = client.get(f"{self.url}/health/ready").status_code
-                self.slowest = max(self.slowest, time.perf_counter() - t0)
-                self.seen.append((time.monotonic(), status))
-
-    def not_ready_seconds(self) -> float:
-        """Total time the probe saw 503 (sum of polling intervals)."""
-        times = [t for t, s in self.seen if s == 503]
-        return times[-1] - times[0] if times else 0.0
-
-
 def test_fifty_concurrent_submissions_all_finish(
     tmp_path: Path, phantoms: list[WrittenCase]
 ) -> None:
     case = phantoms[0]
     clinical = case.clinical.model_dump_json()
     app = create_app(_settings(tmp_path / "storage"), engine=FakeEngine())
-    with serve_app(app) as url, ReadyProbe(url) as probe:
+    with serve_app(app) as url, EndpointProbe(url, "/health/ready") as probe:
         wait_ready(url, 200)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(50) as pool:
@@ -210,7 +179,7 @@ def test_redis_down_for_30_seconds_loses_no_job(
                 ]
                 while _job(url, ids[0])["status"] == "queued":
                     time.sleep(0.05)
-                with ReadyProbe(url) as probe:
+                with EndpointProbe(url, "/health/ready") as probe:
                     server.stop()
                     down_at = time.monotonic()
                     turned_503 = wait_ready(url, 503)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,6 +14,7 @@ import pytest
 from conftest import REPO, SHARED_DATA
 from gateway_client import AUTH, TOKEN
 from live_server import serve_app
+from private_network import namespace_problem, run_scenario
 
 from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
@@ -193,33 +191,14 @@ def test_refused_series_fails_the_order_with_its_code(
 
 
 # --- the real thing: storescu -> listener -> job -> Orthanc, in a private network namespace ----
-def _unshare_problem() -> str | None:
-    for tool in ("unshare", "ip", "Orthanc", "storescu", "echoscu"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages util-linux, iproute2, orthanc, dcmtk)"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"`unshare -n` is not permitted here: {probe.stderr.strip()[:200]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def pacs_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    problem = _unshare_problem()
+    problem = namespace_problem("Orthanc", "storescu", "echoscu")
     if problem:
         pytest.skip(problem)
     if not LUNG1_CT.is_dir():
         pytest.skip(f"shared data absent: {LUNG1_CT}")
-    workdir = tmp_path_factory.mktemp("pacs")
-    done = subprocess.run(
-        ["unshare", "-n", sys.executable, str(SCENARIO), "--workdir", str(workdir)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    report: dict[str, object] = run_scenario(SCENARIO, tmp_path_factory.mktemp("pacs"))
     return report
 
 

@@ -7,28 +7,16 @@ else without the Orthanc part) feeds every test here; see that script for the st
 from __future__ import annotations
 
 import json
-import shutil
 import statistics
-import subprocess
-import sys
 
 import pytest
 from browser import browser_problem
 from conftest import REPO, SHARED_DATA
+from private_network import namespace_problem, run_scenario
 from review_helpers import REVIEWER_TOKEN
 
 SCENARIO = REPO / "tests" / "review_scenario.py"
 LUNG1_CT = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001" / "image"
-
-
-def _orthanc_problem() -> str | None:
-    for tool in ("unshare", "ip", "Orthanc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (Debian packages util-linux, iproute2, orthanc)"
-    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"`unshare -n` is not permitted here: {probe.stderr.strip()[:200]}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +26,14 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         pytest.skip(problem)
     if not LUNG1_CT.is_dir():
         pytest.skip(f"shared data absent: {LUNG1_CT}")
-    workdir = tmp_path_factory.mktemp("review-browser")
-    command = [sys.executable, str(SCENARIO), "--workdir", str(workdir)]
-    without_orthanc = _orthanc_problem()
-    command = [*command, "--no-orthanc"] if without_orthanc else ["unshare", "-n", *command]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    found: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    without_orthanc = namespace_problem("Orthanc")
+    found: dict[str, object] = run_scenario(
+        SCENARIO,
+        tmp_path_factory.mktemp("review-browser"),
+        *(["--no-orthanc"] if without_orthanc else []),
+        private=without_orthanc is None,
+        timeout=600,
+    )
     assert "error" not in found, found
     found["why_no_orthanc"] = without_orthanc
     return found

@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -20,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pydicom
 import pytest
 import redis
+from endpoint_probe import EndpointProbe
 from gateway_client import AUTH, TOKEN, submit, wait_finished
 from live_server import serve_app
 from redis_server import RedisServer, needs_redis, running_redis
@@ -120,37 +119,6 @@ def _wait_all(url: str, job_ids: list[str], timeout: float = 150.0) -> list[dict
     return [wait_finished(url, j, timeout) for j in job_ids]
 
 
-class HealthProbe:
-    """Polls ``GET /health`` in a thread and keeps every latency."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.latencies: list[float] = []
-        self.failures = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self._stop.wait(0.05):
-                t0 = time.perf_counter()
-                ok = client.get(f"{self.url}/health").status_code == 200
-                self.latencies.append(time.perf_counter() - t0)
-                self.failures += not ok
-
-    def p99_ms(self) -> float:
-        """99th percentile latency in milliseconds."""
-        return 1000 * float(np.percentile(self.latencies, 99))
-
-
 def _first_job_then_a_cache_hit(
     dep: Deployment, worker: WorkerProcess, small: list[WrittenCase], folder: Path
 ) -> None:
@@ -174,7 +142,7 @@ def _first_job_then_a_cache_hit(
 
 def _twenty_at_once(
     dep: Deployment, small: list[WrittenCase]
-) -> tuple[list[dict[str, Any]], HealthProbe, float]:
+) -> tuple[list[dict[str, Any]], EndpointProbe, float]:
     """20 submissions from a separate client process while /health is polled."""
     sides = ("left", "right")
     clinicals = [_clinical("0", t, side) for t in ("1", "2", "3", "4", "is") for side in sides]
@@ -182,7 +150,7 @@ def _twenty_at_once(
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn) as clients:
         clients.submit(time.sleep, 0).result()  # the client process is up
-        with HealthProbe(dep.url) as probe:
+        with EndpointProbe(dep.url, "/health", 0.05) as probe:
             t0 = time.perf_counter()
             ids = clients.submit(submit_concurrently, dep.url, uploads).result()
             results = _wait_all(dep.url, ids)

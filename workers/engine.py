@@ -137,10 +137,12 @@ class ContourEngine:
         parts = record.per_side() if self.multimodal and self.has_structures else ()
         if not parts:
             return self.contour(volume, record.prompt_text(), progress)
+        from model.inference import scaled_progress
+
         results = []
         for index, part in enumerate(parts):
             start, share = index / len(parts), 1 / len(parts)
-            step = None if progress is None else _scaled(progress, start, share)
+            step = scaled_progress(progress, start, share)
             results.append(self.contour(volume, part.prompt_text(), step))
         return _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
 
@@ -157,10 +159,6 @@ def _result(pred: Prediction) -> EngineResult:
         removed = {"outside the body": pred.cleaning.outside_body_cc}
         removed.update(pred.cleaning.islands_cc)
     return EngineResult(pred.mask, dict(pred.timings), pred.windows, dict(pred.structures), removed)
-
-
-def _scaled(progress: ProgressFn, start: float, share: float) -> ProgressFn:
-    return lambda fraction: progress(start + share * fraction)
 
 
 def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult:

@@ -320,13 +320,13 @@ def _side_codes(
     """One code per (structure, side) in ``box``: ``2 s - 1`` left, ``2 s`` right, 0 outside.
 
     ``s`` is the structure's label (1..S; 1 for a single CTV). One array for every pair, so
-    that each pair is then processed in its own bounding box only. The side of a voxel is the
-    sign of its LPS x (first row of the grid's affine, at its box-relative index plus the
-    box's start) against ``mid_x``; only the CTV's voxels are evaluated.
+    that each pair is then processed in its own bounding box only. The side of a voxel is its
+    LPS x (through the grid, at its box-relative index plus the box's start) against
+    ``mid_x``; only the CTV's voxels are evaluated.
     """
     k, j, i = np.unravel_index(np.flatnonzero(inside), inside.shape)
-    a = grid.affine_lps()[0]
-    x = a[0] * (i + box[2].start) + a[1] * (j + box[1].start) + a[2] * (k + box[0].start) + a[3]
+    starts = [s.start for s in box]
+    x = grid.index_to_lps(np.column_stack([k + starts[0], j + starts[1], i + starts[2]]))[:, 0]
     structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
     codes = np.zeros(inside.shape, dtype=np.uint8)
     codes[k, j, i] = structure * 2 - (x > mid_x).astype(np.uint8)

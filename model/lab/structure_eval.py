@@ -155,9 +155,7 @@ def _bilateral_nodal_ratio(predictor: Predictor, case: PhantomCase) -> float:
     averaged over the two orders (each side's region from its own N1 ground truth).
     """
     regions = {
-        d.side: np.logical_or.reduce(
-            [m for n, m in node_regions(case.anatomy, d.side).items() if n in NODAL_ROIS]
-        )
+        d.side: np.logical_or.reduce(list(node_regions(case.anatomy, d.side).values()))
         for d in case.clinical.diagnoses
     }
     ratios = []
