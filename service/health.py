@@ -6,6 +6,8 @@ service can contour now, else 503 problem+json ``not_ready`` listing every faili
 - ``model``: embedded, the model is loaded and the worker thread is not stuck; Celery, at
   least one worker published a loaded model;
 - ``redis``: Celery mode only, the broker answered the last background refresh;
+- ``jobs``: Celery mode only, no running job has gone without progress past its lease
+  (``job_stall_timeout``): a stuck worker (:mod:`workers.lease_watchdog`);
 - ``storage``: the storage folder takes a write and is not full (at least
   ``storage_min_free_bytes`` free, at most ``storage_max_used_fraction`` used);
 - ``dicom_listener``: when enabled, the listener is bound;
@@ -69,6 +71,20 @@ def model_check(facts: dict[str, Any]) -> Check:
     if isinstance(limit, int | float) and isinstance(idle, int | float) and idle > limit:
         return Check("model", False, f"the running job made no progress for {idle:.0f} s")
     return Check("model", True, "loaded")
+
+
+def stall_check(facts: dict[str, Any]) -> Check:
+    """Celery: running jobs whose lease expired without progress (a stuck or dead worker)."""
+    stalled = int(facts.get("stalled_jobs") or 0)
+    if not stalled:
+        return Check("jobs", True, "no stalled job")
+    return Check(
+        "jobs",
+        False,
+        f"{stalled} running job(s) made no progress for over "
+        f"{facts.get('job_stall_timeout_s')} s (longest {facts.get('longest_stall_s')} s past "
+        "its lease): a worker is stuck or gone; the jobs were queued again",
+    )
 
 
 def storage_check(settings: Settings) -> Check:
@@ -138,6 +154,7 @@ class Readiness:
         if facts.get("mode") == "celery":
             broker = facts.get("broker")
             checks.append(Check("redis", broker == "ok", f"broker {broker}"))
+            checks.append(stall_check(facts))
         storage = storage_check(self.settings)
         checks.append(storage)
         if storage.ok:

@@ -12,7 +12,8 @@ Exposed names (all ``llmctv_``): ``jobs_submitted_total{source}``,
 ``dicom_associations_total{outcome,reason}``, ``rtstruct_sends_total{outcome}``,
 ``dicomweb_instances_total{outcome}``,
 ``queue_depth{queue}``, ``embedding_cache_hits_total``, ``embedding_cache_misses_total``,
-``workers_alive``, ``storage_free_bytes``, ``ready{check}``, ``metrics_store_up``.
+``workers_alive``, ``jobs_stalled``, ``jobs_requeued_total{reason}``, ``storage_free_bytes``,
+``ready{check}``, ``metrics_store_up``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ HELP = {
     "dicom_associations": "DICOM associations, accepted or rejected, by reason.",
     "rtstruct_sends": "RTSTRUCT send-backs to a destination, by outcome.",
     "dicomweb_instances": "Instances received over STOW-RS, stored or refused.",
+    "jobs_requeued": "Jobs queued again, by reason (stalled: no progress within the lease).",
     "job_duration_seconds": "Seconds from a job's start to its final state.",
     "job_queue_wait_seconds": "Seconds a job waited in the queue before a worker started it.",
     "job_stage_duration_seconds": "Seconds per pipeline stage (from the job record's timings).",
@@ -152,6 +154,11 @@ class LlmctvCollector(Collector):
         )
         yield GaugeMetricFamily(
             PREFIX + "workers_alive", "Workers with a loaded model.", value=alive
+        )
+        yield GaugeMetricFamily(
+            PREFIX + "jobs_stalled",
+            "Running jobs past their lease without progress (a stuck or dead worker).",
+            value=float(str(facts.get("stalled_jobs") or 0)),
         )
         yield from self._storage_and_readiness()
 

@@ -171,6 +171,7 @@ def test_redis_down_for_30_seconds_loses_no_job(
                 task_soft_time_limit=60,
                 task_hard_time_limit=70,
                 visibility_timeout=80,
+                job_stall_timeout=60,
             )
             with running_worker(env, tmp_path, server.client()):
                 wait_ready(url, 200, timeout=120)

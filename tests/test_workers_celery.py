@@ -1,14 +1,20 @@
 """Celery workers with real parts: redis-server, `python -m workers worker` processes, live gateway.
 
+Every worker here is the real thing: the shipped ``checkpoints/demo`` model with its SmolLM2
+text encoder, the default prefork pool and the default thread counts (issue 20: with those,
+a worker that loaded the model before forking its pool hung forever on the first job).
 One Redis, one storage folder and one gateway serve the whole module; each test starts and
 stops its own workers. Workers re-deliver a killed job after a 20 s visibility timeout
-(restore checks every second), shortened from the production hour.
+(restore checks every second), shortened from the production hour; a job's lease lasts 8 s
+without progress (``job_stall_timeout``), shortened from 300 s.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +78,12 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> list[WrittenCase]:
     return write_cohort(tmp_path_factory.mktemp("ph") / "A", 3, "A", 11, scale=0.25)
 
 
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> WrittenCase:
+    """A CT whose job runs long enough (overlap 0.9) to be interrupted mid-job."""
+    return write_cohort(tmp_path_factory.mktemp("big") / "A", 1, "A", 5, scale=0.5)[0]
+
+
 def _clinical(n: str, t: str, side: str = "left", note: str | None = None) -> str:
     diagnosis = {"side": side, "surgery": "breast_conserving", "t_stage": t, "n_stage": n}
     return json.dumps({"diagnoses": [diagnosis], "note": note})
@@ -122,8 +134,10 @@ def _wait_all(url: str, job_ids: list[str], timeout: float = 150.0) -> list[dict
 def _first_job_then_a_cache_hit(
     dep: Deployment, worker: WorkerProcess, small: list[WrittenCase], folder: Path
 ) -> None:
+    t0 = time.monotonic()
     first = _submit(dep.url, small[0], _clinical("1", "2"))
     status = wait_finished(dep.url, first)
+    print(f"\none phantom job through Celery: submit to succeeded {time.monotonic() - t0:.2f} s")
     assert status["status"] == "succeeded" and status["attempts"] == 1, status
     rs = httpx.get(f"{dep.url}/jobs/{first}/rtstruct", headers=AUTH, timeout=30)
     (folder / "rs.dcm").write_bytes(rs.content)
@@ -235,9 +249,10 @@ def test_queued_jobs_survive_a_redis_restart(
     dep.redis.restart()
     assert dep.client.llen("contour") == 3, "appendonly + fsync always kept the queue"
     assert all(_job(dep.url, j)["status"] == "queued" for j in ids), "records kept"
-    with running_worker(dep.env, dep.logs, dep.client):
+    with running_worker(dep.env, dep.logs, dep.client, "--concurrency", "2"):
         results = _wait_all(dep.url, ids)
     assert [r["status"] for r in results] == ["succeeded"] * 3
+    assert all(r["attempts"] == 1 for r in results), "two pool processes, each job ran once"
 
 
 def _wait_running(dep: Deployment, job_id: str, timeout: float = 60.0) -> float:
@@ -251,10 +266,9 @@ def _wait_running(dep: Deployment, job_id: str, timeout: float = 60.0) -> float:
 
 
 def test_kill_9_of_a_worker_mid_job_then_a_restarted_worker_finishes_it(
-    deployment: Deployment, small: list[WrittenCase], tmp_path_factory: pytest.TempPathFactory
+    deployment: Deployment, small: list[WrittenCase], big: WrittenCase
 ) -> None:
     dep = deployment
-    big = write_cohort(tmp_path_factory.mktemp("big") / "A", 1, "A", 5, scale=0.5)[0]
     env = {**dep.env, "LLMCTV_OVERLAP": "0.9"}
     record = ClinicalRecord.model_validate_json(_clinical("0", "2"))
     worker = WorkerProcess(env, dep.logs)
@@ -280,4 +294,77 @@ def test_kill_9_of_a_worker_mid_job_then_a_restarted_worker_finishes_it(
     print(
         f"\nkill -9 mid-job (progress {progress:.2f}): finished {recovered_s:.1f} s after "
         f"(the job itself takes {sum(final[0]['timings'].values()):.1f} s)"
+    )
+
+
+def _ready(url: str) -> dict[str, Any]:
+    answer = httpx.get(f"{url}/health/ready", timeout=30)
+    body: dict[str, Any] = answer.json()
+    body["http_status"] = answer.status_code
+    return body
+
+
+def _wait_ready_state(url: str, stalled: bool, timeout: float = 60.0) -> dict[str, Any]:
+    """Wait until the readiness check ``jobs`` fails (``stalled``) or passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = _ready(url)
+        jobs = [c for c in body.get("checks", []) if c["name"] == "jobs"]
+        if jobs and jobs[0]["ok"] is not stalled:
+            return body
+        time.sleep(0.2)
+    raise TimeoutError(f"readiness never showed stalled={stalled}: {body}")
+
+
+def _stalled_gauge(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=30).text
+    found = [line for line in text.splitlines() if line.startswith("llmctv_jobs_stalled ")]
+    return float(found[0].split()[1])
+
+
+def test_a_stuck_worker_is_reported_and_its_job_finished_by_another(
+    deployment: Deployment, big: WrittenCase
+) -> None:
+    """A pool process frozen mid-job (SIGSTOP: alive, holding its job, no progress).
+
+    Time limits above the test's length, so that Celery's hard limit does not end the frozen
+    process before it is woken up.
+    """
+    dep = deployment
+    limits = {"SOFT_TIME_LIMIT": "60", "HARD_TIME_LIMIT": "70"}
+    env = {
+        **dep.env,
+        "LLMCTV_OVERLAP": "0.9",
+        "LLMCTV_VISIBILITY_TIMEOUT": "80",
+        **{f"LLMCTV_TASK_{k}": v for k, v in limits.items()},
+    }
+    stuck = WorkerProcess(env, dep.logs)
+    stuck.start()
+    try:
+        pid = int(stuck.wait_ready(dep.client)["pid"])
+        job_id = _submit(dep.url, big, _clinical("0", "2"))
+        _wait_running(dep, job_id)
+        os.kill(pid, signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        not_ready = _wait_ready_state(dep.url, stalled=True)
+        seen_s = time.monotonic() - frozen_at
+        gauge = _stalled_gauge(dep.url)
+        with running_worker(env, dep.logs, dep.client):
+            finished = wait_finished(dep.url, job_id, timeout=120)
+            recovered_s = time.monotonic() - frozen_at
+            os.kill(pid, signal.SIGCONT)  # the stuck process wakes up and finds its claim gone
+            time.sleep(3)
+            final = _job(dep.url, job_id)
+            ready_again = _wait_ready_state(dep.url, stalled=False)
+    finally:
+        stuck.kill()
+    assert not_ready["http_status"] == 503 and "jobs" in not_ready["failing"], not_ready
+    assert gauge == 1.0
+    assert finished["status"] == "succeeded" and finished["attempts"] == 2, finished
+    assert final == finished, "the woken worker wrote nothing over the finished job"
+    assert "lost its claim" in stuck.log.read_text()
+    assert ready_again["http_status"] == 200
+    print(
+        f"\nstuck worker (SIGSTOP mid-job): readiness 503 after {seen_s:.1f} s, "
+        f"job finished by another worker {recovered_s:.1f} s after the freeze"
     )

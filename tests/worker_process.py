@@ -26,16 +26,21 @@ def worker_env(redis_url: str, storage: Path, **settings: object) -> dict[str, s
     """Environment of a worker: ``LLMCTV_*`` settings for one test deployment.
 
     The converted text encoder is reused from the real cache folder (converting it takes ~20 s).
+    Threads are left at their defaults, as a user runs the worker (a thread limit of 1 hid
+    the fork deadlock of issue 20: torch then never starts its OpenMP pool).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCTV_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LLMCTV_") and k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     env.update(
         PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
         LLMCTV_REDIS_URL=redis_url,
         LLMCTV_STORAGE_DIR=str(storage),
         LLMCTV_CACHE_DIR=str(get_settings().cache_dir),
-        LLMCTV_TORCH_THREADS="1",
         LLMCTV_DEVICE="cpu",
+        LLMCTV_JOB_STALL_TIMEOUT="8",
         LLMCTV_VISIBILITY_TIMEOUT="20",
         LLMCTV_TASK_SOFT_TIME_LIMIT="16",
         LLMCTV_TASK_HARD_TIME_LIMIT="18",

@@ -9,7 +9,9 @@ on Celery 5.7 / kombu 5.7 / Redis 7 (``shared/notes/celery-redis-redelivery.md``
   once it is older than ``visibility_timeout``; workers look for such messages every
   ``unacked_restore_interval`` seconds (throttle 1) instead of kombu's 100 s;
 * ``visibility_timeout`` must be longer than the longest job (the hard time limit), or a
-  running job is delivered a second time: :func:`check_limits` refuses such settings.
+  running job is delivered a second time: :func:`check_limits` refuses such settings;
+* a claimed job holds a lease of ``job_stall_timeout`` seconds, renewed while it makes
+  progress, and shorter than the visibility timeout: a re-delivered job finds it expired.
 
 Tasks are idempotent: :func:`workers.pipeline.run_job` leaves a finished job alone. The job
 record in Redis (:mod:`workers.redis_store`) is the state of record, so task results are not
@@ -44,6 +46,12 @@ def check_limits(settings: WorkerSettings) -> None:
         raise ConfigurationError(
             "need 0 < task_soft_time_limit < task_hard_time_limit < visibility_timeout, got "
             f"{soft:g} s, {hard:g} s, {settings.visibility_timeout:g} s"
+        )
+    if not 0 < settings.job_stall_timeout < settings.visibility_timeout:
+        raise ConfigurationError(
+            "need 0 < job_stall_timeout < visibility_timeout (a re-delivered job must find its "
+            f"lease expired), got {settings.job_stall_timeout:g} s, "
+            f"{settings.visibility_timeout:g} s"
         )
     if settings.unacked_restore_interval <= 0:
         raise ConfigurationError("unacked_restore_interval must be positive")

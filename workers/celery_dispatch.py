@@ -1,9 +1,11 @@
 """The gateway's side of Celery: job records in Redis, jobs sent to the worker queue.
 
 :func:`celery_backend` is what :func:`service.app.build_backend` uses when ``redis_url`` is set.
-``GET /health`` must answer fast even when Redis is slow or down, so
-:meth:`CeleryDispatcher.describe` returns facts gathered by a background thread every
-:data:`REFRESH_S` seconds (queue lengths, live workers) and never touches the network.
+Every refresh also sweeps the running jobs for expired leases
+(:class:`~workers.lease_watchdog.LeaseWatchdog`). ``GET /health`` must answer fast even when
+Redis is slow or down, so :meth:`CeleryDispatcher.describe` returns facts gathered by a
+background thread every :data:`REFRESH_S` seconds (queue lengths, live workers, stalled jobs)
+and never touches the network.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from workers import facts
 from workers.celery_app import create_celery_app
 from workers.errors import ServiceUnavailableError
 from workers.jobs import JobFiles, utcnow
+from workers.lease_watchdog import LeaseWatchdog
+from workers.metrics import RedisMetrics
 from workers.redis_store import RedisJobStore, connect
 from workers.settings import WorkerSettings
 from workers.tasks import send_to_queue
@@ -41,6 +45,8 @@ class CeleryDispatcher:
         Redis client for queue lengths and worker facts.
     refresh_s
         Seconds between background refreshes of the facts.
+    watchdog
+        The lease watchdog swept at every refresh (stalled jobs are handed on and reported).
     """
 
     def __init__(
@@ -49,11 +55,13 @@ class CeleryDispatcher:
         app: Celery,
         client: redis.Redis,
         refresh_s: float = REFRESH_S,
+        watchdog: LeaseWatchdog | None = None,
     ) -> None:
         self.settings = settings
         self.app = app
         self.client = client
         self.refresh_s = refresh_s
+        self.watchdog = watchdog
         self._facts: dict[str, object] = {"mode": "celery", "broker": "unknown"}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,13 +106,18 @@ class CeleryDispatcher:
                 pipe.llen(name)
             lengths = pipe.execute()
         workers: list[dict[str, Any]] = facts.read_all(self.client)
+        now = utcnow()
+        stalls = self.watchdog.sweep(now) if self.watchdog is not None else []
         return {
             "mode": "celery",
             "broker": "ok",
             "queued": {name: int(n) for name, n in zip(queues, lengths, strict=True)},
             "workers": workers,
             "workers_with_text_encoder": sum(1 for w in workers if w.get("text_encoder")),
-            "checked_at": utcnow().isoformat(timespec="seconds"),
+            "stalled_jobs": len(stalls),
+            "longest_stall_s": round(max((s.stalled_s for s in stalls), default=0.0), 1),
+            "job_stall_timeout_s": self.settings.job_stall_timeout,
+            "checked_at": now.isoformat(timespec="seconds"),
         }
 
     def _refresh_once(self) -> None:
@@ -133,4 +146,10 @@ def celery_backend(
     client = connect(settings.redis_url or "")
     app = create_celery_app(settings)
     log.info("jobs go to Celery queue %r under %s", settings.worker_queue, files.root)
-    return RedisJobStore(client), CeleryDispatcher(settings, app, client)
+    store = RedisJobStore(client)
+    watchdog = LeaseWatchdog(
+        store,
+        lambda job_id: send_to_queue(app, job_id, settings.worker_queue),
+        RedisMetrics(client),
+    )
+    return store, CeleryDispatcher(settings, app, client, watchdog=watchdog)

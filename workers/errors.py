@@ -43,6 +43,13 @@ class JobInterruptedError(LlmctvError):
     code = "job_interrupted"
 
 
+class JobSupersededError(LlmctvError):
+    """This worker lost its claim on the job: its lease expired (no progress) and the job was
+    claimed again, or it was ended meanwhile. The worker stops and writes nothing more."""
+
+    code = "job_superseded"
+
+
 class JobAttemptsExhaustedError(LlmctvError):
     """A job was started ``job_max_attempts`` times without finishing (crash, restart, kill):
     it is failed instead of being delivered again (a dead letter)."""

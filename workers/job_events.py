@@ -114,9 +114,9 @@ class ObservedJobStore:
             self._finished(job)
         return job
 
-    def claim(self, job_id: str, lease_s: float) -> Job | None:
-        """Start the job; audit the start."""
-        job = self.inner.claim(job_id, lease_s)
+    def claim(self, job_id: str, lease_s: float, holder: str = "") -> Job | None:
+        """Start the job as this store's worker (``holder`` by default); audit the start."""
+        job = self.inner.claim(job_id, lease_s, holder or self.worker)
         if job is not None:
             self.audit.record(
                 AuditKind.JOB_STARTED, self.worker, job_id=job_id, attempt=job.attempts

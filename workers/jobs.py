@@ -86,6 +86,7 @@ class Job(BaseModel):
     rtstruct_sop_instance_uid: str | None = None
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
     lease_until: datetime | None = None
+    claimed_by: str | None = None  # the worker (``worker:<node>``) of the latest claim
     review: Review = Field(default_factory=Review)
     counterfactual_of: str | None = None
     superseded_by: str | None = None  # a later job of the same order (more instances)
@@ -104,14 +105,15 @@ def claimable(job: Job, now: datetime) -> bool:
     return True
 
 
-def claimed(job: Job, now: datetime, lease_s: float) -> Job:
-    """``job`` as started by a worker now, holding it for ``lease_s`` seconds."""
+def claimed(job: Job, now: datetime, lease_s: float, holder: str = "") -> Job:
+    """``job`` as started by worker ``holder`` now, holding it for ``lease_s`` seconds."""
     return job.model_copy(
         update={
             "status": JobStatus.RUNNING,
             "started_at": now,
             "attempts": job.attempts + 1,
             "lease_until": now + timedelta(seconds=lease_s),
+            "claimed_by": holder or None,
         }
     )
 
@@ -128,8 +130,9 @@ class JobStore(Protocol):
     def update(self, job_id: str, **changes: Any) -> Job:
         """Change fields of a record atomically and return the new record."""
 
-    def claim(self, job_id: str, lease_s: float) -> Job | None:
-        """Atomically start the job (see :func:`claimable`); ``None`` when it is not ours."""
+    def claim(self, job_id: str, lease_s: float, holder: str = "") -> Job | None:
+        """Atomically start the job (see :func:`claimable`) for worker ``holder``; ``None``
+        when it is not ours."""
 
     def delete(self, job_id: str) -> None:
         """Forget a record (no error when it is already gone)."""
@@ -197,11 +200,12 @@ class FileJobStore:
         """Change fields of a record atomically and return the new record."""
         return self._records.update(job_id, **changes)
 
-    def claim(self, job_id: str, lease_s: float) -> Job | None:
+    def claim(self, job_id: str, lease_s: float, holder: str = "") -> Job | None:
         """Atomically start the job (see :func:`claimable`); ``None`` when it is not ours."""
         now = utcnow()
         return self._records.replace_if(
-            job_id, lambda job: claimed(job, now, lease_s) if claimable(job, now) else None
+            job_id,
+            lambda job: claimed(job, now, lease_s, holder) if claimable(job, now) else None,
         )
 
     def delete(self, job_id: str) -> None:

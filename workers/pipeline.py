@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from workers.errors import (
     JobAttemptsExhaustedError,
     JobCancelledError,
     JobInterruptedError,
+    JobSupersededError,
     JobTimeoutError,
     storage_error,
 )
@@ -60,10 +62,15 @@ def ingest_policy(settings: WorkerSettings) -> IngestPolicy:
 
 
 class JobControl:
-    """Cooperative stops of one running job: cancellation, its time limit, a shutdown.
+    """Cooperative stops of one running job, and the renewal of its lease.
 
     :meth:`check` runs at every sliding-window progress step and at every stage boundary, and
-    raises :class:`JobCancelledError`, :class:`JobTimeoutError` or :class:`JobInterruptedError`.
+    raises :class:`JobCancelledError`, :class:`JobTimeoutError`, :class:`JobInterruptedError`
+    or :class:`JobSupersededError`. A job that makes progress keeps its lease
+    (``lease_s``, the setting ``job_stall_timeout``) renewed; a job stuck anywhere stops
+    renewing it, and once it has expired the lease watchdog (:mod:`workers.lease_watchdog`)
+    has the job claimed again. This worker, should it wake up, sees that its claim
+    (``attempt``) is no longer the job's and stops without writing anything.
     """
 
     def __init__(
@@ -72,25 +79,51 @@ class JobControl:
         job_id: str,
         time_limit_s: float,
         should_stop: Callable[[], bool] | None = None,
+        *,
+        attempt: int | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.deadline = time.monotonic() + time_limit_s
         self.time_limit_s = time_limit_s
         self.should_stop = should_stop
+        self.attempt = attempt
+        self.lease_s = lease_s
         self._polled = 0.0
+        self._renewed = time.monotonic()
 
-    def check(self) -> None:
-        """Raise if the job must stop now."""
+    def check(self, *, force: bool = False) -> None:
+        """Raise if the job must stop now; renew the lease when it is due.
+
+        ``force`` reads the record now (before the final write), not at most every
+        :data:`CANCEL_POLL_S`.
+        """
         now = time.monotonic()
         if self.should_stop is not None and self.should_stop():
             raise JobInterruptedError("the worker is shutting down; the job is queued again")
         if now > self.deadline:
             raise JobTimeoutError(f"the job ran past its time limit of {self.time_limit_s:g} s")
-        if now - self._polled >= CANCEL_POLL_S:
+        if force or now - self._polled >= CANCEL_POLL_S:
             self._polled = now
-            if self.store.get(self.job_id).status is JobStatus.CANCELLED:
+            job = self.store.get(self.job_id)
+            if job.status is JobStatus.CANCELLED:
                 raise JobCancelledError("the job was cancelled")
+            if self.attempt is not None and (
+                job.status is not JobStatus.RUNNING or job.attempts != self.attempt
+            ):
+                raise JobSupersededError(
+                    f"attempt {self.attempt} lost its claim (the job is now {job.status.value}, "
+                    f"attempt {job.attempts})"
+                )
+            self._renew(now)
+
+    def _renew(self, now: float) -> None:
+        """Extend the lease by ``lease_s`` at most every quarter lease."""
+        if self.lease_s is None or now - self._renewed < self.lease_s / 4:
+            return
+        self._renewed = now
+        self.store.update(self.job_id, lease_until=utcnow() + timedelta(seconds=self.lease_s))
 
 
 def _progress_writer(
@@ -184,7 +217,7 @@ def run_job(
     ``should_stop`` returning true (a graceful shutdown) stops it there too and queues it
     again, and that does not count as an attempt.
     """
-    job = store.claim(job_id, lease_s=settings.task_hard_time_limit)
+    job = store.claim(job_id, lease_s=settings.job_stall_timeout)
     if job is None:
         log.info("job %s is finished or held by another worker; nothing to do", job_id)
         return
@@ -197,7 +230,14 @@ def run_job(
             ),
         )
         return
-    control = JobControl(store, job_id, settings.task_soft_time_limit, should_stop)
+    control = JobControl(
+        store,
+        job_id,
+        settings.task_soft_time_limit,
+        should_stop,
+        attempt=job.attempts,
+        lease_s=settings.job_stall_timeout,
+    )
     try:
         _execute(
             job_id, job.clinical, job.series_instance_uid, store, files, engine, settings, control
@@ -208,6 +248,8 @@ def run_job(
     except JobCancelledError:
         store.update(job_id, lease_until=None, finished_at=utcnow())
         log.info("job %s stopped: cancelled", job_id)
+    except JobSupersededError as exc:  # another claim owns the record now: write nothing
+        log.warning("job %s: this worker stops: %s", job_id, exc.detail)
     except JobInterruptedError:  # handed back at a shutdown, not an attempt
         store.update(
             job_id,
@@ -268,9 +310,11 @@ def _execute(
     volumes = volumes_cc(rois, voxel_cc)
     if nodal_cc is not None:
         volumes["nodal (N+ minus N0)"] = round(nodal_cc, 2)
+    control.check(force=True)
     store.update(
         job_id,
         status=JobStatus.SUCCEEDED,
+        lease_until=None,
         progress=1.0,
         finished_at=utcnow(),
         warnings=store.get(job_id).warnings + warnings,

@@ -1,15 +1,22 @@
 """Start-up checks of the model: fail at start, with the stable code and the fix, not per job.
 
-``llmctv serve`` (embedded) loads its engine here before it binds a port; ``llmctv worker``
-loads the checkpoint and text encoder once on the CPU in the main process before the pool
-starts (the pool processes then load onto their device), and a cache-only worker checks that
-Redis answers and the embedding cache holds entries. A missing Python package (an
-``ImportError`` deep in a loader) becomes ``model_not_found`` naming the package.
+``llmctv serve`` (embedded) loads its engine here before it binds a port (it never forks
+afterwards). ``llmctv worker`` checks the checkpoint and text encoder in a **spawned** child
+process (:func:`check_worker_model`) and only then starts its prefork pool, whose processes load
+the model after the fork. The Celery main process itself never runs torch or a tokenizer: a
+process that has used torch's OpenMP thread pool, or a tokenizer's threads, and then forks
+leaves its children waiting on a lock no thread will release (issue 20: the pool process hung
+at 0 % CPU on a futex forever). A cache-only worker also checks that Redis answers and the
+embedding cache holds entries. A missing Python package (an ``ImportError`` deep in a loader)
+becomes ``model_not_found`` naming the package.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from model.errors import LlmctvError, ModelNotFoundError
@@ -63,7 +70,35 @@ def load_engine(settings: WorkerSettings) -> ContourEngine:
 
 
 def check_worker_model(settings: WorkerSettings) -> None:
-    """What a Celery worker needs, checked in its main process (CPU only, then freed).
+    """What a Celery worker needs, checked in a spawned child process (CPU only, then freed).
+
+    The calling process loads nothing: it stays safe to fork its prefork pool afterwards.
+    The child is started with ``spawn`` (a fresh interpreter, not a fork), so the check works
+    whatever the caller did before.
+
+    Raises
+    ------
+    LlmctvError
+        The model cannot be loaded, or (cache-only worker) Redis does not answer; raised in
+        the child and re-raised here with its code and detail.
+    ModelNotFoundError
+        The child died without an answer (killed, out of memory).
+    """
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as child:
+        try:
+            child.submit(load_and_check, settings).result()
+        except BrokenProcessPool as exc:
+            raise ModelNotFoundError(
+                "the model check process died while loading the model (out of memory?)"
+            ) from exc
+
+
+def load_and_check(settings: WorkerSettings) -> None:
+    """The check itself, in this process: load the checkpoint on the CPU, then free it.
+
+    Runs in the child of :func:`check_worker_model`; never call it in a process that forks
+    afterwards.
 
     Raises
     ------

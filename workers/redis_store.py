@@ -4,6 +4,7 @@ Layout (all keys start with ``llmctv:``)::
 
     llmctv:job:<job_id>   the record, JSON (:class:`~workers.jobs.Job`)
     llmctv:jobs           sorted set of job ids, scored by creation time (the index)
+    llmctv:running        set of the ids of running jobs (the lease watchdog reads it)
 
 Updates are atomic read-modify-write transactions (``WATCH``/``MULTI``/``EXEC``, retried
 when another writer got in between), so a progress update from a worker never undoes a
@@ -21,7 +22,7 @@ import redis
 from redis.client import Pipeline
 
 from workers.errors import JobNotFoundError
-from workers.jobs import Job, claimable, claimed, utcnow
+from workers.jobs import Job, JobStatus, claimable, claimed, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class RedisJobStore:
         self.client = client
         self.prefix = prefix
         self.index = f"{prefix}jobs"
+        self.running = f"{prefix}running"
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}job:{_valid_id(job_id)}"
@@ -91,11 +93,18 @@ class RedisJobStore:
             updated.append(Job.model_validate(job.model_dump()))
             pipe.multi()
             pipe.set(key, updated[-1].model_dump_json())
+            self._index_running(pipe, updated[-1])
 
         self.client.transaction(apply, key)
         return updated[-1]
 
-    def claim(self, job_id: str, lease_s: float) -> Job | None:
+    def _index_running(self, pipe: Pipeline, job: Job) -> None:
+        if job.status is JobStatus.RUNNING:
+            pipe.sadd(self.running, job.job_id)
+        else:
+            pipe.srem(self.running, job.job_id)
+
+    def claim(self, job_id: str, lease_s: float, holder: str = "") -> Job | None:
         """Atomically start the job (see :func:`~workers.jobs.claimable`); ``None`` if not ours."""
         key = self._key(job_id)
         result: list[Job | None] = []
@@ -110,9 +119,11 @@ class RedisJobStore:
             if not claimable(job, now):
                 result.append(None)
                 return
-            result.append(claimed(job, now, lease_s))
+            started = claimed(job, now, lease_s, holder)
+            result.append(started)
             pipe.multi()
-            pipe.set(key, result[-1].model_dump_json())  # type: ignore[union-attr]
+            pipe.set(key, started.model_dump_json())
+            self._index_running(pipe, started)
 
         self.client.transaction(apply, key)
         return result[-1]
@@ -122,9 +133,22 @@ class RedisJobStore:
         with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(job_id))
             pipe.zrem(self.index, job_id)
+            pipe.srem(self.running, job_id)
             pipe.execute()
 
     def job_ids(self) -> list[str]:
         """Every indexed job id, oldest first."""
         raw = self.client.zrange(self.index, 0, -1)
         return [item.decode() if isinstance(item, bytes) else str(item) for item in raw]
+
+    def running_jobs(self) -> list[Job]:
+        """The records of the jobs that are running now (ids gone from the store skipped)."""
+        ids = sorted(
+            item.decode() if isinstance(item, bytes) else str(item)
+            for item in self.client.smembers(self.running)
+        )
+        if not ids:
+            return []
+        raws = self.client.mget([self._key(i) for i in ids])
+        jobs = [Job.model_validate_json(raw) for raw in raws if raw is not None]
+        return [job for job in jobs if job.status is JobStatus.RUNNING]

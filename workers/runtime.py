@@ -58,7 +58,8 @@ def default_node(text_encoder: bool) -> str:
 def observed_store(settings: WorkerSettings, client: redis.Redis, node: str) -> ObservedJobStore:
     """Job records in Redis; starts and ends audited and counted (``llmctv:metrics``)."""
     audit = AuditLog.from_settings(settings)
-    return ObservedJobStore(RedisJobStore(client), audit, RedisMetrics(client), f"worker:{node}")
+    actor = f"worker:{node}"  # also the holder of its claims (see holder())
+    return ObservedJobStore(RedisJobStore(client), audit, RedisMetrics(client), actor)
 
 
 def build_engine(settings: WorkerSettings, cache: RedisContextCache) -> ContourEngine:
@@ -183,13 +184,21 @@ class WorkerRuntime:
         return self.store.get(job_id).status.value
 
 
-def fail_unfinished(store: JobStore, job_id: str, exc: BaseException) -> None:
-    """Record a task failure outside :func:`run_job` (a hard time limit) as the job's error."""
+def fail_unfinished(
+    store: JobStore, job_id: str, exc: BaseException, holder: str | None = None
+) -> None:
+    """Record a task failure outside :func:`run_job` (a hard time limit) as the job's error.
+
+    Only a running job is failed, and only when ``holder`` (this worker) holds its latest
+    claim: a job the lease watchdog handed to another worker is left to that worker.
+    """
     error: BaseException = exc
     if isinstance(exc, TimeLimitExceeded):
         error = JobTimeoutError("the job ran past the hard time limit")
-    try:
-        if not store.get(job_id).status.finished:
+    try:  # a queued job was handed on (lease watchdog): its next claim decides
+        job = store.get(job_id)
+        ours = holder is None or job.claimed_by in (None, holder)
+        if job.status is JobStatus.RUNNING and ours:
             fail_job(store, job_id, error)
     except (JobNotFoundError, redis.RedisError) as problem:
         log.warning("job %s: cannot record the task failure: %s", job_id, problem)
@@ -224,6 +233,11 @@ def current() -> WorkerRuntime:
     if runtime is None:  # pragma: no cover - on_process_init always sets it
         raise RuntimeError("worker runtime missing")
     return runtime
+
+
+def holder() -> str:
+    """How this worker's claims are recorded on a job (``worker:<node>``)."""
+    return f"worker:{options().node}"
 
 
 def parent_store() -> ObservedJobStore:

@@ -61,6 +61,9 @@ class WorkerSettings(ModelSettings, StorageSettings):
     worker_queue: str = "contour"
     text_queue: str = "text"
     worker_start_timeout: float = 600.0
+    # Seconds a running job may go without progress before its lease expires; the gateway's
+    # lease watchdog then reports it stalled and has it claimed again (workers.lease_watchdog).
+    job_stall_timeout: float = 300.0
 
     @field_validator("roi_names", mode="before")
     @classmethod

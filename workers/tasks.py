@@ -27,7 +27,7 @@ class ContourTask(Task):  # type: ignore[misc]
         """Record the failure on the job unless the job already finished."""
         job_id = args[0] if args else kwargs.get("job_id")
         if isinstance(job_id, str):
-            runtime.fail_unfinished(runtime.parent_store(), job_id, exc)
+            runtime.fail_unfinished(runtime.parent_store(), job_id, exc, runtime.holder())
 
 
 def send_to_queue(app: Celery, job_id: str, queue: str) -> None:
