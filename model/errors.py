@@ -107,6 +107,15 @@ class ObliqueSeriesError(DicomError):
     code = "oblique_series"
 
 
+class UnsupportedPatientPositionError(DicomError):
+    """A patient position the model cannot contour safely: decubitus (direction cosines with
+    rows or columns along the patient's anterior-posterior axis, or a decubitus
+    PatientPosition), or a position the setting ``ingest_refuse_untrained_positions`` refuses.
+    """
+
+    code = "unsupported_patient_position"
+
+
 class InconsistentGeometryError(DicomError):
     """Rows, columns or pixel spacing differ between slices."""
 

@@ -172,10 +172,13 @@ class Predictor:
         else:
             context = detached_context(ckpt)
         pre = ckpt.meta.get("preprocessing") or {}
+        # Always LPS-canonical: a checkpoint trained with "source" on head-first supine data
+        # (identity direction, where both grids agree) would otherwise see a feet-first or
+        # prone-stored series mirrored and contour the opposite side.
         preprocess = PreprocessConfig(
             target_spacing=tuple(pre.get("target_spacing", (3.0, 1.0, 1.0))),
             hu_window=tuple(pre.get("hu_window", (-1000.0, 1000.0))),
-            orientation=pre.get("orientation", "source"),
+            orientation="lps",
         )
         return cls(
             ckpt.network,

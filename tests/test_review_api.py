@@ -481,3 +481,39 @@ def test_the_worklist_filters_jobs_that_need_review(
     assert f'data-job="{decided}"' in everything
     assert f'data-job="{decided}"' not in pending
     assert f'data-job="{finished["job_id"]}"' in pending
+
+
+def _same_series_uid_as(case: WrittenCase, series_uid: str, out: Path) -> list[Path]:
+    """``case``'s CT (another patient) stored again under ``series_uid``."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for path in case.ct_files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.save_as(out / path.name, enforce_file_format=True)
+        paths.append(out / path.name)
+    return paths
+
+
+def test_two_patients_sharing_a_series_uid_each_see_their_own_ct(
+    review_gateway: tuple[str, Any], phantoms: list[WrittenCase], tmp_path: Path
+) -> None:
+    """On e766665 the CT cache was keyed by SeriesInstanceUID: B's page showed A's CT."""
+    url, _ = review_gateway
+    first, second = phantoms[0], phantoms[1]
+    job_a = _finished_job(url, first)
+    view_a = httpx.get(f"{url}/ui/jobs/{job_a['job_id']}/view.json", headers=SUBMITTER).json()
+    uid = str(pydicom.dcmread(first.ct_files[0]).SeriesInstanceUID)
+    files_b = _same_series_uid_as(second, uid, tmp_path / "b")
+    answer = submit(url, files_b, json.dumps(N1_LEFT), headers=SUBMITTER)
+    job_b = wait_finished(url, answer.json()["job_id"])
+    view_b = httpx.get(f"{url}/ui/jobs/{job_b['job_id']}/view.json", headers=SUBMITTER).json()
+    name_b = str(pydicom.dcmread(second.ct_files[0]).PatientName)
+    assert view_a["patient"]["PatientName"] != name_b
+    assert view_b["patient"]["PatientName"] == name_b, view_b["patient"]
+    k = view_b["start"]["axial"]
+    slices = [
+        httpx.get(f"{url}/ui/jobs/{j}/slices/axial/{k}.png", headers=SUBMITTER).content
+        for j in (job_a["job_id"], job_b["job_id"])
+    ]
+    assert slices[0] != slices[1], "B's slice is B's pixels"

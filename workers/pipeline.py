@@ -58,6 +58,7 @@ def ingest_policy(settings: WorkerSettings) -> IngestPolicy:
         max_extent_mm=settings.ingest_max_extent_mm,
         max_matrix=settings.ingest_max_matrix,
         max_windows=settings.ingest_max_windows,
+        refuse_untrained_positions=settings.ingest_refuse_untrained_positions,
     )
 
 
@@ -291,6 +292,7 @@ def _execute(
         return _progress_writer(store, job_id, start, share, control)
 
     result, contour_timings, warnings, nodal_cc = _contour(engine, ct, record, settings, progress)
+    warnings = [*ct.warnings, *warnings]
     mask = result.mask
     timings.update(contour_timings)
     control.check()

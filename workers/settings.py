@@ -47,6 +47,8 @@ class WorkerSettings(ModelSettings, StorageSettings):
     ingest_max_extent_mm: float = 1000.0
     ingest_max_matrix: int = 2048
     ingest_max_windows: int = 2000
+    # Refuse prone series (PatientPosition HFP/FFP: not trained on) instead of a warning.
+    ingest_refuse_untrained_positions: bool = False
     # Attempts (claims) of one job before it ends failed, like a dead letter.
     job_max_attempts: int = 3
     # Seconds the embedded worker may take to stop on shutdown (the job is re-queued).

@@ -42,6 +42,9 @@ class IngestPolicy:
     max_windows
         Largest number of sliding windows one network pass may take (checked by the worker,
         which knows the network's window and spacing).
+    refuse_untrained_positions
+        Refuse a series whose PatientPosition the model was not trained on (prone) with
+        ``unsupported_patient_position``, instead of a warning.
 
     The plausibility limits make a series with absurd geometry fail at inspection with
     ``implausible_geometry`` instead of tying up a worker for hours.
@@ -59,6 +62,7 @@ class IngestPolicy:
     max_extent_mm: float = 1000.0
     max_matrix: int = 2048
     max_windows: int = 2000
+    refuse_untrained_positions: bool = False
 
     def __post_init__(self) -> None:
         if self.min_slices < 2:

@@ -78,10 +78,13 @@ class CtSeries:
     datasets
         The headers of the slices in ``k`` order, without PixelData and without top-level
         values of over 64 KB (large private blobs): they never refer back to the input files.
+    warnings
+        Findings about the patient position (:mod:`model.dicom.patient_position`).
     """
 
     volume: Volume
     datasets: tuple[Dataset, ...]
+    warnings: tuple[str, ...] = ()
 
     @property
     def series_instance_uid(self) -> str:
@@ -134,8 +137,9 @@ def read_ct_series(
     UnreadableDicomError, UnsupportedTransferSyntaxError, DicomError
     """
     slices, _ = _accepted_slices(source, series_instance_uid, policy)
-    grid, order = build_grid(slices, policy)
-    ordered = [slices[n] for n in order]
+    geometry = build_grid(slices, policy)
+    grid = geometry.grid
+    ordered = [slices[n] for n in geometry.order]
     array = _decode_volume(ordered, grid.shape)
     for ds in ordered:
         _strip_bulk_data(ds)
@@ -146,7 +150,11 @@ def read_ct_series(
         grid.shape[1],
         grid.shape[2],
     )
-    return CtSeries(volume=Volume(array=array, grid=grid), datasets=tuple(ordered))
+    return CtSeries(
+        volume=Volume(array=array, grid=grid),
+        datasets=tuple(ordered),
+        warnings=geometry.position_warnings,
+    )
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,8 @@ class SeriesSummary:
         ``(slice, row, column)`` spacing in mm.
     skipped_files
         Input files skipped (not DICOM, or a DICOMDIR).
+    warnings
+        Findings about the patient position (:mod:`model.dicom.patient_position`).
     """
 
     series_instance_uid: str
@@ -170,6 +180,7 @@ class SeriesSummary:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     skipped_files: int
+    warnings: tuple[str, ...] = ()
 
 
 def inspect_ct_series(
@@ -184,13 +195,15 @@ def inspect_ct_series(
     data (a file truncated inside its pixel data passes here and fails at reading).
     """
     slices, skipped = _accepted_slices(source, series_instance_uid, policy)
-    grid, _ = build_grid(slices, policy)
+    geometry = build_grid(slices, policy)
+    grid = geometry.grid
     return SeriesSummary(
         series_instance_uid=str(slices[0].SeriesInstanceUID),
         study_instance_uid=str(slices[0].StudyInstanceUID),
         shape=grid.shape,
         spacing=tuple(float(v) for v in grid.spacing),  # type: ignore[arg-type]
         skipped_files=skipped,
+        warnings=geometry.position_warnings,
     )
 
 

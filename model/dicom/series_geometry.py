@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from model.dicom.ingest_policy import IngestPolicy
+from model.dicom.patient_position import position_findings
 from model.errors import (
     DicomError,
     ImplausibleGeometryError,
@@ -32,7 +34,26 @@ _REQUIRED = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", 
 _DUPLICATE_MM = 0.01
 
 
-def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, list[int]]:
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """The LPS grid of a series, its slice order, and findings about the patient position.
+
+    Attributes
+    ----------
+    grid
+        LPS mm, shape ``(k, j, i)``, origin = ImagePositionPatient of slice 0.
+    order
+        Indices into the slices in ``k`` order.
+    position_warnings
+        :func:`model.dicom.patient_position.position_findings` (job warnings).
+    """
+
+    grid: Grid
+    order: list[int]
+    position_warnings: tuple[str, ...] = ()
+
+
+def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> SeriesGeometry:
     """Check the geometry of single-frame CT slices and build their LPS grid.
 
     Parameters
@@ -44,9 +65,13 @@ def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, l
 
     Returns
     -------
-    grid, order
-        The grid (LPS mm, shape ``(k, j, i)``, origin = ImagePositionPatient of slice 0) and
-        the indices into ``slices`` in ``k`` order.
+    SeriesGeometry
+        The grid, the slice order and the patient-position warnings.
+
+    Raises
+    ------
+    UnsupportedPatientPositionError
+        Decubitus, or a position the policy refuses (:mod:`model.dicom.patient_position`).
     """
     for keyword in _REQUIRED:
         if any(keyword not in ds or ds[keyword].value is None for ds in slices):
@@ -57,6 +82,9 @@ def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, l
             tag_values(ds, "SliceThickness", 1)
     row, col, normal = _orientation(slices, policy.orientation_tolerance_deg)
     _check_gantry_tilt(slices, policy.orientation_tolerance_deg)
+    findings = position_findings(
+        slices, row, col, refuse_untrained=policy.refuse_untrained_positions
+    )
     rows, cols, spacing = _pixel_geometry(slices, policy.pixel_spacing_tolerance_mm)
     positions = np.array([tag_values(ds, "ImagePositionPatient", 3) for ds in slices])
     along = positions @ normal
@@ -76,7 +104,7 @@ def build_grid(slices: Sequence[Dataset], policy: IngestPolicy) -> tuple[Grid, l
             (float(r[0]), float(r[1]), float(r[2])) for r in np.column_stack([row, col, normal])
         ),
     )
-    return grid, order
+    return SeriesGeometry(grid, order, tuple(findings))
 
 
 def tag_values(ds: Dataset, keyword: str, count: int) -> list[float]:

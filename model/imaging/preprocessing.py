@@ -60,15 +60,17 @@ class PreprocessConfig:
     hu_window
         ``(low, high)`` HU; values are clipped to it and scaled to ``[0, 1]``.
     orientation
-        ``"source"``: the network grid keeps the CT's direction cosines (arrays keep the
-        scanner's axis order, e.g. FFS stays FFS). ``"lps"``: the network grid has identity
+        ``"lps"`` (default, and always at inference): the network grid has identity
         direction, so ``i``, ``j``, ``k`` grow toward patient left, posterior and head for
-        every patient position.
+        every patient position: the network sees every patient in one canonical orientation.
+        ``"source"``: the network grid keeps the CT's direction cosines (arrays keep the
+        scanner's axis order, e.g. FFS stays FFS, and the network sees it mirrored); kept for
+        reading checkpoints trained that way on head-first supine data, where both agree.
     """
 
     target_spacing: tuple[float, float, float] = (3.0, 1.0, 1.0)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
-    orientation: Orientation = "source"
+    orientation: Orientation = "lps"
 
     def __post_init__(self) -> None:
         _check_spacing(self.target_spacing)

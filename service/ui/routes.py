@@ -90,7 +90,7 @@ class ReviewStation:
             self._structures.clear()
 
     def ct_view(self, service: ServiceState, job: Job) -> CtView:
-        """The job's CT (cached per series: a counterfactual shares its original's)."""
+        """The job's CT (cached per job, see :meth:`_ct_loader`)."""
         return self.ct.get(*self._ct_loader(service, job))
 
     def prefetch(self, service: ServiceState, job: Job) -> None:
@@ -105,9 +105,16 @@ class ReviewStation:
         threading.Thread(target=load, name="llmctv-ui-prefetch", daemon=True).start()
 
     def _ct_loader(self, service: ServiceState, job: Job) -> tuple[str, Callable[[], CtView]]:
+        """The cache key and loader of the job's CT: keyed by the job's own stored input.
+
+        Never by SeriesInstanceUID: two patients' series can share one (a reused or forged
+        UID), and a superseded partial series shares it with the full one. Each job holds
+        the files it was accepted with, so the job id names exactly one patient's CT; a
+        counterfactual holds hard links to its original's files and shares its entry.
+        """
         folder = service.files.input_dir(job.job_id)
-        key = job.series_instance_uid or job.job_id
-        return key, lambda: load_ct_view(folder, job.series_instance_uid)
+        owner = job.counterfactual_of or job.job_id
+        return f"job:{owner}", lambda: load_ct_view(folder, job.series_instance_uid)
 
     def structures(self, service: ServiceState, job: Job) -> StructureView:
         """The ROIs of a succeeded job on its CT (re-read when the file is replaced)."""

@@ -12,8 +12,9 @@ In the coronal and sagittal planes the patient's head is at the top: the display
 positive), else ``k``. :mod:`service.ui.structures` uses the same rule, so contours and image
 always agree. Pixel ``(x, y)`` of a displayed image covers ``[x, x + 1) x [y, y + 1)``.
 
-Volumes are cached per series (least recently used first out), so the first slice of a job
-that was opened a moment ago costs one PNG encoding, and a neighbour slice a few ms.
+Volumes are cached per job, never per series UID alone (least recently used first out), so
+the first slice of a job that was opened a moment ago costs one PNG encoding, and a neighbour
+slice a few ms.
 """
 
 from __future__ import annotations
