@@ -25,6 +25,7 @@ from monai.inferers.utils import sliding_window_inference
 
 from model.errors import ConfigurationError
 from model.imaging.geometry import Volume
+from model.imaging.plausibility import PlausibilityReport, check_structures, find_landmarks
 from model.imaging.postprocessing import (
     CleaningPolicy,
     CleaningReport,
@@ -89,6 +90,9 @@ class Prediction:
         masks on the CT grid; a single-CTV network gives ``("ctv", side)`` entries.
     cleaning
         What postprocessing removed (cc outside the body, islands per structure).
+    plausibility
+        What the anatomical rules removed (:mod:`model.imaging.plausibility`), and whether
+        the CT showed the lungs they need.
     """
 
     mask: npt.NDArray[np.bool_]
@@ -97,6 +101,7 @@ class Prediction:
     windows: int = 0
     structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
     cleaning: CleaningReport | None = None
+    plausibility: PlausibilityReport | None = None
 
 
 class Predictor:
@@ -244,9 +249,18 @@ class Predictor:
             volume, on_ct >= 0.5, labels, names, self.cleaning, body=body, seeds=seeds, mid_x=mid_x
         )
         timings["postprocess"] = time.perf_counter() - t0
-        return Prediction(
-            cleaned.union, on_ct, timings, windows, cleaned.structures, cleaned.report
+        t0 = time.perf_counter()
+        marks = find_landmarks(volume, body, mid_x)
+        structures, plausibility = check_structures(
+            volume, cleaned.structures, marks, mid_x, self.cleaning.min_structure_cc
         )
+        union = cleaned.union
+        if plausibility.removed_cc:
+            union = np.zeros(volume.grid.shape, dtype=bool)
+            for mask in structures.values():
+                union |= mask
+        timings["plausibility"] = time.perf_counter() - t0
+        return Prediction(union, on_ct, timings, windows, structures, cleaned.report, plausibility)
 
     def predict_record(
         self, volume: Volume, record: ClinicalRecord, *, progress: ProgressFn | None = None
@@ -304,7 +318,11 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     probability = np.maximum.reduce([p.probability for p in predictions])
     timings = added([p.timings for p in predictions])
     windows = sum(p.windows for p in predictions)
-    return Prediction(mask, probability, timings, windows, structures, cleaning)
+    checks = [p.plausibility for p in predictions]
+    plausibility = None
+    if all(c is not None for c in checks):
+        plausibility = PlausibilityReport.of_sides([c for c in checks if c is not None], sides)
+    return Prediction(mask, probability, timings, windows, structures, cleaning, plausibility)
 
 
 @torch.no_grad()

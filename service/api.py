@@ -76,6 +76,11 @@ class JobView(BaseModel):
     warnings: list[str]
     error: JobError | None
     created_at: datetime
+    attention: list[str] = Field(
+        default_factory=list,
+        description="needs-attention findings: check these first; the RTSTRUCT is held from "
+        "automatic sending until a reviewer approves it (setting hold_needs_attention)",
+    )
     finished_at: datetime | None
     started_at: datetime | None = None
     series_instance_uid: str | None = None

@@ -334,9 +334,13 @@ class OrderDesk:
     def _review_allows(self, order: Order, job: Job) -> bool:
         """Whether ``job``'s RTSTRUCT may leave now (``require_review``: only once approved).
 
+        A job with needs-attention findings waits for an approval too (``hold_needs_attention``).
         A rejected job's send-back ends failed; it is never sent.
         """
-        if not self.settings.require_review or job.review.status is ReviewStatus.APPROVED:
+        needs_review = self.settings.require_review or (
+            self.settings.hold_needs_attention and bool(job.attention)
+        )
+        if not needs_review or job.review.status is ReviewStatus.APPROVED:
             return True
         if job.review.status is ReviewStatus.REJECTED:
             reason = "rejected in review; the RTSTRUCT is never sent"
@@ -351,11 +355,13 @@ class OrderDesk:
         Raises
         ------
         ReviewRequiredError
-            ``require_review`` is set and the order's job is not approved.
+            ``require_review`` is set (or the job needs attention and ``hold_needs_attention``
+            is set) and the order's job is not approved.
         """
-        if not self.settings.require_review:
-            return
         job = self.store.get(order.job_id) if order.job_id else None
+        held = self.settings.hold_needs_attention and job is not None and bool(job.attention)
+        if not self.settings.require_review and not held:
+            return
         if job is None or job.review.status is not ReviewStatus.APPROVED:
             state = job.review.status.value if job is not None else "not started"
             raise ReviewRequiredError(

@@ -40,6 +40,9 @@ class Settings(WorkerSettings, DicomSettings):
     api_docs: bool = False
     # Review station (service.ui): an order's RTSTRUCT leaves only after approval when true.
     require_review: bool = False
+    # A job with a needs-attention finding waits for a reviewer's approval before its RTSTRUCT
+    # is sent, even when require_review is false.
+    hold_needs_attention: bool = True
     ui_session_hours: float = 8.0
     ui_secure_cookie: bool = False
 

@@ -301,6 +301,38 @@ def test_without_require_review_nothing_waits(tmp_path: Path) -> None:
     assert desk._review_allows(order, desk.store.get("ab01"))
 
 
+def test_a_job_that_needs_attention_waits_for_approval_even_without_review(
+    tmp_path: Path,
+) -> None:
+    """A needs-attention finding holds the RTSTRUCT back from automatic sending (issue 22)."""
+    from service.orders import OrderStore
+    from workers.jobs import FileJobStore, JobFiles
+
+    settings = Settings(storage_dir=tmp_path, dicom_listener=False)
+    assert settings.require_review is False and settings.hold_needs_attention is True
+    files = JobFiles(tmp_path)
+    desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, _Idle())
+    finding = "the note requires a breast CTV on the left side, but none was found"
+    desk.store.create(
+        Job(job_id="ab02", status=JobStatus.SUCCEEDED, clinical=N1_LEFT, attention=[finding])
+    )
+    order = _order_for(desk, "ab02")
+    assert not desk._review_allows(order, desk.store.get("ab02"))
+    with pytest.raises(ReviewRequiredError):
+        desk.require_approval(order)
+    desk.store.update("ab02", review=Review(status=ReviewStatus.APPROVED, by="alice"))
+    assert desk._review_allows(order, desk.store.get("ab02"))
+    relaxed = OrderDesk(
+        Settings(storage_dir=tmp_path, dicom_listener=False, hold_needs_attention=False),
+        desk.orders,
+        desk.store,
+        files,
+        _Idle(),
+    )
+    desk.store.update("ab02", review=Review())
+    assert relaxed._review_allows(order, desk.store.get("ab02"))
+
+
 class _Idle:
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from model.errors import ModelNotFoundError, NoteTooLongError
 from model.imaging.geometry import Grid, Volume
+from model.imaging.plausibility import PlausibilityReport
 from model.imaging.postprocessing import added, structures_of_sides
 from model.text.clinical import ClinicalRecord
 from workers.settings import WorkerSettings
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]  # workers/ is one level below the repository
 DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
+IMPLAUSIBLE = "implausible"
 
 
 def checkpoint_folder(settings: WorkerSettings) -> Path:
@@ -47,6 +49,7 @@ class EngineResult:
     windows: int
     structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
     removed_cc: dict[str, float] = field(default_factory=dict)
+    plausibility: PlausibilityReport | None = None
 
 
 class ContourEngine:
@@ -158,7 +161,25 @@ def _result(pred: Prediction) -> EngineResult:
     if pred.cleaning is not None:
         removed = {"outside the body": pred.cleaning.outside_body_cc}
         removed.update(pred.cleaning.islands_cc)
-    return EngineResult(pred.mask, dict(pred.timings), pred.windows, dict(pred.structures), removed)
+    removed = with_implausible(removed, pred.plausibility)
+    return EngineResult(
+        pred.mask,
+        dict(pred.timings),
+        pred.windows,
+        dict(pred.structures),
+        removed,
+        pred.plausibility,
+    )
+
+
+def with_implausible(
+    removed: dict[str, float], plausibility: PlausibilityReport | None
+) -> dict[str, float]:
+    """``removed`` (cleaning) and the anatomical rules' removals, labelled ``implausible: ...``."""
+    if plausibility is None:
+        return removed
+    implausible = {f"{IMPLAUSIBLE}: {k}": v for k, v in plausibility.removed_cc.items()}
+    return {**removed, **implausible}
 
 
 def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult:
@@ -166,5 +187,17 @@ def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult
     structures, union = structures_of_sides([r.structures for r in results], sides)
     mask = np.zeros(results[0].mask.shape, dtype=bool) if union is None else union
     timings = added([r.timings for r in results])
-    removed = added([r.removed_cc for r in results])
-    return EngineResult(mask, timings, sum(r.windows for r in results), structures, removed)
+    checks = [r.plausibility for r in results]
+    plausibility = None
+    if all(c is not None for c in checks):
+        plausibility = PlausibilityReport.of_sides([c for c in checks if c is not None], sides)
+    removed = added(
+        [
+            {k: v for k, v in r.removed_cc.items() if not k.startswith("implausible")}
+            for r in results
+        ]
+    )
+    if plausibility is not None:
+        removed.update({f"implausible: {k}": v for k, v in plausibility.removed_cc.items()})
+    windows = sum(r.windows for r in results)
+    return EngineResult(mask, timings, windows, structures, removed, plausibility)

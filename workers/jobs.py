@@ -73,6 +73,8 @@ class Job(BaseModel):
     status: JobStatus = JobStatus.QUEUED
     progress: float = 0.0
     warnings: list[str] = Field(default_factory=list)
+    # Findings a reviewer must look at (held from automatic sending: hold_needs_attention).
+    attention: list[str] = Field(default_factory=list)
     error: JobError | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from workers.jobs import JobError, JobFiles, JobStatus, JobStore, utcnow
 from workers.preview import render_preview
 from workers.settings import WorkerSettings
 from workers.structure_set import (
+    attention_findings,
     naming_map,
     removal_warnings,
     roi_specs,
@@ -157,14 +159,25 @@ def writer_info(settings: WorkerSettings, checkpoint_hash: str) -> WriterInfo:
     )
 
 
+@dataclass
+class Contoured:
+    """One job's contouring: the engine's result and what the checks found."""
+
+    result: EngineResult
+    timings: dict[str, float]
+    warnings: list[str]
+    attention: list[str]
+    nodal_cc: float | None
+
+
 def _contour(
     engine: ContourEngine,
     ct: CtSeries,
     record: ClinicalRecord,
     settings: WorkerSettings,
     progress: Callable[[float, float], Callable[[float], None]],
-) -> tuple[EngineResult, dict[str, float], list[str], float | None]:
-    """CTV for the record, and its consistency warnings.
+) -> Contoured:
+    """CTV for the record, its consistency warnings and its needs-attention findings.
 
     A network with separate structures is checked on them directly (nodal CTV present for N+,
     absent for N0/N1mi; breast or chest wall as the surgery says). A single-CTV network needs
@@ -179,9 +192,13 @@ def _contour(
     t0 = time.perf_counter()
     warnings = laterality_warnings(record, result.mask, ct.volume.array, ct.volume.grid)
     voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
+    attention: list[str] = []
     if engine.has_structures:
         min_cc = settings.nodal_check_cc if settings.nodal_check_cc > 0 else 1.0
         warnings += structure_warnings(record, result.structures, voxel_cc, min_cc)
+        attention = attention_findings(
+            record, result.structures, result.plausibility, voxel_cc, min_cc
+        )
     warnings += removal_warnings(result.removed_cc, settings.removed_warning_cc)
     timings["consistency"] = time.perf_counter() - t0
     nodal_cc = None
@@ -193,7 +210,7 @@ def _contour(
         )
         warnings += found
         timings["nodal_check"] = time.perf_counter() - t0
-    return result, timings, warnings, nodal_cc
+    return Contoured(result, timings, warnings, attention, nodal_cc)
 
 
 def run_job(
@@ -291,10 +308,11 @@ def _execute(
     def progress(start: float, share: float) -> Callable[[float], None]:
         return _progress_writer(store, job_id, start, share, control)
 
-    result, contour_timings, warnings, nodal_cc = _contour(engine, ct, record, settings, progress)
-    warnings = [*ct.warnings, *warnings]
+    contoured = _contour(engine, ct, record, settings, progress)
+    result, nodal_cc = contoured.result, contoured.nodal_cc
+    warnings = [*ct.warnings, *contoured.warnings]
     mask = result.mask
-    timings.update(contour_timings)
+    timings.update(contoured.timings)
     control.check()
     t0 = time.perf_counter()
     rois = roi_specs(mask, result.structures, settings.roi_name, naming_map(settings.roi_names))
@@ -320,6 +338,7 @@ def _execute(
         progress=1.0,
         finished_at=utcnow(),
         warnings=store.get(job_id).warnings + warnings,
+        attention=contoured.attention,
         timings={k: round(v, 4) for k, v in timings.items()},
         checkpoint=engine.checkpoint_hash,
         rtstruct_sop_instance_uid=str(written.SOPInstanceUID),

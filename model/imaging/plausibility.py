@@ -1,0 +1,293 @@
+"""Anatomical plausibility of a structure set: no breast in the liver, no node in the humerus.
+
+Coordinates: structures are bool arrays ``(k, j, i)`` on the CT's
+:class:`~model.imaging.geometry.Grid`; every rule is stated in DICOM patient LPS (mm) through
+the grid's affine (``+x`` the patient's left, ``+z`` the head), so it holds for any storage.
+
+Landmarks the CT shows, found on a coarse in-plane grid (about 4 mm, as the body mask):
+
+* **lungs**: air (HU < -400) inside the body, in connected pieces of at least a quarter of the
+  largest (bowel and stomach gas are smaller); their per-side extent in z (slices where that
+  side's lung has at least 5 % of its largest area) and in x;
+* **bone**: voxels of a structure above 300 HU, in bright pieces of at least 0.05 cc (ribs,
+  clavicle, humeral head; a surgical clip of 2 mm is not bone);
+* **skin depth**: 3-D distance (mm) to the air outside the body, on a grid of about 8 mm.
+
+Rules (each removes the implausible voxels and reports them in cc, by reason):
+
+=================== ===========================================================================
+breast, chest wall  not inside the lungs' convex hull on its slice (heart,
+                    mediastinum, liver dome under the lung bases); not caudal to the lung
+                    bases nor cranial to the apices of its side; at most
+                    ``max_depth_mm`` below the skin (breast 100 mm, chest wall 50 mm)
+nodes               not caudal to the lung bases of their side (nothing in the abdomen)
+scf                 not lateral to the lung of its side (the humeral head is)
+imn                 within 60 mm of the body midline
+every structure     not inside bone; not inside a lung
+=================== ===========================================================================
+
+A CT without lungs (not a thoracic scan) cannot be checked: :attr:`PlausibilityReport.lungs_found`
+is false and the job says so (needs attention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from model.imaging.geometry import Grid, Volume
+
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+COARSE_MM = 4.0
+#: In-plane resolution (mm) of the skin-depth map (its limits are 50 and 100 mm).
+DEPTH_MM = 8.0
+LUNG_HU = -400.0
+BONE_HU = 300.0
+#: Bright pieces smaller than this (cc) are surgical clips, not bone.
+CLIP_CC = 0.05
+#: A lung piece is kept when at least this fraction of the largest air piece.
+LUNG_PIECE_FRACTION = 0.25
+#: A slice belongs to a side's lung extent when its lung area is at least this fraction of the max.
+LUNG_SLICE_FRACTION = 0.05
+MAX_DEPTH_MM = {"breast": 100.0, "chest_wall": 50.0}
+IMN_MAX_FROM_MIDLINE_MM = 60.0
+SUPERFICIAL = ("breast", "chest_wall")
+NODES = ("axilla", "scf", "imn", "ctv")  # a single CTV holds nodes too
+
+
+@dataclass
+class PlausibilityReport:
+    """What the rules removed, per (structure, side) and reason (cc); lungs found or not."""
+
+    removed: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    lungs_found: bool = True
+
+    def add(self, key: tuple[str, str], reason: str, voxels: int, voxel_cc: float) -> None:
+        """Record ``voxels`` removed from ``key`` for ``reason``."""
+        if voxels:
+            reasons = self.removed.setdefault(key, {})
+            reasons[reason] = round(reasons.get(reason, 0.0) + voxels * voxel_cc, 2)
+
+    @property
+    def removed_cc(self) -> dict[str, float]:
+        """cc per ``"<structure> <side>: <reason>"`` (for warnings and the job's record)."""
+        return {
+            f"{name} {side}: {reason}": cc
+            for (name, side), reasons in sorted(self.removed.items())
+            for reason, cc in reasons.items()
+        }
+
+    def removed_of(self, key: tuple[str, str]) -> float:
+        """cc removed from one (structure, side)."""
+        return round(sum(self.removed.get(key, {}).values()), 2)
+
+    @classmethod
+    def of_sides(
+        cls, reports: list[PlausibilityReport], sides: tuple[str, ...]
+    ) -> PlausibilityReport:
+        """Per-side passes: pass ``n`` contributes what it removed from side ``sides[n]``."""
+        merged = cls(lungs_found=all(r.lungs_found for r in reports))
+        for report, side in zip(reports, sides, strict=True):
+            merged.removed.update({k: dict(v) for k, v in report.removed.items() if k[1] == side})
+        return merged
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """Coarse landmarks of one CT (arrays on ``[:, ::step, ::step]`` of the CT grid)."""
+
+    step: int
+    lung: BoolArray
+    depth_k_step: int  # the depth map is on [::depth_k_step, ::depth_step, ::depth_step]
+    depth_step: int
+    depth_mm: npt.NDArray[np.float32]
+    slice_z: npt.NDArray[np.float64]  # LPS z (mm) of each slice k
+    z_range: dict[str, tuple[float, float]]  # side -> (lowest, highest) lung slice z
+    lung_x: dict[str, float]  # side -> the lung's largest |x - midline| (mm)
+
+    @property
+    def found(self) -> bool:
+        """Whether the CT shows lungs (a thoracic scan)."""
+        return bool(self.z_range)
+
+
+def find_landmarks(volume: Volume, body: BoolArray, mid_x: float) -> Landmarks:
+    """Lungs and skin depth of ``volume`` (HU on its LPS grid), coarse in-plane."""
+    grid = volume.grid
+    pixel = float(min(grid.spacing[1:]))
+    step = max(1, int(COARSE_MM // pixel))
+    hu = volume.array[:, ::step, ::step]
+    inside = body[:, ::step, ::step]
+    lung = _lungs(inside & (hu < LUNG_HU))
+    depth_step = max(step, int(DEPTH_MM // pixel))
+    k_step = max(1, int(DEPTH_MM // grid.spacing[0]))
+    shallow = body[::k_step, ::depth_step, ::depth_step]
+    depth_spacing = (
+        grid.spacing[0] * k_step,
+        grid.spacing[1] * depth_step,
+        grid.spacing[2] * depth_step,
+    )
+    depth = ndimage.distance_transform_edt(shallow, sampling=depth_spacing).astype(np.float32)
+    slice_index = np.zeros((grid.shape[0], 3), dtype=np.float64)
+    slice_index[:, 0] = np.arange(grid.shape[0])
+    slice_z = grid.index_to_lps(slice_index)[:, 2]
+    x = _column_x(grid, step, hu.shape)
+    z_range: dict[str, tuple[float, float]] = {}
+    lung_x: dict[str, float] = {}
+    for side, on_side in (("L", x > mid_x), ("R", x <= mid_x)):
+        side_lung = lung & on_side[None, :, :]
+        area = side_lung.sum(axis=(1, 2))
+        if area.max() == 0:
+            continue
+        ks = np.flatnonzero(area >= LUNG_SLICE_FRACTION * area.max())
+        z_range[side] = (float(slice_z[ks].min()), float(slice_z[ks].max()))
+        lung_x[side] = float(np.abs(x[side_lung.any(axis=0)] - mid_x).max())
+    return Landmarks(step, lung, k_step, depth_step, depth, slice_z, z_range, lung_x)
+
+
+def _column_x(grid: Grid, step: int, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
+    """LPS x (mm) of each coarse in-plane pixel ``(j, i)`` (axial series: x varies in-plane)."""
+    j, i = np.meshgrid(np.arange(shape[1]) * step, np.arange(shape[2]) * step, indexing="ij")
+    index = np.column_stack([np.zeros(j.size), j.ravel(), i.ravel()]).astype(np.float64)
+    return grid.index_to_lps(index)[:, 0].reshape(j.shape)
+
+
+def _lungs(air: BoolArray) -> BoolArray:
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return air
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    keep = np.flatnonzero(sizes >= LUNG_PIECE_FRACTION * sizes.max())
+    lungs: BoolArray = np.isin(labels, keep)
+    return lungs
+
+
+def check_structures(
+    volume: Volume,
+    structures: dict[tuple[str, str], BoolArray],
+    marks: Landmarks,
+    mid_x: float,
+    min_cc: float = 0.5,
+) -> tuple[dict[tuple[str, str], BoolArray], PlausibilityReport]:
+    """Remove the implausible voxels of each (structure, side); report them in cc.
+
+    A structure with less than ``min_cc`` left is dropped (its remnant reported too).
+    ``structures`` is not modified.
+    """
+    grid = volume.grid
+    voxel_cc = float(np.prod(grid.spacing)) / 1000.0
+    report = PlausibilityReport(lungs_found=marks.found)
+    kept: dict[tuple[str, str], BoolArray] = {}
+    for key, mask in structures.items():
+        points = _points(mask)
+        if len(points) == 0:
+            continue
+        bad = _implausible(key, points, volume, marks, mid_x, report, voxel_cc)
+        if not bad.any():
+            kept[key] = mask
+            continue
+        cleaned = mask.copy()
+        cleaned[tuple(points[bad].T)] = False
+        left = int(len(points) - bad.sum())
+        if left * voxel_cc >= min_cc:
+            kept[key] = cleaned
+        elif left:
+            report.add(key, "a remnant of the rest", left, voxel_cc)
+    return kept, report
+
+
+def _points(mask: BoolArray) -> IntArray:
+    """``np.argwhere(mask)``, searched only in the mask's bounding box (masks are small)."""
+    slices = ndimage.find_objects(mask.view(np.uint8), max_label=1)
+    box = slices[0] if slices else None
+    if box is None:
+        return np.zeros((0, 3), dtype=np.int64)
+    points: IntArray = np.argwhere(mask[box]) + np.array([b.start for b in box])
+    return points
+
+
+def _implausible(
+    key: tuple[str, str],
+    points: IntArray,
+    volume: Volume,
+    marks: Landmarks,
+    mid_x: float,
+    report: PlausibilityReport,
+    voxel_cc: float,
+) -> BoolArray:
+    """Which of ``points`` (``(n, 3)`` voxel indices of structure ``key``) break a rule."""
+    name, side = key
+    k, jc, ic = points[:, 0], points[:, 1] // marks.step, points[:, 2] // marks.step
+    lps = volume.grid.index_to_lps(points.astype(np.float64))
+    bad = np.zeros(len(points), dtype=bool)
+
+    def rule(reason: str, hit: BoolArray) -> None:
+        new = hit & ~bad
+        report.add(key, reason, int(new.sum()), voxel_cc)
+        bad[:] |= hit
+
+    rule("inside bone", _in_bone(points, volume, voxel_cc))
+    rule("inside a lung", marks.lung[k, jc, ic])
+    lung_z = marks.z_range.get(side)
+    if name in SUPERFICIAL:
+        rule("inside the thorax (between or under the lungs)", _in_lung_hull(points, marks))
+        if lung_z is not None:
+            rule("below the lung bases (abdomen)", lps[:, 2] < lung_z[0])
+            rule("above the lung apices", lps[:, 2] > lung_z[1])
+        limit = MAX_DEPTH_MM.get(name)
+        if limit is not None:
+            d = marks.depth_step
+            depth = marks.depth_mm[k // marks.depth_k_step, points[:, 1] // d, points[:, 2] // d]
+            rule(f"deeper than {limit:g} mm below the skin", depth > limit)
+    elif name in NODES:
+        if lung_z is not None:
+            rule("below the lung bases (abdomen)", lps[:, 2] < lung_z[0])
+        if name == "scf" and side in marks.lung_x:
+            rule("lateral to the lung (shoulder)", np.abs(lps[:, 0] - mid_x) > marks.lung_x[side])
+        if name == "imn":
+            far = np.abs(lps[:, 0] - mid_x) > IMN_MAX_FROM_MIDLINE_MM
+            rule(f"over {IMN_MAX_FROM_MIDLINE_MM:g} mm from the midline", far)
+    return bad
+
+
+def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
+    """Points on bone: HU above :data:`BONE_HU` in a bright piece of at least
+    :data:`CLIP_CC` (a surgical clip of 2 mm is smaller and stays in the CTV)."""
+    bright: BoolArray = np.asarray(volume.array[tuple(points.T)] > BONE_HU)
+    if not bright.any():
+        return bright
+    low = points.min(axis=0)
+    shape = tuple(int(v) for v in points.max(axis=0) - low + 1)
+    grid = np.zeros(shape, dtype=bool)
+    local = points[bright] - low
+    grid[tuple(local.T)] = True
+    labels, _ = ndimage.label(grid, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel()) * voxel_cc
+    bone = np.zeros(len(points), dtype=bool)
+    bone[np.flatnonzero(bright)] = sizes[labels[tuple(local.T)]] >= CLIP_CC
+    return bone
+
+
+def _in_lung_hull(points: IntArray, marks: Landmarks) -> BoolArray:
+    """Whether each point lies inside the convex hull of both lungs on its slice (coarse)."""
+    inside = np.zeros(len(points), dtype=bool)
+    coarse = np.column_stack([points[:, 1] / marks.step, points[:, 2] / marks.step])
+    for k in np.unique(points[:, 0]):
+        lung = np.argwhere(marks.lung[k])
+        if len(lung) < 3:
+            continue
+        try:
+            hull = ConvexHull(lung.astype(np.float64))
+        except QhullError:
+            continue
+        on = np.flatnonzero(points[:, 0] == k)
+        eq = hull.equations
+        dist = coarse[on] @ eq[:, :2].T + eq[:, 2]
+        inside[on] = (dist <= -0.5).all(axis=1)  # half a coarse pixel inside every edge
+    return inside
