@@ -126,6 +126,7 @@ def _oversample(options: list[str]) -> tuple[tuple[str, float], ...]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the cache from DICOM, then train."""
+    from model.training.augmentation import AugmentConfig
     from model.training.trainer import TrainConfig
     from model.workflows import TrainOptions, train_from_dicom
 
@@ -148,6 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             pair_fraction=args.pair_fraction,
             note_augment=args.note_augment,
             oversample=_oversample(args.oversample),
+            augment=AugmentConfig(
+                geometry=args.augment_geometry,
+                elastic=args.augment_elastic,
+                intensity=args.augment_intensity,
+                mirror=args.mirror,
+            ),
         ),
         train_fraction=args.train_fraction,
         init_from=args.init_from,
@@ -280,6 +287,35 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
         help="share of template notes rewritten to another with the same target: N and T "
         "stage redrawn within the nodal class (N0/N1mi; N1-N3 with suffixes), clauses of "
         "bilateral notes in a random order",
+    )
+    p.add_argument(
+        "--augment-geometry",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of a random affine of each crop (MONAI RandAffined)",
+    )
+    p.add_argument(
+        "--augment-elastic",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of an elastic deformation of each crop (costly on a CPU)",
+    )
+    p.add_argument(
+        "--augment-intensity",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of each of gamma, noise, blur and an HU offset per crop",
+    )
+    p.add_argument(
+        "--mirror",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability of the text-aware mirror: image flipped left-right, sides of the "
+        "note swapped",
     )
     p.add_argument(
         "--init-from",

@@ -107,6 +107,13 @@ class ObliqueSeriesError(DicomError):
     code = "oblique_series"
 
 
+class InflatedTooLargeError(DicomError):
+    """A deflated (compressed) instance that inflates past the instance cap: a decompression
+    bomb. Found while inflating in bounded chunks, before anything large is held."""
+
+    code = "dicom_instance_too_large"
+
+
 class UnsupportedPatientPositionError(DicomError):
     """A patient position the model cannot contour safely: decubitus (direction cosines with
     rows or columns along the patient's anterior-posterior axis, or a decubitus

@@ -26,7 +26,7 @@ from service.limits import BodySizeLimit
 from service.metrics import LlmctvCollector, metrics_registry
 from service.metrics import router as metrics_router
 from service.order_desk import OrderDesk
-from service.retention import RetentionTimer
+from service.retention import RetentionHolds, RetentionTimer
 from service.settings import Settings, get_settings
 from service.storage_guard import StorageBackpressure
 from workers.audit import AuditLog
@@ -128,8 +128,9 @@ class Gateway:
         readiness = Readiness(settings, service.dispatcher)
         if isinstance(service.store, ObservedJobStore):
             readiness.storage_writable = service.store.flush
+        holds = RetentionHolds(orders, settings.require_review, settings.hold_needs_attention)
         retention = RetentionTimer(
-            service.store, service.files, settings.job_retention_hours, orders=orders
+            service.store, service.files, settings.job_retention_hours, orders=orders, holds=holds
         )
         desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
         return cls(settings, observed, service, desk, retention, readiness)

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse
 from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
 
+from model.dicom.deflate import check_part10_inflated_size
 from model.dicom.series import PARSE_ERRORS
 from model.errors import LlmctvError, UnreadableDicomError
 from service.audit import DICOM_EVENTS
@@ -158,6 +159,7 @@ class StowReceiver:
                 raise DicomStorageError(f"a part exceeds {self.max_instance_bytes} bytes")
             if part.content_type not in ("", PART_TYPE):
                 raise UnreadableDicomError(f"a part of type {part.content_type!r}")
+            check_part10_inflated_size(part.path, self.max_instance_bytes, "a part")
             try:
                 ds = dcmread(part.path, stop_before_pixels=True)
             except PARSE_ERRORS as exc:

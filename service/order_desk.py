@@ -34,6 +34,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from model.dicom.ingest_policy import IngestPolicy
 from model.dicom.series import inspect_ct_series
@@ -48,7 +49,7 @@ from workers.dispatch import JobDispatcher
 from workers.errors import JobNotFoundError
 from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
 from workers.pipeline import fail_job, ingest_policy
-from workers.review import ReviewRequiredError, ReviewStatus
+from workers.review import ReviewRequiredError, ReviewStatus, needs_approval
 
 log = logging.getLogger(__name__)
 #: Fewest instances a manifest older than the order must have to be matched.
@@ -159,18 +160,39 @@ class OrderDesk:
         generation = self.manifests.generation
         open_orders = self.orders.open_orders()
         for order in open_orders:
-            if order.status is OrderStatus.WAITING:
-                if utcnow() >= order.expires_at:
-                    self.orders.update(order.order_id, status=OrderStatus.EXPIRED)
-                    log.info("order %s expired unmatched", order.order_id)
-                elif self._tried.get(order.order_id) != generation:
-                    self._tried[order.order_id] = generation
-                    self._match(order)
-            elif order.status is OrderStatus.MATCHED:
-                self._deliver(order)
+            try:
+                self._step(order, generation)
+            except LlmctvError as exc:  # this order's problem (its job gone...): only it fails
+                self._fail_order(order, exc)
         if len(self._tried) > len(open_orders):  # forget orders that closed
             open_ids = {o.order_id for o in open_orders}
             self._tried = {k: v for k, v in self._tried.items() if k in open_ids}
+
+    def _step(self, order: Order, generation: int) -> None:
+        """One round for one open order: expire, match, or deliver."""
+        if order.status is OrderStatus.WAITING:
+            if utcnow() >= order.expires_at:
+                self.orders.update(order.order_id, status=OrderStatus.EXPIRED)
+                log.info("order %s expired unmatched", order.order_id)
+            elif self._tried.get(order.order_id) != generation:
+                self._tried[order.order_id] = generation
+                self._match(order)
+        elif order.status is OrderStatus.MATCHED:
+            self._deliver(order)
+
+    def _fail_order(self, order: Order, exc: LlmctvError) -> None:
+        """End one order with the error's code; the other orders go on."""
+        error = {"code": exc.code, "detail": exc.detail}
+        update: dict[str, Any] = {"error": error}
+        if order.status is OrderStatus.WAITING:
+            update["status"] = OrderStatus.FAILED
+        else:
+            reason = f"[{exc.code}] {exc.detail}"
+            update["send"] = order.send.model_copy(
+                update={"status": SendStatus.FAILED, "reason": reason}
+            )
+        self.orders.update(order.order_id, **update)
+        log.warning("order %s failed alone: [%s]", order.order_id, exc.code)
 
     def _match(self, order: Order) -> None:
         found = self.manifests.candidates(
@@ -337,9 +359,8 @@ class OrderDesk:
         A job with needs-attention findings waits for an approval too (``hold_needs_attention``).
         A rejected job's send-back ends failed; it is never sent.
         """
-        needs_review = self.settings.require_review or (
-            self.settings.hold_needs_attention and bool(job.attention)
-        )
+        s = self.settings
+        needs_review = needs_approval(s.require_review, s.hold_needs_attention, job.attention)
         if not needs_review or job.review.status is ReviewStatus.APPROVED:
             return True
         if job.review.status is ReviewStatus.REJECTED:
@@ -359,8 +380,9 @@ class OrderDesk:
             is set) and the order's job is not approved.
         """
         job = self.store.get(order.job_id) if order.job_id else None
-        held = self.settings.hold_needs_attention and job is not None and bool(job.attention)
-        if not self.settings.require_review and not held:
+        s = self.settings
+        attention = job.attention if job is not None else []
+        if not needs_approval(s.require_review, s.hold_needs_attention, attention):
             return
         if job is None or job.review.status is not ReviewStatus.APPROVED:
             state = job.review.status.value if job is not None else "not started"

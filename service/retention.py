@@ -1,5 +1,9 @@
 """Retention: jobs, closed orders and received series older than ``job_retention_hours`` go.
 
+A job is never deleted while it is still needed (:class:`RetentionHolds`): pending review where
+its RTSTRUCT may leave only after approval, or referenced by a live order (waiting for its
+approval, or approved and not yet sent). Each such job is kept and its reason logged.
+
 A job goes with its files and record; an order record goes once nothing more will happen to it
 (:attr:`service.orders.Order.closed`), so the order desk's polling never grows without bound.
 A series received over DICOM (``<storage>/dicom/received/<study>/<series>/``, patient data)
@@ -13,21 +17,70 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from service.orders import OrderStore
-from workers.jobs import JobFiles, JobStore, iter_jobs, utcnow
+from workers.jobs import Job, JobFiles, JobStatus, JobStore, iter_jobs, utcnow
+from workers.review import ReviewStatus, needs_approval
 
 log = logging.getLogger(__name__)
 
 
-def purge_expired(store: JobStore, files: JobFiles, retention_hours: float) -> int:
-    """Delete finished jobs created more than ``retention_hours`` ago; returns how many."""
+Hold = Callable[[Job], str | None]
+
+
+@dataclass(frozen=True)
+class RetentionHolds:
+    """Why a finished, old job must stay.
+
+    Parameters
+    ----------
+    orders
+        The order store (``None``: no orders in this deployment).
+    require_review, hold_needs_attention
+        The review settings: with them a succeeded job pending review is still needed.
+    """
+
+    orders: OrderStore | None
+    require_review: bool
+    hold_needs_attention: bool
+
+    def hold(self) -> Hold:
+        """A function naming the reason to keep a job, or ``None``; live orders read now."""
+        live = set()
+        if self.orders is not None:
+            live = {o.job_id for o in self.orders.all() if o.job_id and not o.closed}
+
+        def reason(job: Job) -> str | None:
+            if job.job_id in live:
+                return "a live order references it"
+            pending = job.review.status is ReviewStatus.PENDING
+            gated = needs_approval(self.require_review, self.hold_needs_attention, job.attention)
+            if job.status is JobStatus.SUCCEEDED and pending and gated:
+                return "pending review"
+            return None
+
+        return reason
+
+
+def purge_expired(
+    store: JobStore, files: JobFiles, retention_hours: float, hold: Hold | None = None
+) -> int:
+    """Delete finished jobs created more than ``retention_hours`` ago; returns how many.
+
+    ``hold`` names a reason to keep a job (:meth:`RetentionHolds.hold`); such jobs stay.
+    """
     cutoff = utcnow() - timedelta(hours=retention_hours)
     removed = 0
     for job in iter_jobs(store):
         if job.status.finished and job.created_at < cutoff:
+            why = hold(job) if hold is not None else None
+            if why is not None:
+                log.info("retention keeps job %s: %s", job.job_id, why)
+                continue
             files.remove(job.job_id)
             store.delete(job.job_id)
             removed += 1
@@ -91,6 +144,7 @@ class RetentionTimer:
     """Runs the purges at start and then every ``interval_s`` in a daemon thread.
 
     ``received`` is the DICOM listener's storage; by default ``<storage>/dicom/received``.
+    ``holds`` keeps jobs still needed (by default: those a live order references).
     """
 
     def __init__(
@@ -101,7 +155,9 @@ class RetentionTimer:
         interval_s: float = 3600.0,
         orders: OrderStore | None = None,
         received: Path | None = None,
+        holds: RetentionHolds | None = None,
     ) -> None:
+        self.holds = holds or RetentionHolds(orders, False, False)
         self.store = store
         self.files = files
         self.orders = orders
@@ -124,7 +180,7 @@ class RetentionTimer:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            purge_expired(self.store, self.files, self.retention_hours)
+            purge_expired(self.store, self.files, self.retention_hours, self.holds.hold())
             if self.orders is not None:
                 purge_closed_orders(self.orders, self.retention_hours)
             purge_received(self.received, self.retention_hours)

@@ -16,6 +16,7 @@ from conftest import SHARED_DATA
 
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.listener import DicomListener
+from service.dicomnet.pdu_stream import PduLimits
 
 LUNG1 = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001"
 LUNG1_CT = LUNG1 / "image"
@@ -73,10 +74,12 @@ def running_listener(
     timeout_s: float = 0.5,
     on_complete: Callable[[ReceivedSeries], None] | None = None,
     port: int = 0,
+    pdu_limits: PduLimits | None = None,
 ) -> Iterator[tuple[DicomListener, Recorder]]:
     """A started listener on a free loopback port that records completed series."""
     recorder = Recorder()
     listener = DicomListener(
+        pdu_limits=pdu_limits,
         ae_title=AE_TITLE,
         host="127.0.0.1",
         port=port,

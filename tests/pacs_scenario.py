@@ -54,6 +54,9 @@ def _settings(workdir: Path, orthanc_port: int) -> Settings:
         dicom_send_retries=1,
         dicom_send_backoff_s=0.2,
         nodal_check_cc=0.0,
+        # LUNG1 is a man's lung-cancer CT: the breast note's structures need attention and would
+        # be held for a reviewer (tested in test_plausibility.py); this scenario is the data path.
+        hold_needs_attention=False,
     )
 
 

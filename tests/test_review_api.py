@@ -333,6 +333,47 @@ def test_a_job_that_needs_attention_waits_for_approval_even_without_review(
     assert relaxed._review_allows(order, desk.store.get("ab02"))
 
 
+def test_retention_keeps_jobs_still_needed_and_a_missing_job_fails_only_its_order(
+    tmp_path: Path,
+) -> None:
+    """On e766665 retention deleted a job pending review, then every desk round failed with
+    job_not_found and a new order stayed waiting (issue 23)."""
+    from service.orders import OrderStore
+    from service.retention import RetentionHolds, purge_expired
+    from workers.jobs import FileJobStore, JobFiles
+
+    settings = Settings(storage_dir=tmp_path, dicom_listener=False, require_review=True)
+    files = JobFiles(tmp_path)
+    desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, _Idle())
+    old = utcnow() - timedelta(hours=500)
+    approved = Review(status=ReviewStatus.APPROVED, by="alice")
+    jobs = {
+        "ee01": Job(job_id="ee01", status=JobStatus.SUCCEEDED, created_at=old),  # pending review
+        "ee02": Job(job_id="ee02", status=JobStatus.SUCCEEDED, created_at=old, review=approved),
+        "ee03": Job(job_id="ee03", status=JobStatus.SUCCEEDED, created_at=old, review=approved),
+    }
+    for job in jobs.values():
+        desk.store.create(job)
+    _order_for(desk, "ee03")  # approved, its send still pending: a live order
+    holds = RetentionHolds(desk.orders, settings.require_review, settings.hold_needs_attention)
+    assert purge_expired(desk.store, files, 168, holds.hold()) == 1
+    assert set(desk.store.job_ids()) == {"ee01", "ee03"}, "pending review and live order kept"
+
+    _order_for(desk, "ee09")  # an order whose job is gone (deleted by hand, lost storage)
+    waiting = Order(
+        order_id="ee10",
+        study_instance_uid="9.9.9",
+        clinical=N1_LEFT,
+        destination="TPS",
+        expires_at=utcnow() - timedelta(seconds=1),
+    )
+    desk.orders.create(waiting)
+    desk.run_once()
+    broken = desk.orders.get("ee09")
+    assert broken.send.status is SendStatus.FAILED and "job_not_found" in (broken.send.reason or "")
+    assert desk.orders.get("ee10").status is OrderStatus.EXPIRED, "the other orders went on"
+
+
 class _Idle:
     def start(self) -> None: ...
     def stop(self) -> None: ...

@@ -42,3 +42,11 @@ class ReviewRequiredError(LlmctvError):
     """The RTSTRUCT may not leave before a reviewer approved it (``require_review``)."""
 
     code = "review_required"
+
+
+def needs_approval(
+    require_review: bool, hold_needs_attention: bool, attention: list[str] | tuple[str, ...]
+) -> bool:
+    """Whether a job's RTSTRUCT may leave only after approval: review is required, or the job
+    has needs-attention findings and the site holds such jobs (``hold_needs_attention``)."""
+    return require_review or (hold_needs_attention and bool(attention))

@@ -32,6 +32,7 @@ from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
 from model.text.encoders import TextEncoder
+from model.training.augmentation import AugmentConfig, Augmenter
 from model.training.note_variants import equivalent_notes
 from model.training.sampling import (
     CaseSampler,
@@ -68,6 +69,8 @@ class TrainConfig:
     note_augment: float = 0.0  # share of notes rewritten to another with the same target
     # (case-id regex, weight) pairs: cases (and CT groups) matching are drawn that much more often
     oversample: tuple[tuple[str, float], ...] = ()
+    # geometry, intensity and text-aware mirror augmentation of the crops (off by default)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Trainer:
             lambda_dice=config.lambda_dice,
             lambda_ce=config.lambda_ce,
         )
+        self.augmenter = Augmenter(config.augment)
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0
@@ -206,7 +210,8 @@ class Trainer:
     ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """One batch: two notes of one CT per pair (``pair_fraction`` of steps) or single crops."""
         roi = self.net.config.roi_size
-        if self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction:
+        paired = self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction
+        if paired:
             images, labels, notes = paired_batch(
                 sampler.pair_groups,
                 self.cfg.batch_size,
@@ -218,7 +223,8 @@ class Trainer:
         else:
             picks = [train[i] for i in sampler.draw_cases(self.cfg.batch_size, rng)]
             images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
-        return images, labels, equivalent_notes(notes, self.cfg.note_augment, rng)
+        notes = equivalent_notes(notes, self.cfg.note_augment, rng)
+        return self.augmenter.batch(images, labels, notes, rng, paired=paired)
 
     def _train_epoch(
         self, train: list[TrainingCase], rng: np.random.Generator, sched: Any, steps: int

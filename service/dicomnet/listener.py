@@ -29,7 +29,12 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
-from model.errors import ConfigurationError, LlmctvError, UnreadableDicomError
+from model.errors import (
+    ConfigurationError,
+    InflatedTooLargeError,
+    LlmctvError,
+    UnreadableDicomError,
+)
 from service.audit import DICOM_EVENTS
 from service.dicomnet.admission import (
     MAX_PENDING_TOTAL,
@@ -97,6 +102,7 @@ STATUS_PROCESSING_FAILURE = 0x0110
 #: The one mapping from refusal to C-STORE status (first matching class wins).
 _STATUS_BY_ERROR: tuple[tuple[type[LlmctvError], int], ...] = (
     (DicomStorageError, STATUS_OUT_OF_RESOURCES),
+    (InflatedTooLargeError, STATUS_OUT_OF_RESOURCES),
     (SopClassMismatchError, STATUS_SOP_CLASS_MISMATCH),
     (InvalidUidError, STATUS_CANNOT_UNDERSTAND),
     (IncompleteInstanceError, STATUS_CANNOT_UNDERSTAND),
@@ -473,7 +479,7 @@ class DicomListener:
             logger.warning("%s", error)
 
     def _store(self, event: Event) -> ReceivedInstance:
-        described = describe_store(event)
+        described = describe_store(event, self._admission.pdu_limits.max_instance_bytes)
         path = store_instance(
             self._root,
             described.study_instance_uid,

@@ -7,11 +7,12 @@ C-STORE status.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import BinaryIO, cast
 
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from model.dicom.deflate import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, check_inflated_size
 from model.dicom.series import PARSE_ERRORS
 from model.errors import UnreadableDicomError
 from service.dicomnet.acceptance import MODALITY_OF_CLASS, describe_dataset
@@ -20,14 +21,23 @@ from service.dicomnet.assembly import ReceivedInstance
 __all__ = ["MODALITY_OF_CLASS", "describe_store"]
 
 
-def describe_store(event: Event) -> ReceivedInstance:
+def describe_store(event: Event, max_instance_bytes: int) -> ReceivedInstance:
     """Read the identifying attributes of the C-STORE data set and check them.
 
     The checks are those of :func:`service.dicomnet.acceptance.describe_dataset` (shared with
     STOW-RS), against the request's Affected SOP Instance and Class UIDs. The file path is
-    filled in later, by the caller, once the instance is stored.
+    filled in later, by the caller, once the instance is stored. A deflated data set is first
+    inflated in bounded chunks and refused past ``max_instance_bytes`` inflated bytes (a
+    decompression bomb), before pynetdicom decodes it whole.
     """
     request = cast(C_STORE, event.request)
+    if event.context.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        stream = cast(BinaryIO, request.DataSet)
+        stream.seek(0)
+        check_inflated_size(
+            stream, max_instance_bytes, f"instance {request.AffectedSOPInstanceUID}"
+        )
+        stream.seek(0)
     try:
         ds = event.dataset
     except PARSE_ERRORS as exc:
