@@ -90,6 +90,10 @@ def evaluate_case(predictor: Predictor, summary: dict[str, Any], matrix: int) ->
             "hd95": hd95(mask, truth[key], spacing),
             "cc": round(float(mask.sum()) * voxel_cc, 1),
             "truth_cc": round(float(truth[key].sum()) * voxel_cc, 1),
+            "confidence": pred.confidence.get((name, side), 0.0),
+            "implausible_cc": pred.plausibility.removed_of((name, side))
+            if pred.plausibility
+            else 0.0,
         }
     row["attention"] = attention_findings(
         record, pred.structures, pred.plausibility, voxel_cc, min_cc=5.0

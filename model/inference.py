@@ -24,6 +24,7 @@ import torch
 from monai.inferers.utils import sliding_window_inference
 
 from model.errors import ConfigurationError
+from model.imaging.confidence import structure_confidence
 from model.imaging.geometry import Volume
 from model.imaging.plausibility import PlausibilityReport, check_structures, find_landmarks
 from model.imaging.postprocessing import (
@@ -93,6 +94,8 @@ class Prediction:
     plausibility
         What the anatomical rules removed (:mod:`model.imaging.plausibility`), and whether
         the CT showed the lungs they need.
+    confidence
+        Mean class probability per kept (structure, side) (:mod:`model.imaging.confidence`).
     """
 
     mask: npt.NDArray[np.bool_]
@@ -102,6 +105,7 @@ class Prediction:
     structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
     cleaning: CleaningReport | None = None
     plausibility: PlausibilityReport | None = None
+    confidence: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 class Predictor:
@@ -236,7 +240,7 @@ class Predictor:
         if box is not None:
             on_ct[box] = to_source_box(fg, plan, box, mode="linear")
         body = body_mask(volume, self.cleaning)
-        labels = seeds = None
+        labels = seeds = net_labels = None
         mid_x = midline_x(body, volume.grid)
         if len(probs) > 2 and box is not None:
             net_labels, net_seeds = tidy_labels(probs, plan.target, mid_x)
@@ -260,7 +264,11 @@ class Predictor:
             for mask in structures.values():
                 union |= mask
         timings["plausibility"] = time.perf_counter() - t0
-        return Prediction(union, on_ct, timings, windows, structures, cleaned.report, plausibility)
+        confidence = structure_confidence(probs, net_labels, plan.target, mid_x, names)
+        confidence = {key: value for key, value in confidence.items() if key in structures}
+        return Prediction(
+            union, on_ct, timings, windows, structures, cleaned.report, plausibility, confidence
+        )
 
     def predict_record(
         self, volume: Volume, record: ClinicalRecord, *, progress: ProgressFn | None = None
@@ -322,7 +330,15 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     plausibility = None
     if all(c is not None for c in checks):
         plausibility = PlausibilityReport.of_sides([c for c in checks if c is not None], sides)
-    return Prediction(mask, probability, timings, windows, structures, cleaning, plausibility)
+    confidence = {
+        key: value
+        for p, side in zip(predictions, sides, strict=True)
+        for key, value in p.confidence.items()
+        if key[1] == side
+    }
+    return Prediction(
+        mask, probability, timings, windows, structures, cleaning, plausibility, confidence
+    )
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the shipped CPU demo models (multimodal + vision-only) from synthetic phantoms.
-# Usage: scripts/train_demo_model.sh [WORK_DIR [multimodal|multimodal-cf|finetune-cf|structures|vision|none]]
+# Usage: scripts/train_demo_model.sh [WORK_DIR [multimodal|multimodal-cf|finetune-cf|structures|structures-dr|vision|none]]
 #        (default out/demo-model multimodal). multimodal-cf trains on the same 48 cases plus their
 #        counterfactual notes (laterality flip, N switch: same CT, recomputed target).
 #        finetune-cf continues from multimodal-cf's best checkpoint (a new schedule) with half of
@@ -13,6 +13,10 @@
 #        rewrites: N/T stage redrawn, bilateral clauses reordered), OVERSAMPLE='^RB-=3' (the
 #        bilateral per-side cases three times as often), PAIR_FRACTION=0.6, FT_LR=2e-4
 #        (README: the stages and their wall times).
+#        structures-dr is the image-safety stage (issue 22): the structures data plus 40
+#        domain-randomised site-D phantoms (liver dome, spleen, stomach gas, small to large
+#        breasts, more abdomen), with MONAI geometry/intensity augmentation and the text-aware
+#        mirror (AUGMENT, default below), warm-started from INIT (default checkpoints/demo).
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,14 +33,14 @@ case "${2:-multimodal}" in
     $LLMCTV phantoms --out "$WORK/train-A-cf" --cases 48 --site A --seed 101 --scale 0.25 --counterfactuals ;;
 esac
 structure_data() {
-  local d="$WORK/structures-data"
+  local d="$WORK/${DATA_NAME:-structures-data}"
   [ -f "$d/clinical.csv" ] && return
   [ -f "$WORK/s-A/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-A" --cases 40 --site A --seed 201 --scale 0.25 --counterfactuals
   [ -f "$WORK/s-R/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-R" --cases 40 --site R --seed 301 --scale 0.25 --counterfactuals
   [ -f "$WORK/s-R2/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-R2" --cases 12 --site R --seed 401 --scale 0.5 --counterfactuals
   [ -f "$WORK/s-RB/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-RB" --cases 30 --site RB --seed 501 --scale 0.25 --counterfactuals
   mkdir -p "$d.tmp"; head -1 "$WORK/s-A/clinical.csv" > "$d.tmp/clinical.csv"
-  for part in s-A s-R s-R2 s-RB; do
+  for part in s-A s-R s-R2 s-RB ${EXTRA_PARTS:-}; do
     tail -n +2 "$WORK/$part/clinical.csv" | while IFS= read -r line; do
       id=${line%%,*}; ln -sfn "../$part/$id" "$d.tmp/$part-$id"; echo "$part-$id,${line#*,}" >> "$d.tmp/clinical.csv"
     done
@@ -44,6 +48,17 @@ structure_data() {
   mv "$d.tmp" "$d"
 }
 case "${2:-multimodal}" in
+  structures-dr)
+    [ -f "$WORK/s-D/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-D" --cases 40 --site D --seed 601 --scale 0.25 --counterfactuals
+    DATA_NAME=structures-data-dr EXTRA_PARTS=s-D structure_data
+    # shellcheck disable=SC2086
+    $LLMCTV train "${common[@]}" --data "$WORK/structures-data-dr" --out "$WORK/structures-dr" \
+      --structure phantom --text-encoder smollm2 --init-from "${INIT:-checkpoints/demo}" \
+      --pair-fraction "${PAIR_FRACTION:-0.5}" --epochs "${FT_EPOCHS:-30}" \
+      --steps-per-epoch "${FT_STEPS:-40}" --lr "${FT_LR:-2e-4}" --val-fraction 0.1 \
+      --note-augment "${NOTE_AUG:-0.5}" ${OVERSAMPLE:+--oversample "$OVERSAMPLE"} \
+      ${AUGMENT:---augment-geometry 0.3 --augment-elastic 0.05 --augment-intensity 0.3 --mirror 0.3} \
+      ${RESUME:+--resume} ;;
   structures) structure_data
     $LLMCTV train "${common[@]}" --data "$WORK/structures-data" --out "$WORK/structures" \
       --structure phantom --text-encoder smollm2 --init-from "${INIT:-checkpoints/demo}" \

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from model import __version__
+from model.dicom.approval import rejected_bytes
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical
-from service.auth import Authorized
+from service.auth import Authorized, Role
 from service.errors import (
     EmptyUploadError,
     JobAlreadyFinishedError,
@@ -29,7 +30,7 @@ from service.settings import Settings
 from workers.dispatch import JobDispatcher
 from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
 from workers.pipeline import fail_job, ingest_policy
-from workers.review import Review
+from workers.review import Review, ReviewStatus, StructureSetRejectedError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -88,6 +89,11 @@ class JobView(BaseModel):
     checkpoint: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
+    structure_confidence: dict[str, float] = Field(
+        default_factory=dict,
+        description="per ROI: the network's mean class probability over the structure "
+        "(a ranking; below confidence_flag_below it needs attention)",
+    )
     rtstruct_sop_instance_uid: str | None = None
     review: Review = Field(default_factory=Review, description="pending, approved or rejected")
     counterfactual_of: str | None = None
@@ -260,13 +266,28 @@ def _finished(state: ServiceState, job_id: str) -> Job:
         **problem_responses(401, 404, 409),
     },
 )
-def job_rtstruct(job_id: str, state: State, _: Authorized) -> FileResponse:
-    """The RT Structure Set (Part 10 file), once the job has succeeded."""
-    _finished(state, job_id)
+def job_rtstruct(job_id: str, state: State, who: Authorized) -> Response:
+    """The RT Structure Set (Part 10 file), once the job has succeeded.
+
+    The review gate travels with the file: header ``X-LLMCTV-Review`` (pending, approved,
+    rejected) and ApprovalStatus in the file (UNAPPROVED until approved). A rejected structure
+    set is refused (409 ``structure_set_rejected``) to all but reviewers, who get it marked
+    REJECTED.
+    """
+    job = _finished(state, job_id)
+    review = job.review.status
+    headers = {"X-LLMCTV-Review": review.value}
+    name = f"RS.{job_id}.dcm"
+    if review is ReviewStatus.REJECTED:
+        if not who.may(Role.REVIEWER):
+            raise StructureSetRejectedError(
+                f"job {job_id}: its structure set was rejected in review and must not be used"
+            )
+        marked = rejected_bytes(state.files.rtstruct(job_id), job.review.by or who.name, utcnow())
+        headers["Content-Disposition"] = f'attachment; filename="{name}"'
+        return Response(marked, media_type="application/dicom", headers=headers)
     return FileResponse(
-        state.files.rtstruct(job_id),
-        media_type="application/dicom",
-        filename=f"RS.{job_id}.dcm",
+        state.files.rtstruct(job_id), media_type="application/dicom", filename=name, headers=headers
     )
 
 

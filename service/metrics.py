@@ -12,7 +12,8 @@ Exposed names (all ``llmctv_``): ``jobs_submitted_total{source}``,
 ``dicom_associations_total{outcome,reason}``, ``rtstruct_sends_total{outcome}``,
 ``dicomweb_instances_total{outcome}``,
 ``queue_depth{queue}``, ``embedding_cache_hits_total``, ``embedding_cache_misses_total``,
-``workers_alive``, ``jobs_stalled``, ``jobs_requeued_total{reason}``, ``storage_free_bytes``,
+``workers_alive``, ``jobs_stalled``, ``jobs_requeued_total{reason}``,
+``jobs_needing_attention_total``, ``storage_free_bytes``,
 ``ready{check}``, ``metrics_store_up``.
 """
 
@@ -49,6 +50,7 @@ HELP = {
     "rtstruct_sends": "RTSTRUCT send-backs to a destination, by outcome.",
     "dicomweb_instances": "Instances received over STOW-RS, stored or refused.",
     "jobs_requeued": "Jobs queued again, by reason (stalled: no progress within the lease).",
+    "jobs_needing_attention": "Succeeded jobs with needs-attention findings (held for review).",
     "job_duration_seconds": "Seconds from a job's start to its final state.",
     "job_queue_wait_seconds": "Seconds a job waited in the queue before a worker started it.",
     "job_stage_duration_seconds": "Seconds per pipeline stage (from the job record's timings).",

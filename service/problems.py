@@ -37,7 +37,7 @@ from service.errors import (
 )
 from service.orders import OrderNotFoundError
 from workers.errors import StorageUnavailableError, storage_error
-from workers.review import AlreadyReviewedError, ReviewRequiredError
+from workers.review import AlreadyReviewedError, ReviewRequiredError, StructureSetRejectedError
 
 log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
@@ -55,6 +55,7 @@ _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (JobFailedError, 409),
     (AlreadyReviewedError, 409),
     (ReviewRequiredError, 409),
+    (StructureSetRejectedError, 409),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (MalformedMultipartError, 400),

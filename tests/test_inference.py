@@ -39,7 +39,8 @@ def test_prediction_lands_on_the_input_grid_with_one_llm_pass() -> None:
     assert ctx.forward_calls == 1, "sliding windows never run the language model"
     predictor.predict(volume, "N1, cT2, left side")
     assert ctx.forward_calls == 1, "a cached note costs 0 LLM forward passes"
-    assert set(pred.timings) == {"preprocess", "context", "network", "postprocess"}
+    stages = {"preprocess", "context", "network", "postprocess", "plausibility"}
+    assert set(pred.timings) == stages
 
 
 def test_window_count_matches_monai() -> None:

@@ -75,7 +75,9 @@ def test_nothing_inside_the_lungs_below_the_diaphragm_or_in_bone(
             f"{name}: {mask.sum() * voxel_cc:.1f} cc; in lung {in_lung:.2f}, "
             f"below the lung bases {below:.2f}, bone {bone:.2f}"
         )
-        assert in_lung < 1.0, name
+        # Breast and chest wall never touch a lung; nodes may abut the pleura (the phantom
+        # spec's node regions even overlap the lungs: model/imaging/plausibility.py).
+        assert in_lung < (0.1 if name.startswith("CTVp_") else 2.0), name
         assert below == 0.0, name
         assert bone < 1.0, name
     assert "CTVp_Breast_R" not in names and "CTVp_ChestWall_L" not in names

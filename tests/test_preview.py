@@ -63,3 +63,28 @@ def test_outline_is_drawn_on_the_bright_block_it_outlines(rows_to_posterior: boo
     y, x = centres[0]
     assert y < height / 2, "anterior is up in the axial view"
     assert x > width / 2, "patient left on the image right (radiological)"
+
+
+def _has_colour(panel: np.ndarray, rgb: tuple[int, int, int], tol: float = 0.12) -> bool:
+    target = np.array(rgb) / 255.0
+    return bool((np.abs(panel - target).max(axis=-1) < tol).sum() > 5)
+
+
+def test_each_structure_in_its_colour_and_contour_in_every_panel() -> None:
+    """Two pieces far apart: a centroid between them would cut neither (LUNG1 on e766665)."""
+    shape = (40, 60, 60)
+    hu = np.full(shape, 40.0)
+    breast = np.zeros(shape, dtype=bool)
+    nodes = np.zeros(shape, dtype=bool)
+    breast[2:10, 5:20, 35:55] = True
+    nodes[30:38, 40:50, 35:45] = True
+    grid = Grid(shape=shape, origin=(0.0, 0.0, 0.0), spacing=(3.0, 1.0, 1.0))
+    png = render_preview(hu, breast | nodes, grid, structures={"Breast": breast, "SCF": nodes})
+    panels = _panels(png)
+    red, green = (230, 25, 75), (60, 180, 75)
+    for panel in panels:
+        body = panel[: int(panel.shape[0] * 0.9)]  # above the legend
+        assert _has_colour(body, red) or _has_colour(body, green), "contour in every panel"
+    whole = imread(io.BytesIO(png))[..., :3]
+    legend = whole[int(whole.shape[0] * 0.9) :]
+    assert _has_colour(legend, red) and _has_colour(legend, green), "both named in the legend"

@@ -6,6 +6,7 @@ follows the note's N stage), so every job finishes in well under a second.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -158,6 +159,27 @@ def test_rejection_needs_a_reason_and_is_final(
     assert answer.json()["review"]["reason"] == "misses IMN"
     again = _review(url, job_id, {"decision": "approved", "reason": None}, REVIEWER)
     assert again.status_code == 409 and again.json()["code"] == "already_reviewed"
+
+
+def test_the_review_gate_travels_with_the_rtstruct(
+    review_gateway: tuple[str, Any], phantoms: list[WrittenCase]
+) -> None:
+    """On e766665 a submitter downloaded a rejected RTSTRUCT (200) and nothing said so."""
+    url, _ = review_gateway
+    job_id = _finished_job(url, phantoms[0])["job_id"]
+    path = f"{url}/jobs/{job_id}/rtstruct"
+    pending = httpx.get(path, headers=SUBMITTER, timeout=30)
+    assert pending.status_code == 200 and pending.headers["x-llmctv-review"] == "pending"
+    original = pydicom.dcmread(io.BytesIO(pending.content))
+    assert original.ApprovalStatus == "UNAPPROVED"
+    _review(url, job_id, {"decision": "rejected", "reason": "wrong side"}, REVIEWER)
+    refused = httpx.get(path, headers=SUBMITTER, timeout=30)
+    assert refused.status_code == 409 and refused.json()["code"] == "structure_set_rejected"
+    marked = httpx.get(path, headers=REVIEWER, timeout=30)
+    assert marked.status_code == 200 and marked.headers["x-llmctv-review"] == "rejected"
+    ds = pydicom.dcmread(io.BytesIO(marked.content))
+    assert ds.ApprovalStatus == "REJECTED" and ds.ReviewerName == "alice"
+    assert ds.SOPInstanceUID != original.SOPInstanceUID, "a new instance, never a changed one"
 
 
 @pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.FAILED])
@@ -514,6 +536,27 @@ def test_slices_and_contours_line_up(
         headers=SUBMITTER,
     ).json()
     assert coronal and coronal[0]["paths"]
+
+
+def test_the_page_puts_what_needs_attention_first(review_gateway: tuple[str, Any]) -> None:
+    """Needs-attention findings and the least confident structures lead the review panel."""
+    url, app = review_gateway
+    job_id = new_job_id()
+    finding = "the note requires the breast CTV on the left side, but none was found"
+    app.state.llmctv.store.create(
+        Job(
+            job_id=job_id,
+            status=JobStatus.FAILED,
+            clinical=N1_LEFT,
+            attention=[finding],
+            structure_confidence={"CTVn_SCF_L": 0.41, "CTVp_Breast_L": 0.93},
+        )
+    )
+    page = _login(url, REVIEWER_TOKEN).get(f"/ui/jobs/{job_id}", headers=HTML).text
+    assert page.index("Check first") < page.index("<h2>Structures</h2>")
+    assert f'<li data-testid="attention">{finding}</li>' in page
+    assert page.index("CTVn_SCF_L") < page.index("CTVp_Breast_L"), "least confident first"
+    assert '<tr class="low" data-testid="confidence"><td>CTVn_SCF_L</td>' in page
 
 
 def test_the_page_of_an_unfinished_or_failed_job_explains_itself(

@@ -41,9 +41,9 @@ def worker_env(redis_url: str, storage: Path, **settings: object) -> dict[str, s
         LLMCTV_CACHE_DIR=str(get_settings().cache_dir),
         LLMCTV_DEVICE="cpu",
         LLMCTV_JOB_STALL_TIMEOUT="8",
-        LLMCTV_VISIBILITY_TIMEOUT="20",
-        LLMCTV_TASK_SOFT_TIME_LIMIT="16",
-        LLMCTV_TASK_HARD_TIME_LIMIT="18",
+        LLMCTV_VISIBILITY_TIMEOUT="40",
+        LLMCTV_TASK_SOFT_TIME_LIMIT="30",
+        LLMCTV_TASK_HARD_TIME_LIMIT="35",
         LLMCTV_UNACKED_RESTORE_INTERVAL="1",
     )
     env.update({f"LLMCTV_{k.upper()}": str(v).lower() for k, v in settings.items()})

@@ -50,6 +50,7 @@ class EngineResult:
     structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
     removed_cc: dict[str, float] = field(default_factory=dict)
     plausibility: PlausibilityReport | None = None
+    confidence: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 class ContourEngine:
@@ -169,6 +170,7 @@ def _result(pred: Prediction) -> EngineResult:
         dict(pred.structures),
         removed,
         pred.plausibility,
+        dict(pred.confidence),
     )
 
 
@@ -200,4 +202,10 @@ def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult
     if plausibility is not None:
         removed.update({f"implausible: {k}": v for k, v in plausibility.removed_cc.items()})
     windows = sum(r.windows for r in results)
-    return EngineResult(mask, timings, windows, structures, removed, plausibility)
+    confidence = {
+        key: value
+        for r, side in zip(results, sides, strict=True)
+        for key, value in r.confidence.items()
+        if key[1] == side
+    }
+    return EngineResult(mask, timings, windows, structures, removed, plausibility, confidence)

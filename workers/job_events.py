@@ -152,4 +152,9 @@ class ObservedJobStore:
             facts["code"] = code
         if job.checkpoint:
             facts["checkpoint"] = job.checkpoint
+        if job.attention:  # counts only: findings name structures, never a patient
+            facts["needs_attention"] = len(job.attention)
+            self.metrics.incr("jobs_needing_attention", {})
+        if job.structure_confidence:
+            facts["lowest_confidence"] = min(job.structure_confidence.values())
         self.audit.record(kind, self.worker, job_id=job.job_id, attempts=job.attempts, **facts)

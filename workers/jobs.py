@@ -87,6 +87,7 @@ class Job(BaseModel):
     checkpoint: str | None = None
     rtstruct_sop_instance_uid: str | None = None
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
+    structure_confidence: dict[str, float] = Field(default_factory=dict)  # by ROI name
     lease_until: datetime | None = None
     claimed_by: str | None = None  # the worker (``worker:<node>``) of the latest claim
     review: Review = Field(default_factory=Review)

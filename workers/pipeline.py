@@ -36,6 +36,7 @@ from workers.preview import render_preview
 from workers.settings import WorkerSettings
 from workers.structure_set import (
     attention_findings,
+    confidence_by_roi,
     naming_map,
     removal_warnings,
     roi_specs,
@@ -116,8 +117,8 @@ class JobControl:
                 job.status is not JobStatus.RUNNING or job.attempts != self.attempt
             ):
                 raise JobSupersededError(
-                    f"attempt {self.attempt} lost its claim (the job is now {job.status.value}, "
-                    f"attempt {job.attempts})"
+                    f"attempt {self.attempt} no longer holds the job (it is now "
+                    f"{job.status.value}, attempt {job.attempts})"
                 )
             self._renew(now)
 
@@ -197,7 +198,13 @@ def _contour(
         min_cc = settings.nodal_check_cc if settings.nodal_check_cc > 0 else 1.0
         warnings += structure_warnings(record, result.structures, voxel_cc, min_cc)
         attention = attention_findings(
-            record, result.structures, result.plausibility, voxel_cc, min_cc
+            record,
+            result.structures,
+            result.plausibility,
+            voxel_cc,
+            min_cc,
+            confidence=result.confidence,
+            flag_below=settings.confidence_flag_below,
         )
     warnings += removal_warnings(result.removed_cc, settings.removed_warning_cc)
     timings["consistency"] = time.perf_counter() - t0
@@ -278,12 +285,28 @@ def run_job(
         )
         log.info("job %s interrupted by a shutdown; queued again", job_id)
     except LlmctvError as exc:
-        fail_job(store, job_id, exc)
+        _fail_own_claim(store, job_id, job.attempts, exc)
     except timeouts:
-        fail_job(store, job_id, JobTimeoutError("the job ran past the soft time limit"))
+        error = JobTimeoutError("the job ran past the soft time limit")
+        _fail_own_claim(store, job_id, job.attempts, error)
     except Exception as exc:  # the one boundary where an unexpected error becomes a job state
         log.exception("job %s failed unexpectedly", job_id)
-        fail_job(store, job_id, exc)
+        _fail_own_claim(store, job_id, job.attempts, exc)
+
+
+def _fail_own_claim(store: JobStore, job_id: str, attempt: int, exc: BaseException) -> None:
+    """Fail the job, unless another claim owns it now (this worker was stuck past its lease,
+    and the job was handed on: its result, or its own failure, is the one that counts)."""
+    current = store.get(job_id)
+    if current.status is not JobStatus.RUNNING or current.attempts != attempt:
+        log.warning(
+            "job %s: attempt %d ended (%s) but no longer holds the job; nothing written",
+            job_id,
+            attempt,
+            type(exc).__name__,
+        )
+        return
+    fail_job(store, job_id, exc)
 
 
 def _execute(
@@ -324,7 +347,9 @@ def _execute(
     )
     timings["rtstruct"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    files.preview(job_id).write_bytes(render_preview(ct.volume.array, mask, ct.volume.grid))
+    outlines = {roi.name: roi.mask for roi in rois[1:]} or None  # sub-volumes, not the union
+    preview = render_preview(ct.volume.array, mask, ct.volume.grid, structures=outlines)
+    files.preview(job_id).write_bytes(preview)
     timings["preview"] = time.perf_counter() - t0
     voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
     volumes = volumes_cc(rois, voxel_cc)
@@ -339,6 +364,7 @@ def _execute(
         finished_at=utcnow(),
         warnings=store.get(job_id).warnings + warnings,
         attention=contoured.attention,
+        structure_confidence=confidence_by_roi(result.confidence, naming_map(settings.roi_names)),
         timings={k: round(v, 4) for k, v in timings.items()},
         checkpoint=engine.checkpoint_hash,
         rtstruct_sop_instance_uid=str(written.SOPInstanceUID),

@@ -38,6 +38,13 @@ class AlreadyReviewedError(LlmctvError):
     code = "already_reviewed"
 
 
+class StructureSetRejectedError(LlmctvError):
+    """The job's structure set was rejected in review: only reviewers may still fetch it (marked
+    REJECTED); nobody else may use it."""
+
+    code = "structure_set_rejected"
+
+
 class ReviewRequiredError(LlmctvError):
     """The RTSTRUCT may not leave before a reviewer approved it (``require_review``)."""
 

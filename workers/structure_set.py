@@ -155,12 +155,15 @@ def attention_findings(
     voxel_cc: float,
     min_cc: float,
     implausible_share: float = 0.2,
+    confidence: Mapping[tuple[str, str], float] | None = None,
+    flag_below: float = 0.0,
 ) -> list[str]:
     """Needs-attention findings: what a reviewer must check before the RTSTRUCT may leave.
 
     * the CT shows no lungs: the anatomical rules could not check anything;
     * a structure the note requires is missing (under ``min_cc``) after the rules;
-    * more than ``implausible_share`` of a required structure was implausible (removed).
+    * more than ``implausible_share`` of a required structure was implausible (removed);
+    * a structure's confidence (:mod:`model.imaging.confidence`) is below ``flag_below``.
 
     A single-CTV network has no sub-volumes to check: only the first finding applies.
     """
@@ -186,7 +189,22 @@ def attention_findings(
                 f"{removed:.1f} cc of the {label} were implausible and removed ({reasons}); "
                 f"{kept:.1f} cc remain: check it"
             )
+    for (name, side), value in sorted((confidence or {}).items()):
+        if value < flag_below and (name, side) in structures:
+            label = f"{name.replace('_', ' ')} CTV on the {_SIDE_WORD[side]} side"
+            found.append(f"low confidence {value:.2f} for the {label}: check it first")
     return found
+
+
+def confidence_by_roi(
+    confidence: Mapping[tuple[str, str], float], names: Mapping[str, str]
+) -> dict[str, float]:
+    """Confidence per output ROI name (as in the RTSTRUCT)."""
+    return {
+        names[name].replace("{side}", side): value
+        for (name, side), value in sorted(confidence.items())
+        if name in names
+    }
 
 
 def _reasons(plausibility: PlausibilityReport | None, key: tuple[str, str]) -> str:

@@ -9,6 +9,7 @@ ReviewTime (PS3.3 C.8.8.16). The unapproved file is left as it is.
 
 from __future__ import annotations
 
+import io
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,3 +90,25 @@ def write_approved_copy(source: Path, target: Path, approval: Approval) -> str:
     finally:
         partial.unlink(missing_ok=True)
     return str(approved.SOPInstanceUID)
+
+
+def rejected_bytes(source: Path, reviewer: str, when: datetime) -> bytes:
+    """The RTSTRUCT ``source`` as a new instance marked ``REJECTED`` (PS3.3 C.8.8.16), as bytes.
+
+    For a reviewer who fetches a rejected structure set: the file itself says it must not be
+    used. Nothing is stored.
+
+    Raises
+    ------
+    UnreadableDicomError, StructureSetError
+        As :func:`write_approved_copy`.
+    """
+    try:
+        ds = pydicom.dcmread(source)
+    except (InvalidDicomError, OSError) as exc:
+        raise UnreadableDicomError("the structure set cannot be read") from exc
+    marked = approved_dataset(ds, Approval(reviewer, when))
+    marked.ApprovalStatus = "REJECTED"
+    out = io.BytesIO()
+    marked.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -190,6 +190,32 @@ def _options(values: tuple[str, ...]) -> str:
     return "".join(f'<option value="{escape(v)}">{escape(v)}</option>' for v in values)
 
 
+#: Confidence under which a structure is shown as one to check (besides the site's flag).
+LOW_CONFIDENCE = 0.8
+
+
+def _check_first(job: Job) -> str:
+    """Needs-attention findings, then each structure's confidence, lowest first."""
+    items = "".join(
+        f'<li data-testid="attention">{escape(finding)}</li>' for finding in job.attention
+    )
+    rows = "".join(
+        f'<tr class="{"low" if value < LOW_CONFIDENCE else "ok"}" data-testid="confidence">'
+        f"<td>{escape(name)}</td><td>{value:.2f}</td></tr>"
+        for name, value in sorted(job.structure_confidence.items(), key=lambda kv: kv[1])
+    )
+    if not items and not rows:
+        return ""
+    findings = f'<ul class="attention">{items}</ul>' if items else ""
+    table = (
+        '<table class="confidence"><thead><tr><th>Structure</th><th>confidence</th></tr>'
+        f"</thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return f'<h2 class="check-first">Check first</h2>{findings}{table}'
+
+
 def review_page(job: Job, note: str, identity: Identity, csrf: str) -> str:
     """The review page of one job; its script (``review.js``) draws slices and contours."""
     warnings = (
@@ -260,7 +286,10 @@ def review_page(job: Job, note: str, identity: Identity, csrf: str) -> str:
         'Approve</button><button id="reject" class="reject" data-testid="reject">Reject'
         '</button></div><p id="decision-error" class="error" role="alert"></p>'
     )
-    panel = f'<section class="panel">{structures}{context}{counterfactual}{decision}</section>'
+    first = _check_first(job)
+    panel = (
+        f'<section class="panel">{first}{structures}{context}{counterfactual}{decision}</section>'
+    )
     body = (
         f'<div class="jobhead"><h1>Job {escape(job.job_id[:8])}</h1>'
         f'<span class="status {escape(job.status.value)}">{escape(job.status.value)}</span>'

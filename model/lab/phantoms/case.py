@@ -17,7 +17,7 @@ from model.errors import ConfigurationError
 from model.imaging.geometry import Grid, Volume
 from model.lab.phantoms.acquisition import sample_extras
 from model.lab.phantoms.anatomy import Anatomy, build_anatomy, make_grid
-from model.lab.phantoms.params import sample_params
+from model.lab.phantoms.params import randomise_domain, sample_params
 from model.lab.phantoms.render import I16Array, render_hu
 from model.lab.phantoms.rules import ctv_masks
 from model.lab.phantoms.shapes import BoolArray
@@ -192,6 +192,8 @@ def generate_case(
     params = sample_params(params_rng, profile)
     if profile.acquisition_extras:
         params = replace(params, extras=sample_extras(extras_rng))
+    if profile.domain_randomised:
+        params = randomise_domain(extras_rng, params)
     grid = make_grid(params, scale)
     surgeries = {d.side: d.surgery for d in clinical.diagnoses}
     anatomy = build_anatomy(params, grid, surgeries)

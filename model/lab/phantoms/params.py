@@ -8,7 +8,7 @@ Offsets ``u``/``v`` are LPS ``x``/``y`` relative to the body centre (``v < 0`` a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -125,6 +125,23 @@ class NodeParams:
 
 
 @dataclass(frozen=True)
+class OrganParams:
+    """Abdominal organs under the lungs (domain randomisation; LPS mm, relative to the body).
+
+    ``liver_top`` is the LPS ``z`` of the right hemidiaphragm's dome, measured from the
+    lowest breast bottom (positive: the dome reaches up into the breast slices); the left
+    dome (spleen, stomach) lies ``left_drop`` lower.
+    """
+
+    liver_top: float
+    liver_semi: tuple[float, float, float]
+    liver_u: float
+    left_drop: float
+    spleen_semi: tuple[float, float, float]
+    stomach_gas: float  # semi-axis (mm) of the gas bubble, 0 for none
+
+
+@dataclass(frozen=True)
 class PhantomParams:
     """All parameters of one phantom; ``scan_bottom``/``scan_top`` are LPS ``z`` (mm)."""
 
@@ -136,6 +153,7 @@ class PhantomParams:
     scan_bottom: float
     scan_top: float
     extras: AcquisitionExtras | None = None
+    organs: OrganParams | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready parameters (for ``cohort.json``)."""
@@ -146,6 +164,7 @@ class PhantomParams:
             "nodes": {s.value: asdict(p) for s, p in self.nodes.items()},
             "scan_z_mm": [self.scan_bottom, self.scan_top],
             **({"acquisition": asdict(self.extras)} if self.extras else {}),
+            **({"organs": asdict(self.organs)} if self.organs else {}),
         }
 
 
@@ -280,3 +299,38 @@ def sample_params(rng: np.random.Generator, profile: SiteProfile) -> PhantomPara
         scan_bottom=scan_bottom,
         scan_top=scan_top,
     )
+
+
+def randomise_domain(rng: np.random.Generator, params: PhantomParams) -> PhantomParams:
+    """Domain randomisation (a site's ``domain_randomised``): organs and breast sizes.
+
+    Drawn from their own stream after every other parameter, so the rest of the phantom is the
+    one the site would give without it. Breasts are redrawn from small and flat (projection
+    15 mm, radius 40 mm) to large (projection 100 mm); the liver dome lies from 10 mm below to
+    half a breast length above the lowest breast bottom, and the scan reaches up to 60 mm
+    further into the upper abdomen.
+    """
+    body = params.body
+    breasts = {
+        side: replace(
+            breast,
+            projection=uniform(rng, (15, 100)),
+            radius=min(uniform(rng, (40, 85)), breast.centre_frac * body.a - 15.0),
+        )
+        for side, breast in params.breasts.items()
+    }
+    length = min(b.length for b in breasts.values())
+    organs = OrganParams(
+        liver_top=uniform(rng, (-10.0, 0.5 * length)),
+        liver_semi=(
+            uniform(rng, (0.45, 0.65)) * body.a,
+            uniform(rng, (0.55, 0.8)) * body.b,
+            uniform(rng, (80, 130)),
+        ),
+        liver_u=-uniform(rng, (0.15, 0.35)) * body.a,
+        left_drop=uniform(rng, (8, 30)),
+        spleen_semi=(uniform(rng, (25, 40)), uniform(rng, (35, 55)), uniform(rng, (40, 60))),
+        stomach_gas=uniform(rng, (0, 35)),
+    )
+    scan_bottom = params.scan_bottom - uniform(rng, (0, 60))  # more of the upper abdomen
+    return replace(params, breasts=breasts, organs=organs, scan_bottom=scan_bottom)

@@ -26,6 +26,10 @@ HU_CORTEX = 700.0
 HU_VERTEBRA = 250.0
 HU_CANAL = 15.0
 HU_SEROMA = 10.0
+HU_LIVER = 55.0
+HU_SPLEEN = 45.0
+HU_STOMACH = 30.0
+HU_GAS = -950.0
 HU_MIN, HU_MAX = -1024, 3071
 _TEXTURE_STEP_MM = 12.0
 _CLIP_RADIUS_MM = 1.0
@@ -106,6 +110,31 @@ def _paint_heart(hu: F32Array, anatomy: Anatomy, value: float) -> None:
     bottom = min(p.bottom for p in anatomy.params.breasts.values())
     centre = (body.cx + body.heart_u, body.cy + body.heart_v, bottom + body.heart_z_above_bottom)
     _paint_solid(hu, anatomy, centre, body.heart_semi, value, inner)
+
+
+def _paint_abdomen(hu: F32Array, anatomy: Anatomy) -> None:
+    """Domain randomisation: liver dome under the right lung, spleen and stomach on the left.
+
+    Painted over the lungs inside the rib cage: where an organ is, the lung ends above it.
+    """
+    organs = anatomy.params.organs
+    if organs is None:
+        return
+    body = anatomy.params.body
+    inner = np.broadcast_to((anatomy.surface.depth >= body.wall + 3.0)[None], hu.shape)
+    bottom = min(p.bottom for p in anatomy.params.breasts.values())
+    dome = bottom + organs.liver_top
+    liver = (body.cx + organs.liver_u, body.cy + 0.05 * body.b, dome - organs.liver_semi[2])
+    _paint_solid(hu, anatomy, liver, organs.liver_semi, HU_LIVER, inner)
+    left = dome - organs.left_drop
+    spleen = (body.cx + 0.45 * body.a, body.cy + 0.35 * body.b, left - organs.spleen_semi[2])
+    _paint_solid(hu, anatomy, spleen, organs.spleen_semi, HU_SPLEEN, inner)
+    stomach = (body.cx + 0.3 * body.a, body.cy - 0.15 * body.b, left - 45.0)
+    _paint_solid(hu, anatomy, stomach, (45.0, 40.0, 45.0), HU_STOMACH, inner)
+    if organs.stomach_gas > 5.0:
+        gas = (stomach[0], stomach[1] - 20.0, stomach[2] + 15.0)
+        semi = (organs.stomach_gas, organs.stomach_gas * 0.6, organs.stomach_gas * 0.7)
+        _paint_solid(hu, anatomy, gas, semi, HU_GAS, inner)
 
 
 def _paint_spine(hu: F32Array, anatomy: Anatomy) -> None:
@@ -220,6 +249,7 @@ def render_hu(
     hu = np.full(anatomy.shape, HU_AIR, dtype=np.float32)
     _paint_wall(hu, anatomy)
     _paint_organs(hu, anatomy)
+    _paint_abdomen(hu, anatomy)
     _paint_spine(hu, anatomy)
     _paint_breasts(hu, anatomy, texture_rng)
     for side, surgery in anatomy.surgeries.items():

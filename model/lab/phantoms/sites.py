@@ -46,6 +46,10 @@ class SiteProfile:
         ``False``: int16 pixels with RescaleIntercept 0.
     acquisition_extras
         Draw couch, arms, contrast and numbering order (:mod:`model.lab.phantoms.acquisition`).
+    domain_randomised
+        Draw abdominal organs under the lungs (a liver dome that may reach the caudal breast
+        slices, spleen, stomach gas) and breasts from small and flat to large
+        (:func:`model.lab.phantoms.params.randomise_domain`); training data only.
     """
 
     name: str
@@ -58,6 +62,7 @@ class SiteProfile:
     mastectomy: float
     unsigned_storage: bool
     acquisition_extras: bool = False
+    domain_randomised: bool = False
 
 
 SITES: dict[str, SiteProfile] = {
@@ -108,6 +113,11 @@ SITES["RB"] = replace(
     n_stage=(0.35, 0.15, 0.30, 0.12, 0.08),
     mastectomy=0.2,
 )
+
+# Domain randomisation (training only, issue 22): site R's scanners plus anatomy the spec
+# leaves out or keeps narrow, so that the network does not learn "soft tissue under the lung
+# is breast" or one breast size.
+SITES["D"] = replace(SITES["R"], name="D", domain_randomised=True)
 
 _N_BASE = ("0", "1mi", "1", "2", "3")
 _N_SUFFIXES = {"1": ("a", "b", "c"), "2": ("a", "b"), "3": ("a", "b", "c")}
