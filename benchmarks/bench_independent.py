@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['note']} attention={len(row['attention'])}",
                     flush=True,
                 )
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+    name = f"results-{args.checkpoint.parent.name}-{args.checkpoint.name}.json"
+    (args.out / name).write_text(json.dumps(rows, indent=1, default=float) + "\n")
     print()
     print(table(rows))
     for site in args.sites:

@@ -52,6 +52,9 @@ def test_a_ct_without_breast_needs_attention(lung1_job: tuple[Job, Path]) -> Non
     print("\nLUNG1, left BCS N1: attention", json.dumps(job.attention, indent=1))
     print("volumes", job.roi_volumes_cc)
     assert any("breast CTV on the left side" in finding for finding in job.attention)
+    # What is left (nodes over a man's chest) the network itself is unsure of.
+    assert job.structure_confidence and max(job.structure_confidence.values()) < 0.5
+    assert any(finding.startswith("low confidence") for finding in job.attention)
     assert any("implausible" in w for w in job.warnings), job.warnings
 
 

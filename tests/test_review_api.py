@@ -633,3 +633,40 @@ def test_two_patients_sharing_a_series_uid_each_see_their_own_ct(
         for j in (job_a["job_id"], job_b["job_id"])
     ]
     assert slices[0] != slices[1], "B's slice is B's pixels"
+
+
+def test_who_did_it_is_audited(
+    review_gateway: tuple[str, Any], phantoms: list[WrittenCase]
+) -> None:
+    """On e766665 a cancel was audited as the worker, a page counterfactual as
+    ``counterfactual``, and logins not at all (issue 23)."""
+    url, app = review_gateway
+    audit = app.state.llmctv_audit
+    refused = httpx.post(f"{url}/ui/login", data={"token": "not-a-token-0123456789"})
+    assert refused.status_code == 401
+    client = _login(url, REVIEWER_TOKEN)
+    job = _finished_job(url, phantoms[0])
+    page = client.get(f"/ui/jobs/{job['job_id']}", headers=HTML).text
+    csrf = page.split('"csrf": "', 1)[1].split('"', 1)[0]
+    twin = client.post(
+        f"/ui/jobs/{job['job_id']}/counterfactual",
+        json={"field": "n_stage", "value": "0"},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert twin.status_code == 202, twin.text
+    queued = Job(job_id=new_job_id(), clinical=N1_LEFT)
+    app.state.llmctv.store.create(queued)
+    cancel = httpx.delete(f"{url}/jobs/{queued.job_id}", headers=SUBMITTER, timeout=30)
+    assert cancel.status_code == 200, cancel.text
+    assert client.post("/ui/logout", data={"csrf": csrf}).status_code == 303
+    entries = audit.read()
+    submitted = [e for e in entries if e.get("job_id") == twin.json()["job_id"]]
+    assert submitted[0]["kind"] == "job.submitted" and submitted[0]["who"] == "alice"
+    ended = [
+        e for e in entries if e.get("job_id") == queued.job_id and e["kind"] != "job.submitted"
+    ]
+    assert ended and ended[-1]["who"] == "bob", ended
+    kinds = [(e["kind"], e["who"]) for e in entries if e["kind"].startswith("ui.")]
+    assert ("ui.login_failed", "unknown") in kinds
+    assert ("ui.login", "alice") in kinds and ("ui.logout", "alice") in kinds
+    assert not any("not-a-token" in str(e) for e in entries), "no secret in the trail"

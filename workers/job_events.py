@@ -157,4 +157,6 @@ class ObservedJobStore:
             self.metrics.incr("jobs_needing_attention", {})
         if job.structure_confidence:
             facts["lowest_confidence"] = min(job.structure_confidence.values())
-        self.audit.record(kind, self.worker, job_id=job.job_id, attempts=job.attempts, **facts)
+        # A person who ended the job (a cancel over HTTP) is its author, not the worker.
+        who = ACTOR.get() or self.worker
+        self.audit.record(kind, who, job_id=job.job_id, attempts=job.attempts, **facts)

@@ -41,7 +41,7 @@ class WorkerSettings(ModelSettings, StorageSettings):
     # Islands and outside-body volume removed by postprocessing above this (cc) are a warning.
     removed_warning_cc: float = 1.0
     # A structure whose confidence (mean class probability) is below this needs attention.
-    confidence_flag_below: float = 0.0
+    confidence_flag_below: float = 0.90
 
     # Plausible CT geometry (model.dicom.ingest_policy.IngestPolicy), checked at inspection.
     ingest_min_spacing_mm: float = 0.1

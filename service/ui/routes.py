@@ -45,7 +45,9 @@ from service.ui.session import (
 )
 from service.ui.slices import CtCache, CtView, load_ct_view
 from service.ui.structures import StructureView, structure_view
+from workers.audit import AuditKind
 from workers.errors import JobNotFoundError
+from workers.job_events import ACTOR
 from workers.jobs import Job, JobStatus, iter_jobs
 from workers.review import ReviewStatus
 
@@ -181,6 +183,11 @@ def _finished_job(request: Request, job_id: str) -> Job:
 
 # --- login ----------------------------------------------------------------------------------
 @router.get("/login", response_class=HTMLResponse)
+def _address(request: Request) -> str:
+    """The caller's network address (never a patient's data)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
 def login_form(request: Request) -> Response:
     """The token form (or the worklist, for a live session)."""
     if current_session(request) is not None:
@@ -193,9 +200,14 @@ def login(request: Request, token: Annotated[str, Form(max_length=4096)]) -> Res
     """Check the token once and open a session (303 to the worklist)."""
     settings: Settings = _service(request).settings
     identity = identify(settings, token)
+    audit = audit_of(request)
     if identity is None:
         log.info("review station: a login with an unknown token was refused")
+        if audit is not None:
+            audit.record(AuditKind.LOGIN_FAILED, "unknown", address=_address(request))
         return _html(pages.login_page("That token is not accepted."), status=401)
+    if audit is not None:
+        audit.record(AuditKind.LOGIN, identity.name, address=_address(request))
     session = station_of(request).sessions.open(identity)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
     set_cookie(response, session, settings)
@@ -206,9 +218,12 @@ def login(request: Request, token: Annotated[str, Form(max_length=4096)]) -> Res
 @router.post("/logout")
 def logout(request: Request, csrf: Annotated[str, Form(max_length=256)] = "") -> Response:
     """End the session and forget the cookie."""
-    check_csrf(request, csrf)
+    identity = check_csrf(request, csrf)
     session = current_session(request)
     station_of(request).sessions.close(session.session_id if session else None)
+    audit = audit_of(request)
+    if audit is not None:
+        audit.record(AuditKind.LOGOUT, identity.name, address=_address(request))
     response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
     clear_cookie(response, _service(request).settings)
     return response
@@ -390,6 +405,10 @@ def review(request: Request, job_id: str, body: ReviewRequest) -> JSONResponse:
 @router.post("/jobs/{job_id}/counterfactual", status_code=202)
 def counterfactual(request: Request, job_id: str, body: CounterfactualRequest) -> JSONResponse:
     """Contour the same CT with one field changed; answers the new job's id."""
-    check_csrf(request, None)
-    job = start_counterfactual(_service(request), job_id, body)
+    identity = check_csrf(request, None)
+    acting = ACTOR.set(identity.name)  # the session's person submits it (audit)
+    try:
+        job = start_counterfactual(_service(request), job_id, body)
+    finally:
+        ACTOR.reset(acting)
     return JSONResponse({"job_id": job.job_id, "status": job.status.value}, status_code=202)
