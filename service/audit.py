@@ -156,6 +156,14 @@ class DicomEvents:
             who = f"{calling_ae.strip()}@{address}"
             self.audit.record(AuditKind.DICOM_REJECTED, who, reason=reason)
 
+    def quarantined(self, sender: str, sop_instance_uid: str) -> None:
+        """An instance was kept aside: its series holds another patient's instances."""
+        self.metrics.incr("dicom_instances_quarantined", {})
+        if self.audit is not None:
+            self.audit.record(
+                AuditKind.DICOM_QUARANTINED, sender, sop_instance_uid=sop_instance_uid
+            )
+
     def stow_request(self, sender: str, stored: int, refused: int, status: int) -> None:
         """A STOW-RS request ended: instances stored and refused, the HTTP status answered."""
         if stored:

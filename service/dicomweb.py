@@ -46,7 +46,11 @@ from service.dicomnet.acceptance import (
     store_described,
 )
 from service.dicomnet.assembly import OnComplete, ReceivedInstance, SeriesAssembler
-from service.dicomnet.errors import DicomStorageError, ModalityMismatchError
+from service.dicomnet.errors import (
+    DicomStorageError,
+    IdentityConflictError,
+    ModalityMismatchError,
+)
 from service.dicomnet.listener import DicomListener, check_transfer_syntaxes, status_for_error
 from service.dicomnet.storage import check_uid, remove_stale_temporaries
 from service.errors import StorageFullError
@@ -176,6 +180,8 @@ class StowReceiver:
             log.warning("STOW-RS instance refused, reason 0x%04X: %s", reason, exc)
             if isinstance(exc, ModalityMismatchError):
                 note_refusal(self.root, exc)
+            if isinstance(exc, IdentityConflictError):
+                DICOM_EVENTS.quarantined(sender, announced[1])
             return Outcome(*announced, failure=reason)
         finally:
             part.discard()

@@ -51,6 +51,7 @@ HELP = {
     "dicomweb_instances": "Instances received over STOW-RS, stored or refused.",
     "jobs_requeued": "Jobs queued again, by reason (stalled: no progress within the lease).",
     "jobs_needing_attention": "Succeeded jobs with needs-attention findings (held for review).",
+    "dicom_instances_quarantined": "Instances kept aside: their series held another patient.",
     "job_duration_seconds": "Seconds from a job's start to its final state.",
     "job_queue_wait_seconds": "Seconds a job waited in the queue before a worker started it.",
     "job_stage_duration_seconds": "Seconds per pipeline stage (from the job record's timings).",

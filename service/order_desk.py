@@ -236,6 +236,7 @@ class OrderDesk:
         _link_or_copy(manifest.folder, target)
         matched = {
             "matched_series_instance_uid": manifest.series_instance_uid,
+            "matched_study_instance_uid": manifest.study_instance_uid,
             "matched_instances": manifest.instance_count,
             "matched_cycle": manifest.cycle,
         }
@@ -274,7 +275,9 @@ class OrderDesk:
         for order in self.orders.all():
             if order.matched_series_instance_uid is None or order.order_id in self._sending:
                 continue
-            manifest = self.manifests.by_series.get(order.matched_series_instance_uid)
+            study = order.matched_study_instance_uid or order.study_instance_uid or ""
+            key = (study, order.matched_series_instance_uid)
+            manifest = self.manifests.by_series.get(key)  # the same study: never another's
             if (
                 manifest is None
                 or manifest.cycle <= (order.matched_cycle or 0)

@@ -114,6 +114,7 @@ class Order(BaseModel):
     matched_at: datetime | None = None
     send: SendState = Field(default_factory=SendState)
     matched_series_instance_uid: str | None = None
+    matched_study_instance_uid: str | None = None
     matched_instances: int | None = None
     matched_cycle: int | None = None
     superseded: list[SupersededRun] = Field(default_factory=list)

@@ -118,7 +118,8 @@ class ManifestIndex:
         self._marker: int | None = None
         self._scanned_at = float("-inf")
         self._files: dict[Path, tuple[int, Manifest | None]] = {}
-        self.by_series: dict[str, Manifest] = {}
+        # Keyed by (study, series): a series UID alone may be reused by another study.
+        self.by_series: dict[tuple[str, str], Manifest] = {}
         self._by_study: dict[str, list[Manifest]] = {}
         self._by_accession: dict[str, list[Manifest]] = {}
         self._refusals: list[Refusal] = []
@@ -161,7 +162,8 @@ class ManifestIndex:
         for _, manifest in self._files.values():
             if manifest is None or manifest.modality != "CT":
                 continue
-            self.by_series[manifest.series_instance_uid] = manifest
+            key = (manifest.study_instance_uid, manifest.series_instance_uid)
+            self.by_series[key] = manifest
             self._by_study.setdefault(manifest.study_instance_uid, []).append(manifest)
             if manifest.accession_number:
                 self._by_accession.setdefault(manifest.accession_number, []).append(manifest)

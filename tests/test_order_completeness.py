@@ -303,3 +303,32 @@ def test_ct_object_with_modality_mr_fails_its_waiting_order_at_once(tmp_path: Pa
     assert failed.error is not None and failed.error["code"] == "dicom_modality_mismatch"
     assert "Modality 'MR'" in failed.error["detail"]
     assert holding.submitted == []
+
+
+def test_another_study_reusing_the_series_uid_never_supersedes(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    """Patient B's study reuses the SeriesInstanceUID of patient A's sent order (issue 23)."""
+    desk, holding = _desk(tmp_path)
+    series = _arrive(desk, sorted(phantoms[0].ct_files), cycle=1)
+    order = _order(series.study_instance_uid, send=SendState(status=SendStatus.PENDING))
+    desk.orders.create(order)
+    desk.run_once()
+    matched = desk.orders.get(order.order_id)
+    assert matched.job_id is not None
+    desk.store.update(matched.job_id, status=JobStatus.SUCCEEDED)
+    desk.orders.update(order.order_id, send=SendState(status=SendStatus.SENT, attempts=1))
+    other = tmp_path / "patient-b"
+    other.mkdir()
+    reused = []
+    for path in sorted(phantoms[1].ct_files):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series.series_instance_uid  # B's own study, A's series UID
+        ds.save_as(other / path.name, enforce_file_format=True)
+        reused.append(other / path.name)
+    _arrive(desk, reused, cycle=2)
+    desk.run_once()
+    after = desk.orders.get(order.order_id)
+    assert after.job_id == matched.job_id and after.superseded == [], "A's order untouched"
+    assert after.send.status is SendStatus.SENT
+    assert holding.submitted == [matched.job_id], "no job on patient B's CT"

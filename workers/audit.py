@@ -50,6 +50,7 @@ class AuditKind:
     DICOM_ACCEPTED = "dicom.association_accepted"
     DICOM_REJECTED = "dicom.association_rejected"
     DICOMWEB_STORE = "dicomweb.store"
+    DICOM_QUARANTINED = "dicom.instance_quarantined"
     SETTINGS_LOADED = "settings.loaded"
 
 

@@ -100,6 +100,7 @@ def describe_dataset(
         sop_class = _text(ds, "SOPClassUID")
         values = {k: _text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "Modality")}
         accession = _text(ds, "AccessionNumber") or None
+        patient_id = _text(ds, "PatientID")
     except PARSE_ERRORS as exc:
         raise UnreadableDicomError(
             f"instance {announced_sop}: data set cannot be decoded ({type(exc).__name__})"
@@ -132,6 +133,7 @@ def describe_dataset(
         modality=values["Modality"],
         calling_ae=calling_ae,
         path=Path(),
+        patient_id=patient_id,
     )
 
 
@@ -168,6 +170,8 @@ def store_described(root: Path, described: ReceivedInstance, data: bytes) -> Rec
     ------
     DicomStorageError
         When the file system refuses; no partial file remains.
+    IdentityConflictError
+        The series holds another patient's instances (the instance is kept aside).
     """
     path = store_instance(
         root,
@@ -175,6 +179,7 @@ def store_described(root: Path, described: ReceivedInstance, data: bytes) -> Rec
         described.series_instance_uid,
         described.sop_instance_uid,
         data,
+        patient_id=described.patient_id,
     )
     return replace(described, path=path)
 

@@ -75,6 +75,7 @@ class ReceivedInstance:
     modality: str
     calling_ae: str
     path: Path
+    patient_id: str = ""  # kept with the series to check identity; never logged
 
 
 OnComplete = Callable[[ReceivedSeries], None]

@@ -46,6 +46,14 @@ class IncompleteInstanceError(DicomError):
     code = "incomplete_dicom_instance"
 
 
+class IdentityConflictError(IncompleteInstanceError):
+    """An instance whose series (study and series UIDs) already holds another patient's
+    instances: a reused or forged UID. Never merged: it is kept aside (quarantine) for an
+    administrator and refused (C-STORE status 0xC000)."""
+
+    code = "dicom_identity_conflict"
+
+
 class SopClassMismatchError(IncompleteInstanceError):
     """A received data set whose SOPClassUID differs from the C-STORE request's."""
 

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 from pydicom.uid import UID, CTImageStorage, RTStructureSetStorage
 from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
 
@@ -48,6 +49,7 @@ from service.dicomnet.destinations import check_ae_title
 from service.dicomnet.errors import (
     DicomListenerError,
     DicomStorageError,
+    IdentityConflictError,
     IncompleteInstanceError,
     InvalidUidError,
     ModalityMismatchError,
@@ -453,6 +455,9 @@ class DicomListener:
             logger.warning("C-STORE from %s refused, status 0x%04X: %s", _peer(event), status, exc)
             if isinstance(exc, ModalityMismatchError):
                 self._note_refusal(exc)
+            if isinstance(exc, IdentityConflictError):
+                request = cast(C_STORE, event.request)
+                DICOM_EVENTS.quarantined(_peer(event), str(request.AffectedSOPInstanceUID))
             return status
         except Exception as exc:  # thread boundary: never let pynetdicom see a crash
             status = status_for_error(exc)
@@ -486,6 +491,7 @@ class DicomListener:
             described.series_instance_uid,
             described.sop_instance_uid,
             event.encoded_dataset(include_meta=True),
+            patient_id=described.patient_id,
         )
         return replace(described, path=path)
 

@@ -12,13 +12,14 @@ before they are used as path components.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import time
 from pathlib import Path
 
-from service.dicomnet.errors import DicomStorageError, InvalidUidError
+from service.dicomnet.errors import DicomStorageError, IdentityConflictError, InvalidUidError
 from workers.atomic_write import TEMP_SUFFIX, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,10 @@ INSTANCE_SUFFIX = ".dcm"
 REFUSAL_NOTE = "refused.json"
 #: Touched at the storage root whenever a manifest or refusal note is written.
 CHANGE_MARKER = ".manifests"
+#: In each series folder: a hash of the PatientID of its first instance.
+IDENTITY_FILE = ".patient"
+#: Beside the received tree: instances refused for an identity conflict, kept for admins.
+QUARANTINE = "quarantine"
 
 
 def check_uid(value: str, what: str) -> str:
@@ -68,8 +73,21 @@ def instance_path(root: Path, study_uid: str, series_uid: str, sop_uid: str) -> 
     return root / study / series / f"{sop}{INSTANCE_SUFFIX}"
 
 
-def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+def store_instance(
+    root: Path,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    data: bytes,
+    *,
+    patient_id: str = "",
+) -> Path:
     """Store one encoded instance atomically and return its final path.
+
+    The first instance of a series folder leaves the patient's identity there (a hash of
+    PatientID, :data:`IDENTITY_FILE`); an instance of another patient for the same study and
+    series UIDs is never merged: it is kept aside under ``<root>/../quarantine/`` and refused
+    (:class:`IdentityConflictError`), so two patients can never meet in one series.
 
     Parameters
     ----------
@@ -91,10 +109,13 @@ def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, da
         When a UID is not digits and dots; nothing is written.
     DicomStorageError
         When the file system refuses (full disk, permissions); no partial file remains.
+    IdentityConflictError
+        The series folder holds another patient's instances.
     """
     final = instance_path(root, study_uid, series_uid, sop_uid)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        _check_identity(root, final, patient_id, data)
         write_atomically(final, data)
     except OSError as exc:
         raise DicomStorageError(
@@ -102,6 +123,36 @@ def store_instance(root: Path, study_uid: str, series_uid: str, sop_uid: str, da
             f"{exc.strerror or type(exc).__name__}"
         ) from exc
     return final
+
+
+def _identity_of(patient_id: str) -> str:
+    return hashlib.sha256(patient_id.strip().encode()).hexdigest()
+
+
+def _check_identity(root: Path, final: Path, patient_id: str, data: bytes) -> None:
+    """Record the series' patient on its first instance; quarantine another patient's."""
+    marker = final.parent / IDENTITY_FILE
+    identity = _identity_of(patient_id)
+    try:
+        known = marker.read_text().strip()
+    except FileNotFoundError:
+        write_atomically(marker, identity.encode())
+        return
+    if known == identity:
+        return
+    kept = root.parent / QUARANTINE / f"{time.time_ns()}-{final.name}"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(kept, data)
+    raise IdentityConflictError(
+        f"instance {final.stem}: series {final.parent.name} of study {final.parent.parent.name} "
+        "already holds another patient's instances; kept aside (quarantine), not merged"
+    )
+
+
+def quarantined(root: Path) -> list[Path]:
+    """Instances kept aside for an administrator (identity conflicts), oldest first."""
+    folder = root.parent / QUARANTINE
+    return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
 
 
 def touch_change_marker(root: Path) -> None:
