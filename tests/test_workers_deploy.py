@@ -33,7 +33,11 @@ def test_example_env_lists_every_setting_and_is_valid() -> None:
     assert sorted(set(listed) - expected) == [], "names that are not settings"
     active = {k.removeprefix("LLMCTV_").lower(): v for k, v in _assignments(text, False).items()}
     settings = Settings.model_validate(active)
-    assert settings.redis_url == "redis://redis:6379/0"
+    assert settings.redis_url == "redis://:change-this-redis-password@redis:6379/0"
+    # Safe defaults (issue 23): review required, secure cookie, an AE allow-list, DICOM on
+    # loopback, Redis with a password.
+    assert settings.require_review and settings.ui_secure_cookie and settings.hold_needs_attention
+    assert settings.dicom_allowed_aets and settings.dicom_host == "127.0.0.1"
     assert (
         settings.task_soft_time_limit < settings.task_hard_time_limit < settings.visibility_timeout
     )
