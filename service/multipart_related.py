@@ -28,6 +28,10 @@ from workers.atomic_write import TEMP_SUFFIX
 SPOOL_PREFIX = ".stow-"
 #: Largest part header block accepted (a few headers of a few hundred bytes each).
 MAX_HEADER_BYTES = 8_192
+#: Most parts (instances) in one request: a CT series has a few hundred, rarely 2,000.
+MAX_PARTS = 5_000
+#: Largest preamble before the first boundary (RFC 2046 allows one; clients rarely send it).
+MAX_PREAMBLE_BYTES = 65_536
 
 
 def related_boundary(content_type: str, part_type: str) -> bytes:
@@ -106,9 +110,15 @@ class PartSpooler:
         Largest part kept; the rest of a larger part is skipped.
     """
 
-    def __init__(self, boundary: bytes, folder: Path, max_part_bytes: int) -> None:
+    def __init__(
+        self, boundary: bytes, folder: Path, max_part_bytes: int, max_parts: int = MAX_PARTS
+    ) -> None:
         self._folder = folder
         self._max_part = max_part_bytes
+        self._max_parts = max_parts
+        self._parts = 0
+        self._delimiter = b"--" + boundary
+        self._preamble: bytes | None = b""  # None once the first delimiter was seen
         self._current = _Current()
         self._done: list[SpooledPart] = []
         self._ended = False
@@ -136,6 +146,10 @@ class PartSpooler:
         MalformedMultipartError
             When the framing is broken.
         """
+        if self._preamble is not None:
+            chunk = self._skip_preamble(chunk)
+            if not chunk:
+                return []
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
@@ -144,6 +158,26 @@ class PartSpooler:
         for part in done:
             self._open.discard(part.path)
         return done
+
+    def _skip_preamble(self, chunk: bytes) -> bytes:
+        """Drop what precedes the first delimiter (a preamble, RFC 2046 section 5.1.1).
+
+        Raises
+        ------
+        MalformedMultipartError
+            No delimiter within :data:`MAX_PREAMBLE_BYTES`.
+        """
+        data = (self._preamble or b"") + chunk
+        at = 0 if data.startswith(self._delimiter) else data.find(b"\r\n" + self._delimiter)
+        if at < 0:
+            if len(data) > MAX_PREAMBLE_BYTES:
+                raise MalformedMultipartError(
+                    f"no multipart boundary within the first {MAX_PREAMBLE_BYTES} bytes"
+                )
+            self._preamble = data
+            return b""
+        self._preamble = None
+        return data[at + 2 :] if at > 0 or not data.startswith(self._delimiter) else data
 
     def finish(self) -> None:
         """The body ended: it must have ended with the closing boundary.
@@ -167,6 +201,9 @@ class PartSpooler:
 
     # --- parser callbacks -----------------------------------------------------------------------
     def _begin(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise MultipartParseError(f"more than {self._max_parts} parts in one request")
         self._current = _Current()
 
     def _field(self, data: bytes, start: int, end: int) -> None:
