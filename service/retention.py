@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from service.dicomnet.storage import identity_marker
 from service.orders import OrderStore
 from workers.jobs import Job, JobFiles, JobStatus, JobStore, iter_jobs, utcnow
 from workers.review import ReviewStatus, needs_approval
@@ -125,6 +126,7 @@ def purge_received(received: Path, retention_hours: float) -> int:
             try:
                 if _newest_change(series) < cutoff:
                     shutil.rmtree(series)
+                    identity_marker(received, study.name, series.name).unlink(missing_ok=True)
                     removed += 1
             except OSError as exc:
                 log.warning("retention cannot remove series %s: %s", series.name, exc.strerror)

@@ -31,8 +31,8 @@ INSTANCE_SUFFIX = ".dcm"
 REFUSAL_NOTE = "refused.json"
 #: Touched at the storage root whenever a manifest or refusal note is written.
 CHANGE_MARKER = ".manifests"
-#: In each series folder: a hash of the PatientID of its first instance.
-IDENTITY_FILE = ".patient"
+#: Beside the received tree: per series, a hash of the PatientID of its first instance.
+IDENTITY = "identity"
 #: Beside the received tree: instances refused for an identity conflict, kept for admins.
 QUARANTINE = "quarantine"
 
@@ -84,8 +84,8 @@ def store_instance(
 ) -> Path:
     """Store one encoded instance atomically and return its final path.
 
-    The first instance of a series folder leaves the patient's identity there (a hash of
-    PatientID, :data:`IDENTITY_FILE`); an instance of another patient for the same study and
+    The first instance of a series leaves the patient's identity (a hash of PatientID,
+    :func:`identity_marker`); an instance of another patient for the same study and
     series UIDs is never merged: it is kept aside under ``<root>/../quarantine/`` and refused
     (:class:`IdentityConflictError`), so two patients can never meet in one series.
 
@@ -129,13 +129,22 @@ def _identity_of(patient_id: str) -> str:
     return hashlib.sha256(patient_id.strip().encode()).hexdigest()
 
 
+def identity_marker(root: Path, study: str, series: str) -> Path:
+    """Where the patient of a received series is recorded: ``<root>/../identity/<st>/<se>``.
+
+    Outside the series folder, which holds instances only.
+    """
+    return root.parent / IDENTITY / study / series
+
+
 def _check_identity(root: Path, final: Path, patient_id: str, data: bytes) -> None:
     """Record the series' patient on its first instance; quarantine another patient's."""
-    marker = final.parent / IDENTITY_FILE
+    marker = identity_marker(root, final.parent.parent.name, final.parent.name)
     identity = _identity_of(patient_id)
     try:
         known = marker.read_text().strip()
     except FileNotFoundError:
+        marker.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(marker, identity.encode())
         return
     if known == identity:
