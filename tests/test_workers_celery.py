@@ -12,6 +12,7 @@ one. Celery re-delivers the killed worker's message itself after a 40 s visibili
 
 from __future__ import annotations
 
+import base64
 import json
 import multiprocessing
 import os
@@ -266,6 +267,16 @@ def _wait_running(dep: Deployment, job_id: str, timeout: float = 60.0) -> float:
     raise TimeoutError("the job did not start")
 
 
+def _unacked_job_ids(dep: Deployment) -> list[str]:
+    """Job ids of the messages Redis holds unacknowledged (kombu: [message, exchange, key])."""
+    ids = []
+    for raw in dep.client.hvals("unacked"):
+        message = json.loads(raw)[0]
+        body = json.loads(base64.b64decode(message["body"]))
+        ids.append(str(body[0][0]))
+    return ids
+
+
 def _wait_drained(dep: Deployment, timeout: float) -> None:
     """Wait until no message is queued or held unacknowledged."""
     deadline = time.monotonic() + timeout
@@ -301,7 +312,11 @@ def test_kill_9_of_a_worker_mid_job_then_a_restarted_worker_finishes_it(
         final = [_job(dep.url, j) for j in (long_job, behind)]
     assert [r["status"] for r in results] == ["succeeded", "succeeded"], results
     assert [f["attempts"] for f in final] == [2, 1], "killed once, finished once; none repeated"
-    assert dep.client.llen("contour") == 0 and dep.client.hlen("unacked") == 0
+    assert dep.client.llen("contour") == 0, "nothing left waiting"
+    # The killed worker's own message may still sit unacknowledged (kombu restores it once a
+    # worker gets its restore lock, which a killed main process can hold for minutes): it
+    # can only be the finished job's, whose redelivery is a no-op.
+    assert set(_unacked_job_ids(dep)) <= {long_job}
     print(
         f"\nkill -9 mid-job (progress {progress:.2f}): finished {recovered_s:.1f} s after "
         f"(the job itself takes {sum(final[0]['timings'].values()):.1f} s)"
