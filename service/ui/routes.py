@@ -182,12 +182,12 @@ def _finished_job(request: Request, job_id: str) -> Job:
 
 
 # --- login ----------------------------------------------------------------------------------
-@router.get("/login", response_class=HTMLResponse)
 def _address(request: Request) -> str:
     """The caller's network address (never a patient's data)."""
     return request.client.host if request.client is not None else "unknown"
 
 
+@router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> Response:
     """The token form (or the worklist, for a live session)."""
     if current_session(request) is not None:
