@@ -642,6 +642,8 @@ def test_who_did_it_is_audited(
     ``counterfactual``, and logins not at all (issue 23)."""
     url, app = review_gateway
     audit = app.state.llmctv_audit
+    form = httpx.get(f"{url}/ui/login", timeout=30)
+    assert form.status_code == 200 and 'data-testid="login-token"' in form.text
     refused = httpx.post(f"{url}/ui/login", data={"token": "not-a-token-0123456789"})
     assert refused.status_code == 401
     client = _login(url, REVIEWER_TOKEN)
