@@ -24,9 +24,14 @@ import torch
 from monai.inferers.utils import sliding_window_inference
 
 from model.errors import ConfigurationError
-from model.imaging.confidence import structure_confidence
+from model.imaging.confidence import confidence_of_sides, structure_confidence
 from model.imaging.geometry import Volume
-from model.imaging.plausibility import PlausibilityReport, check_structures, find_landmarks
+from model.imaging.plausibility import (
+    PlausibilityReport,
+    check_structures,
+    find_landmarks,
+    plausibility_of_sides,
+)
 from model.imaging.postprocessing import (
     CleaningPolicy,
     CleaningReport,
@@ -326,16 +331,8 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     probability = np.maximum.reduce([p.probability for p in predictions])
     timings = added([p.timings for p in predictions])
     windows = sum(p.windows for p in predictions)
-    checks = [p.plausibility for p in predictions]
-    plausibility = None
-    if all(c is not None for c in checks):
-        plausibility = PlausibilityReport.of_sides([c for c in checks if c is not None], sides)
-    confidence = {
-        key: value
-        for p, side in zip(predictions, sides, strict=True)
-        for key, value in p.confidence.items()
-        if key[1] == side
-    }
+    plausibility = plausibility_of_sides([p.plausibility for p in predictions], sides)
+    confidence = confidence_of_sides([p.confidence for p in predictions], sides)
     return Prediction(
         mask, probability, timings, windows, structures, cleaning, plausibility, confidence
     )

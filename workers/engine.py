@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from model.errors import ModelNotFoundError, NoteTooLongError
+from model.imaging.confidence import confidence_of_sides
 from model.imaging.geometry import Grid, Volume
-from model.imaging.plausibility import PlausibilityReport
+from model.imaging.plausibility import PlausibilityReport, plausibility_of_sides
 from model.imaging.postprocessing import added, structures_of_sides
 from model.text.clinical import ClinicalRecord
 from workers.settings import WorkerSettings
@@ -189,23 +190,11 @@ def _merged(results: list[EngineResult], sides: tuple[str, ...]) -> EngineResult
     structures, union = structures_of_sides([r.structures for r in results], sides)
     mask = np.zeros(results[0].mask.shape, dtype=bool) if union is None else union
     timings = added([r.timings for r in results])
-    checks = [r.plausibility for r in results]
-    plausibility = None
-    if all(c is not None for c in checks):
-        plausibility = PlausibilityReport.of_sides([c for c in checks if c is not None], sides)
-    removed = added(
-        [
-            {k: v for k, v in r.removed_cc.items() if not k.startswith("implausible")}
-            for r in results
-        ]
-    )
-    if plausibility is not None:
-        removed.update({f"implausible: {k}": v for k, v in plausibility.removed_cc.items()})
+    plausibility = plausibility_of_sides([r.plausibility for r in results], sides)
+    cleaning = [
+        {k: v for k, v in r.removed_cc.items() if not k.startswith(IMPLAUSIBLE)} for r in results
+    ]
+    removed = with_implausible(added(cleaning), plausibility)
     windows = sum(r.windows for r in results)
-    confidence = {
-        key: value
-        for r, side in zip(results, sides, strict=True)
-        for key, value in r.confidence.items()
-        if key[1] == side
-    }
+    confidence = confidence_of_sides([r.confidence for r in results], sides)
     return EngineResult(mask, timings, windows, structures, removed, plausibility, confidence)

@@ -50,3 +50,15 @@ def structure_confidence(
             if region.any():
                 found[(name, side)] = round(float(probs[label][region].mean()), 4)
     return found
+
+
+def confidence_of_sides(
+    per_pass: list[dict[tuple[str, str], float]], sides: tuple[str, ...]
+) -> dict[tuple[str, str], float]:
+    """Per-side passes: pass ``n`` gives the confidence of the structures of ``sides[n]``."""
+    return {
+        key: value
+        for found, side in zip(per_pass, sides, strict=True)
+        for key, value in found.items()
+        if key[1] == side
+    }

@@ -102,6 +102,14 @@ class PlausibilityReport:
         return merged
 
 
+def plausibility_of_sides(
+    reports: list[PlausibilityReport | None], sides: tuple[str, ...]
+) -> PlausibilityReport | None:
+    """:meth:`PlausibilityReport.of_sides` of per-side passes; ``None`` if any pass has none."""
+    found = [r for r in reports if r is not None]
+    return PlausibilityReport.of_sides(found, sides) if len(found) == len(reports) else None
+
+
 @dataclass(frozen=True)
 class Landmarks:
     """Coarse landmarks of one CT (arrays on ``[:, ::step, ::step]`` of the CT grid)."""
