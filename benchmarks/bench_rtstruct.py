@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from model.dicom.contours import polygons_to_mask
+from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
 from model.imaging.geometry import Grid
 

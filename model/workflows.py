@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model.dicom.series import CtSeries, read_ct_series
-from model.dicom.structures import RoiRule
+from model.dicom.rtstruct.reader import RoiRule
 from model.errors import ConfigurationError, DatasetError, LlmctvError
 from model.imaging.geometry import Grid
 from model.imaging.preprocessing import PreprocessConfig

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from model.dicom.series import read_ct_series
-from model.dicom.structures import rasterize, read_structure_set
+from model.dicom.rtstruct.reader import rasterize, read_structure_set
 from model.evaluation.metrics import dice
 
 

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from model import __version__
-from model.dicom.approval import rejected_bytes
+from model.dicom.rtstruct.approval import rejected_bytes
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical

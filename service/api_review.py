@@ -1,7 +1,7 @@
 """Review decisions and counterfactual jobs: ``POST /jobs/{id}/review``, ``/counterfactual``.
 
 A reviewer approves or rejects a succeeded job once. Approval writes the approved RTSTRUCT (a
-new SOP Instance, :mod:`model.dicom.approval`) in place of the unapproved one, which is kept
+new SOP Instance, :mod:`model.dicom.rtstruct.approval`) in place of the unapproved one, which is kept
 next to it; with ``require_review`` the order desk sends an order's RTSTRUCT only then.
 
 A counterfactual job contours the same stored CT (hard links to the job's input files) under
@@ -21,7 +21,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.dicom.approval import Approval, write_approved_copy
+from model.dicom.rtstruct.approval import Approval, write_approved_copy
 from model.errors import InputError
 from model.text.clinical import parse_clinical
 from service.api import (

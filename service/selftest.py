@@ -229,7 +229,7 @@ def _check_rtstruct(
     import pydicom
 
     from model.dicom.series import read_ct_series
-    from model.dicom.structures import rasterize, read_structure_set
+    from model.dicom.rtstruct.reader import rasterize, read_structure_set
     from model.evaluation.metrics import dice
 
     answer = client.get(f"/jobs/{job['job_id']}/rtstruct", timeout=60)

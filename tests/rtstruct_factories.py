@@ -12,7 +12,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from model.dicom.contours import polygons_to_mask
+from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries
 from model.imaging.geometry import Grid
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.dicom.structures import RoiRule
+from model.dicom.rtstruct.reader import RoiRule
 from model.errors import ConfigurationError, DatasetError
 from model.imaging.geometry import Grid, Volume
 from model.inference import Prediction, Predictor

@@ -14,7 +14,7 @@ from scipy.ndimage import distance_transform_edt
 
 from model.cli import main as cli_main
 from model.dicom.series import read_ct_series
-from model.dicom.structures import rasterize, read_structure_set
+from model.dicom.rtstruct.reader import rasterize, read_structure_set
 from model.errors import ConfigurationError
 from model.lab.phantoms import (
     LATERALITY_FLIP,

@@ -27,7 +27,7 @@ from rtstruct_factories import (
     roi_mask_from_rtstruct,
 )
 
-from model.dicom.contours import corner_loops, mask_to_polygons, polygons_to_mask
+from model.dicom.rtstruct.polygons import corner_loops, mask_to_polygons, polygons_to_mask
 from model.dicom.rtstruct import (
     ReferencedSeries,
     RoiGenerationAlgorithm,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.dicom.structures import RoiRule
+from model.dicom.rtstruct.reader import RoiRule
 from model.errors import CheckpointMismatchError, ConfigurationError
 from model.imaging.geometry import Grid, Volume
 from model.inference import Predictor

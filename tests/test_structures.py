@@ -1,4 +1,4 @@
-"""Tests of model.dicom.structures: reading RTSTRUCTs, ROI rules, rasterisation (LPS mm)."""
+"""Tests of model.dicom.rtstruct.reader: reading RTSTRUCTs, ROI rules, rasterisation (LPS mm)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from matplotlib.path import Path as MplPath
 from pydicom.uid import generate_uid
 
 from model.dicom.series import CtSeries, read_ct_series
-from model.dicom.structures import RoiRule, StructureSet, rasterize, read_structure_set
+from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
 from model.errors import (
     ConfigurationError,
     RoiNotFoundError,
@@ -117,7 +117,7 @@ def test_partly_outside_grid_is_clipped() -> None:
 
 def test_off_grid_contours_are_dropped_with_warning(caplog: pytest.LogCaptureFixture) -> None:
     ss = structures({"CTV": [square(1.5, 3.5, 1.5, 3.5, 2.0), square(1.5, 3.5, 1.5, 3.5, 30.0)]})
-    with caplog.at_level(logging.WARNING, logger="model.dicom.structures"):
+    with caplog.at_level(logging.WARNING, logger="model.dicom.rtstruct.reader"):
         mask = rasterize(ss, "CTV", GRID)
     assert np.count_nonzero(mask) == 4
     assert "1 of 2 contours" in caplog.text
@@ -299,7 +299,7 @@ def test_breast_tumour_bed_rasterises_inside_body(breast: StructureSet) -> None:
 
 
 def test_round_trip_with_the_writer_tracing() -> None:
-    contours = pytest.importorskip("model.dicom.contours", reason="RTSTRUCT writer not present")
+    contours = pytest.importorskip("model.dicom.rtstruct.polygons", reason="RTSTRUCT writer not present")
     from scipy import ndimage
 
     grid = Grid(shape=(5, 40, 50), origin=(-12.3, 40.1, -7.0), spacing=(2.5, 0.8, 0.7))

@@ -69,7 +69,7 @@ def _predictors(specs: Mapping[str, Path], args: argparse.Namespace) -> dict[str
 
 def _evaluate_all(predictors: Mapping[str, Any], splits: Mapping[str, Path]) -> dict[str, Any]:
     """``{split: evaluate_cases output}`` for ``predictors`` (target ROI ``CTV``)."""
-    from model.dicom.structures import RoiRule
+    from model.dicom.rtstruct.reader import RoiRule
     from model.workflows import evaluate_cases
 
     rule = RoiRule(include=(r"^ctv$",))

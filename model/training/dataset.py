@@ -24,7 +24,7 @@ import numpy as np
 import pydicom
 
 from model.dicom.series import CtSeries, read_ct_series
-from model.dicom.structures import RoiRule, StructureSet, rasterize, read_structure_set
+from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
 from model.errors import DatasetError, LlmctvError, StructureSetError
 from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.text.clinical import ClinicalRecord, read_clinical_csv

@@ -4,7 +4,7 @@ Every ROI of the file is shown, whatever its name. Axial polygons are the file's
 (LPS mm), each mapped to pixels through the ImagePositionPatient, ImageOrientationPatient and
 PixelSpacing of the CT slice it references (:meth:`~service.ui.slices.SliceGeometry.to_pixels`).
 Coronal and sagittal polygons are the outlines (voxel corners) of the ROI rasterised on the CT
-grid by :func:`model.dicom.structures.rasterize`, in the display orientation of
+grid by :func:`model.dicom.rtstruct.reader.rasterize`, in the display orientation of
 :mod:`service.ui.slices`.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.dicom.contours import corner_loops
-from model.dicom.structures import Roi, StructureSet, rasterize, read_structure_set
+from model.dicom.rtstruct.polygons import corner_loops
+from model.dicom.rtstruct.reader import Roi, StructureSet, rasterize, read_structure_set
 from service.ui.slices import CtView, UnknownSliceError
 
 #: Colours of ROIs that do not state one (RGB), in ROI order.

@@ -3,7 +3,7 @@
 Coordinates
 -----------
 Masks are boolean arrays indexed ``(k, j, i)`` on the grid of the referenced series
-(:class:`~model.dicom.rtstruct_reference.ReferencedSeries`). Contour points are DICOM patient
+(:class:`~model.dicom.rtstruct.reference.ReferencedSeries`). Contour points are DICOM patient
 LPS millimetres, computed through the grid's direction cosines and pixel spacing and each
 slice's ImagePositionPatient; arrays are never flipped or rotated.
 
@@ -13,7 +13,7 @@ Contour conventions (what a reader must assume to get the mask back)
   ContourImageSequence.
 * Contours run along the *outline of the voxel squares* (vertices at voxel corners, half a
   voxel from the centres), not through voxel centres: a reader that includes a voxel when its
-  centre is inside the polygon (plastimatch, :func:`model.dicom.contours.polygons_to_mask`)
+  centre is inside the polygon (plastimatch, :func:`model.dicom.rtstruct.polygons.polygons_to_mask`)
   gets back exactly the mask that was written. Only corners are written.
 * Holes and several islands on a slice: each island's outer boundary and each hole's boundary
   is a separate contour, and the slice's region is given by the **even-odd (XOR) rule** over
@@ -21,7 +21,7 @@ Contour conventions (what a reader must assume to get the mask back)
   (plastimatch: ``--xor-contours``). No "keyhole" cuts are made.
 * Every contour is a simple polygon. Voxels that touch only at a corner belong to separate
   contours that share that corner point, so diagonal neighbours round-trip whichever of
-  4- or 8-connectivity a reader assumes (see :mod:`model.dicom.contours`).
+  4- or 8-connectivity a reader assumes (see :mod:`model.dicom.rtstruct.polygons`).
 * An ROI whose mask is empty is still written (StructureSetROI, ROIContour and observation
   items) but has no ContourSequence, so the planning system shows an empty structure rather
   than a missing one. A warning is logged.
@@ -50,31 +50,17 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from model.dicom.contours import corner_loops
 from model.dicom.part10 import file_meta
-from model.dicom.rtstruct_reference import ReferencedSeries
-from model.dicom.rtstruct_types import (
+from model.dicom.rtstruct.content import (
     LO_MAX,
-    RoiGenerationAlgorithm,
-    RoiInterpretedType,
     RoiSpec,
     WriterInfo,
     check_text,
-    roi_color,
 )
+from model.dicom.rtstruct.polygons import corner_loops
+from model.dicom.rtstruct.reference import ReferencedSeries
 from model.errors import StructureSetWriteError
 from model.imaging.geometry import FloatArray
-
-__all__ = [
-    "ReferencedSeries",
-    "RoiGenerationAlgorithm",
-    "RoiInterpretedType",
-    "RoiSpec",
-    "WriterInfo",
-    "build_rtstruct",
-    "roi_color",
-    "write_rtstruct",
-]
 
 logger = logging.getLogger(__name__)
 

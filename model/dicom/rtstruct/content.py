@@ -1,4 +1,6 @@
-"""What an RT structure set is made of: ROI specifications, writer identity, coded values.
+"""What an RT structure set is made of: ROI specifications and the writer's identity.
+
+The coded values (defined terms) are in :mod:`model.dicom.rtstruct.coded_values`.
 
 These validating classes hold no geometry beyond the ROI masks, which are indexed ``(k, j, i)``
 on the grid of the referenced series (see :mod:`model.dicom.rtstruct`).
@@ -9,47 +11,16 @@ from __future__ import annotations
 import colorsys
 import hashlib
 from dataclasses import dataclass
-from enum import StrEnum
 from numbers import Integral
 
 import numpy as np
 import numpy.typing as npt
 
+from model.dicom.rtstruct.coded_values import RoiGenerationAlgorithm, RoiInterpretedType
 from model.errors import ConfigurationError, StructureSetWriteError
 
 #: Maximum lengths of the DICOM value representations used here.
 LO_MAX, SH_MAX, ST_MAX = 64, 16, 1024
-
-
-class RoiInterpretedType(StrEnum):
-    """RT ROI Interpreted Type (3006,00A4) defined terms, PS3.3 C.8.8.8.1."""
-
-    EXTERNAL = "EXTERNAL"
-    PTV = "PTV"
-    CTV = "CTV"
-    GTV = "GTV"
-    TREATED_VOLUME = "TREATED_VOLUME"
-    IRRAD_VOLUME = "IRRAD_VOLUME"
-    BOLUS = "BOLUS"
-    AVOIDANCE = "AVOIDANCE"
-    ORGAN = "ORGAN"
-    MARKER = "MARKER"
-    REGISTRATION = "REGISTRATION"
-    ISOCENTER = "ISOCENTER"
-    CONTRAST_AGENT = "CONTRAST_AGENT"
-    CAVITY = "CAVITY"
-    SUPPORT = "SUPPORT"
-    FIXATION = "FIXATION"
-    DOSE_REGION = "DOSE_REGION"
-    CONTROL = "CONTROL"
-
-
-class RoiGenerationAlgorithm(StrEnum):
-    """ROI Generation Algorithm (3006,0036) defined terms."""
-
-    AUTOMATIC = "AUTOMATIC"
-    SEMIAUTOMATIC = "SEMIAUTOMATIC"
-    MANUAL = "MANUAL"
 
 
 def roi_color(name: str) -> tuple[int, int, int]:
