@@ -26,8 +26,8 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries, RoiSpec, WriterInfo, write_rtstruct
+from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.imaging.geometry import Grid
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lung1_ct_rtstruct" / "LUNG1-001"

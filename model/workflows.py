@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from model.dicom.series import CtSeries, read_ct_series
 from model.dicom.rtstruct.reader import RoiRule
+from model.dicom.series import CtSeries, read_ct_series
 from model.errors import ConfigurationError, DatasetError, LlmctvError
 from model.imaging.geometry import Grid
 from model.imaging.preprocessing import PreprocessConfig

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from model.dicom.series import read_ct_series
 from model.dicom.rtstruct.reader import rasterize, read_structure_set
+from model.dicom.series import read_ct_series
 from model.evaluation.metrics import dice
 
 

@@ -228,8 +228,8 @@ def _check_rtstruct(
 ) -> str:
     import pydicom
 
-    from model.dicom.series import read_ct_series
     from model.dicom.rtstruct.reader import rasterize, read_structure_set
+    from model.dicom.series import read_ct_series
     from model.evaluation.metrics import dice
 
     answer = client.get(f"/jobs/{job['job_id']}/rtstruct", timeout=60)

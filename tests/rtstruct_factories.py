@@ -12,8 +12,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.dicom.rtstruct import ReferencedSeries
+from model.dicom.rtstruct.polygons import polygons_to_mask
 from model.imaging.geometry import Grid
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

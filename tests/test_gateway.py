@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from gateway_client import AUTH, submit, wait_finished
 from rtstruct_factories import read_mha_on_grid
 
-from model.dicom.series import read_ct_series
 from model.dicom.rtstruct.reader import rasterize, read_structure_set
+from model.dicom.series import read_ct_series
 from model.evaluation.metrics import dice
 from model.lab.phantoms.cohort import WrittenCase
 from model.text.clinical import ClinicalRecord, Side

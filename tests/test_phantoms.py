@@ -13,8 +13,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy.ndimage import distance_transform_edt
 
 from model.cli import main as cli_main
-from model.dicom.series import read_ct_series
 from model.dicom.rtstruct.reader import rasterize, read_structure_set
+from model.dicom.series import read_ct_series
 from model.errors import ConfigurationError
 from model.lab.phantoms import (
     LATERALITY_FLIP,

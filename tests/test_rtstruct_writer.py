@@ -27,7 +27,6 @@ from rtstruct_factories import (
     roi_mask_from_rtstruct,
 )
 
-from model.dicom.rtstruct.polygons import corner_loops, mask_to_polygons, polygons_to_mask
 from model.dicom.rtstruct import (
     ReferencedSeries,
     RoiGenerationAlgorithm,
@@ -38,6 +37,7 @@ from model.dicom.rtstruct import (
     roi_color,
     write_rtstruct,
 )
+from model.dicom.rtstruct.polygons import corner_loops, mask_to_polygons, polygons_to_mask
 from model.errors import (
     ConfigurationError,
     DicomError,

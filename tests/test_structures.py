@@ -12,8 +12,8 @@ from factories import BREAST_DIR, LUNG1_DIR, make_rtstruct
 from matplotlib.path import Path as MplPath
 from pydicom.uid import generate_uid
 
-from model.dicom.series import CtSeries, read_ct_series
 from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
+from model.dicom.series import CtSeries, read_ct_series
 from model.errors import (
     ConfigurationError,
     RoiNotFoundError,
@@ -299,7 +299,9 @@ def test_breast_tumour_bed_rasterises_inside_body(breast: StructureSet) -> None:
 
 
 def test_round_trip_with_the_writer_tracing() -> None:
-    contours = pytest.importorskip("model.dicom.rtstruct.polygons", reason="RTSTRUCT writer not present")
+    contours = pytest.importorskip(
+        "model.dicom.rtstruct.polygons", reason="RTSTRUCT writer not present"
+    )
     from scipy import ndimage
 
     grid = Grid(shape=(5, 40, 50), origin=(-12.3, 40.1, -7.0), spacing=(2.5, 0.8, 0.7))

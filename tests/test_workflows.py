@@ -12,8 +12,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from model.cli import main
-from model.dicom.series import read_ct_series
 from model.dicom.rtstruct.reader import RoiRule, read_structure_set
+from model.dicom.series import read_ct_series
 from model.imaging.preprocessing import PreprocessConfig
 from model.lab.phantoms.cohort import write_cohort
 from model.training.dataset import build_cache, load_cached, load_case

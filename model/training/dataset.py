@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from model.dicom.series import CtSeries, read_ct_series
 from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
+from model.dicom.series import CtSeries, read_ct_series
 from model.errors import DatasetError, LlmctvError, StructureSetError
 from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.text.clinical import ClinicalRecord, read_clinical_csv
