@@ -1,8 +1,8 @@
 """Review decisions and counterfactual jobs: ``POST /jobs/{id}/review``, ``/counterfactual``.
 
-A reviewer approves or rejects a succeeded job once. Approval writes the approved RTSTRUCT (a
-new SOP Instance, :mod:`model.dicom.rtstruct.approval`) in place of the unapproved one, which is kept
-next to it; with ``require_review`` the order desk sends an order's RTSTRUCT only then.
+A reviewer approves or rejects a succeeded job once. Approval writes the approved RTSTRUCT
+(a new SOP Instance, :mod:`model.dicom.rtstruct.approval`) in place of the unapproved one, which
+is kept next to it; with ``require_review`` the order desk sends an order's RTSTRUCT only then.
 
 A counterfactual job contours the same stored CT (hard links to the job's input files) under
 a note with one clinical field changed (N stage, side or surgery), so a reviewer sees how the
