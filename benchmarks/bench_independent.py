@@ -31,6 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from independent.generator import write_cohort  # noqa: E402
 
+from model.contouring.attention import attention_findings  # noqa: E402
 from model.dicom.series import read_ct_series  # noqa: E402
 from model.evaluation.metrics import bootstrap_ci, dice, hd95  # noqa: E402
 from model.imaging.postprocessing import body_mask, midline_x  # noqa: E402
@@ -38,7 +39,6 @@ from model.inference import Prediction, Predictor  # noqa: E402
 from model.lab.perturbation import side_fraction  # noqa: E402
 from model.network.structures import NODAL  # noqa: E402
 from model.text.clinical import ClinicalRecord, Side  # noqa: E402
-from workers.structure_set import attention_findings  # noqa: E402
 
 STRUCTURES = ("breast", "chest_wall", "axilla", "scf", "imn")
 

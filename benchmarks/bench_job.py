@@ -33,13 +33,14 @@ from pathlib import Path
 import redis
 import torch
 
+from model.contouring.engine import ContourEngine
 from model.dicom.series import read_ct_series
 from model.lab.phantoms.cohort import write_cohort
 from model.network.context import ContextCache, context_key
 from service.settings import Settings
 from workers.embedding_cache import RedisContextCache
-from workers.engine import ContourEngine
 from workers.jobs import FileJobStore, Job, JobFiles, JobStore, new_job_id
+from workers.model_loading import load_engine
 from workers.pipeline import run_job
 from workers.redis_store import RedisJobStore, connect
 from workers.runtime import build_engine
@@ -160,9 +161,7 @@ def build_bench(settings: Settings, url: str | None) -> Bench:
     """The worker's engine, store and cache (Redis when ``url`` is given)."""
     files = JobFiles(settings.storage_dir)
     if url is None:
-        return Bench(
-            ContourEngine.from_settings(settings), FileJobStore(files), files, settings, None
-        )
+        return Bench(load_engine(settings), FileJobStore(files), files, settings, None)
     cache = RedisContextCache(connect(url))
     store = RedisJobStore(connect(url))
     return Bench(build_engine(settings, cache), store, files, settings, cache)

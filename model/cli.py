@@ -350,10 +350,12 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     _add_window_options(p)
     p.set_defaults(func=cmd_predict)
 
+    from model.dataset.dataset_command import register as register_dataset
     from model.lab.experiment_runs import register as register_experiments
     from model.lab.phantoms.command import register as register_phantoms
     from model.lab.structure_eval import register as register_structures_report
 
+    register_dataset(sub)
     register_phantoms(sub)
     register_experiments(sub)
     register_structures_report(sub)

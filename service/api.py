@@ -29,7 +29,7 @@ from service.problems import PROBLEM_JSON
 from service.settings import Settings
 from workers.dispatch import JobDispatcher
 from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
-from workers.pipeline import fail_job, ingest_policy
+from workers.pipeline import fail_job
 from workers.review import Review, ReviewStatus, StructureSetRejectedError
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def submit_contour(
         summary = inspect_ct_series(
             folder,
             series_instance_uid=series_instance_uid,
-            policy=ingest_policy(state.settings),
+            policy=state.settings.ingest_policy(),
         )
     except BaseException:
         state.files.remove(job_id)

@@ -36,7 +36,7 @@ from workers.jobs import FileJobStore, JobFiles, JobStore
 from workers.metrics import LocalMetrics, MetricsSink, RedisMetrics
 
 if TYPE_CHECKING:
-    from workers.engine import ContourEngine
+    from model.contouring.engine import ContourEngine
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from service.settings import Settings
 from workers.dispatch import JobDispatcher
 from workers.errors import JobNotFoundError
 from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
-from workers.pipeline import fail_job, ingest_policy
+from workers.pipeline import fail_job
 from workers.review import ReviewRequiredError, ReviewStatus, needs_approval
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ class OrderDesk:
             inspect_ct_series(
                 target,
                 series_instance_uid=job.series_instance_uid,
-                policy=ingest_policy(self.settings),
+                policy=self.settings.ingest_policy(),
             )
         except LlmctvError as exc:
             self.files.remove(job.job_id)

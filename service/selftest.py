@@ -33,8 +33,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from model.contouring.engine import ContourEngine
     from model.lab.phantoms.cohort import WrittenCase
-    from workers.engine import ContourEngine
 
 MIN_DICE = 0.3
 """Dice against the phantom's truth below this fails (the demo model reaches about 0.57)."""

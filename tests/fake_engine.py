@@ -1,4 +1,4 @@
-"""A fast stand-in for :class:`workers.engine.ContourEngine`: a box mask, no network.
+"""A fast stand-in for :class:`model.contouring.engine.ContourEngine`: a box mask, no network.
 
 For tests of the service around the model (load, faults, metrics), where the network's
 answer does not matter and its seconds per job would.
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from model.contouring.engine import ContourEngine, EngineResult
 from model.imaging.geometry import Grid, Volume
 from model.network.context import ContextCache
-from workers.engine import ContourEngine, EngineResult
 
 
 class FakeEngine(ContourEngine):

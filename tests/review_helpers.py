@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from gateway_client import TOKEN
 
+from model.contouring.engine import ContourEngine, EngineResult
 from model.imaging.geometry import Grid, Volume
-from workers.engine import ContourEngine, EngineResult
 
 _NODE_NEGATIVE = re.compile(r"\bN(0|1mi)\b")
 REVIEWER_TOKEN = "reviewer-token-0123456789"

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from model.contouring.engine import ContourEngine
 from model.errors import InvalidClinicalError, NoteContradictsFieldsError, NoteTooLongError
 from model.network.context import MAX_NOTE_TOKENS
 from model.text.clinical import MAX_NOTE_CHARS, parse_clinical
-from workers.engine import ContourEngine
 
 
 def _record(note: str | None = None, **changes: Any) -> dict[str, Any]:

@@ -6,14 +6,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from model.imaging.geometry import Grid
-from model.text.clinical import ClinicalRecord, parse_clinical
-from workers.consistency import (
+from model.contouring.consistency import (
     laterality_warnings,
     midline_x,
     nodal_warnings,
     node_negative_record,
 )
+from model.imaging.geometry import Grid
+from model.text.clinical import ClinicalRecord, parse_clinical
 
 SHAPE = (10, 40, 60)
 

@@ -19,12 +19,12 @@ from factories import CtSpec, write_ct_series
 from gateway_client import AUTH, TOKEN, submit
 from live_server import serve_app
 
+from model.contouring.engine import EngineResult
 from model.imaging.geometry import Grid, Volume
 from service.api import ServiceState
 from service.app import create_app
 from service.settings import Settings
 from workers.dispatch import EmbeddedDispatcher
-from workers.engine import EngineResult
 from workers.jobs import FileJobStore, Job, JobFiles, JobStatus
 from workers.pipeline import run_job
 from workers.settings import WorkerSettings

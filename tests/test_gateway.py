@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from gateway_client import AUTH, submit, wait_finished
 from rtstruct_factories import read_mha_on_grid
 
+from model.contouring.consistency import midline_x
 from model.dicom.rtstruct.reader import rasterize, read_structure_set
 from model.dicom.series import read_ct_series
 from model.evaluation.metrics import dice
 from model.lab.phantoms.cohort import WrittenCase
 from model.text.clinical import ClinicalRecord, Side
-from workers.consistency import midline_x
 from workers.dispatch import EmbeddedDispatcher
 
 LUNG1_CT = LUNG1_DIR / "image"

@@ -19,10 +19,10 @@ import pytest
 from conftest import REPO
 from rtstruct_factories import LUNG1_CT, lung1_lungs_mask, roi_mask_from_rtstruct
 
+from model.contouring.engine import ContourEngine
 from model.dicom.rtstruct import ReferencedSeries
 from model.dicom.series import read_ct_series
 from model.inference import Predictor
-from workers.engine import ContourEngine
 from workers.jobs import FileJobStore, Job, JobFiles, JobStatus
 from workers.pipeline import run_job
 from workers.settings import WorkerSettings

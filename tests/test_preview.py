@@ -9,8 +9,8 @@ import pytest
 from matplotlib.image import imread
 from scipy import ndimage
 
+from model.contouring.preview import render_preview
 from model.imaging.geometry import Grid
-from workers.preview import render_preview
 
 
 def _panels(png: bytes) -> list[np.ndarray]:

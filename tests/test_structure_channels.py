@@ -97,7 +97,7 @@ def test_real_lung1_ct_structures_stay_inside_the_body_in_one_piece() -> None:
 
     from model.dicom.series import read_ct_series
     from model.imaging.postprocessing import body_mask
-    from workers.engine import DEMO_CHECKPOINT
+    from workers.model_loading import DEMO_CHECKPOINT
 
     folder = Path(__file__).resolve().parents[2] / "shared/data/lung1_ct_rtstruct/LUNG1-001/image"
     if not folder.is_dir():

@@ -16,7 +16,7 @@ from model.inference import Prediction, Predictor
 from model.lab.phantoms import generate_case
 from model.lab.phantoms.case import PhantomCase
 from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
-from workers.engine import DEMO_CHECKPOINT
+from workers.model_loading import DEMO_CHECKPOINT
 
 NODAL = ("axilla", "scf", "imn")
 _LETTER = {Side.LEFT: "L", Side.RIGHT: "R"}

@@ -10,6 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from model.contouring.consistency import structure_warnings
+from model.contouring.engine import ContourEngine, EngineResult
+from model.contouring.naming import naming_map
 from model.errors import ConfigurationError
 from model.imaging.geometry import Volume
 from model.lab.phantoms import generate_case
@@ -17,10 +20,8 @@ from model.lab.phantoms.cohort import write_case
 from model.network.context import ContextCache
 from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
 from service.settings import Settings
-from workers.engine import ContourEngine, EngineResult
 from workers.jobs import FileJobStore, Job, JobFiles, JobStatus
 from workers.pipeline import run_job
-from workers.structure_set import naming_map, structure_warnings
 
 _PHANTOM_NAMES = {
     "CTV_Breast": "breast",

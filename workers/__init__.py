@@ -2,8 +2,11 @@
 
 - job records: :mod:`workers.jobs` (files), :mod:`workers.redis_store` (Redis),
   :mod:`workers.records`, :mod:`workers.atomic_write`;
-- one job: :mod:`workers.pipeline` drives :mod:`workers.engine` (the model, loaded once, with
-  :mod:`workers.embedding_cache`), then :mod:`workers.consistency` and :mod:`workers.preview`;
+- one job: :mod:`workers.pipeline` claims it, keeps its lease, stops it on a cancel or a
+  time limit, and makes its one domain call,
+  :func:`model.contouring.structure_set.contour_structure_set`, with the engine of
+  :mod:`workers.model_loading` (the model, loaded once, g cached by
+  :mod:`workers.embedding_cache`) injected;
 - where jobs run: :mod:`workers.dispatch` (the in-process runner of ``llmctv serve``) or Celery
   (:mod:`workers.celery_app`, :mod:`workers.tasks`, :mod:`workers.runtime`,
   :mod:`workers.celery_dispatch` for the gateway's side);

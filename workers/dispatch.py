@@ -20,7 +20,7 @@ from workers.pipeline import fail_job, run_job
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from workers.engine import ContourEngine
+    from model.contouring.engine import ContourEngine
 
 log = logging.getLogger(__name__)
 _STOP = ""
@@ -44,9 +44,9 @@ class JobDispatcher(Protocol):
 
 def _load_engine(settings: WorkerSettings) -> ContourEngine:
     """The model of the settings (torch is imported here, in the worker thread)."""
-    from workers.engine import ContourEngine
+    from workers.model_loading import load_engine
 
-    return ContourEngine.from_settings(settings)
+    return load_engine(settings)
 
 
 class EmbeddedDispatcher:

@@ -1,8 +1,10 @@
 """One job from stored CT files to RTSTRUCT: the code every worker runs.
 
 The embedded in-process worker and the Celery task both call :func:`run_job`; what differs is
-only where the job record lives (a :class:`~workers.jobs.JobStore`). Errors become job states
-here and nowhere else (:func:`fail_job`).
+only where the job record lives (a :class:`~workers.jobs.JobStore`). What a job is, is
+execution: a claim, a lease, cooperative stops, the job record. What it computes is one domain
+call, :func:`model.contouring.structure_set.contour_structure_set`, with the engine injected.
+Errors become job states here and nowhere else (:func:`fail_job`).
 """
 
 from __future__ import annotations
@@ -10,19 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from model import __version__
-from model.dicom.ingest_policy import IngestPolicy
-from model.dicom.rtstruct import ReferencedSeries, WriterInfo, write_rtstruct
-from model.dicom.series import CtSeries, read_ct_series
-from model.errors import ContextNotCachedError, ImplausibleGeometryError, LlmctvError
-from model.text.clinical import ClinicalRecord, parse_clinical
-from workers.consistency import laterality_warnings, nodal_warnings, node_negative_record
+from model.contouring.structure_set import (
+    StructureSetFiles,
+    StructureSetRequest,
+    contour_structure_set,
+)
+from model.errors import ContextNotCachedError, LlmctvError
 from workers.errors import (
     JobAttemptsExhaustedError,
     JobCancelledError,
@@ -32,37 +30,15 @@ from workers.errors import (
     storage_error,
 )
 from workers.jobs import JobError, JobFiles, JobStatus, JobStore, utcnow
-from workers.preview import render_preview
 from workers.settings import WorkerSettings
-from workers.structure_set import (
-    attention_findings,
-    confidence_by_roi,
-    naming_map,
-    removal_warnings,
-    roi_specs,
-    structure_warnings,
-    volumes_cc,
-)
 
 if TYPE_CHECKING:
-    from workers.engine import ContourEngine, EngineResult
+    from model.contouring.engine import ContourEngine
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
 #: Seconds between two looks at the job record for a cancellation.
 CANCEL_POLL_S = 0.25
-
-
-def ingest_policy(settings: WorkerSettings) -> IngestPolicy:
-    """The ingest policy with the plausibility limits of the settings (gateway and worker)."""
-    return IngestPolicy(
-        min_spacing_mm=settings.ingest_min_spacing_mm,
-        max_spacing_mm=settings.ingest_max_spacing_mm,
-        max_extent_mm=settings.ingest_max_extent_mm,
-        max_matrix=settings.ingest_max_matrix,
-        max_windows=settings.ingest_max_windows,
-        refuse_untrained_positions=settings.ingest_refuse_untrained_positions,
-    )
 
 
 class JobControl:
@@ -148,76 +124,6 @@ def _progress_writer(
             store.update(job_id, progress=round(min(start + share * fraction, 0.99), 3))
 
     return report
-
-
-def writer_info(settings: WorkerSettings, checkpoint_hash: str) -> WriterInfo:
-    """Manufacturer, model and labels of our RTSTRUCTs (ROI suffix from the settings)."""
-    return WriterInfo(
-        model_name="llmctv multimodal CTV",
-        software_versions=(f"llmctv {__version__}", f"checkpoint {checkpoint_hash or 'unknown'}"),
-        structure_set_label=settings.structure_set_label,
-        roi_name_suffix=settings.roi_name_suffix,
-    )
-
-
-@dataclass
-class Contoured:
-    """One job's contouring: the engine's result and what the checks found."""
-
-    result: EngineResult
-    timings: dict[str, float]
-    warnings: list[str]
-    attention: list[str]
-    nodal_cc: float | None
-
-
-def _contour(
-    engine: ContourEngine,
-    ct: CtSeries,
-    record: ClinicalRecord,
-    settings: WorkerSettings,
-    progress: Callable[[float, float], Callable[[float], None]],
-) -> Contoured:
-    """CTV for the record, its consistency warnings and its needs-attention findings.
-
-    A network with separate structures is checked on them directly (nodal CTV present for N+,
-    absent for N0/N1mi; breast or chest wall as the surgery says). A single-CTV network needs
-    the counterfactual N0 contour for the nodal check (a second pass, N+ only).
-    """
-    check = node_negative_record(record) if engine.multimodal else None
-    needs_second_pass = settings.nodal_check_cc > 0 and not engine.has_structures
-    check = check if needs_second_pass else None
-    share = 0.5 if check is not None else 1.0
-    result = engine.contour_record(ct.volume, record, progress(0.0, share))
-    timings = dict(result.timings)
-    t0 = time.perf_counter()
-    warnings = laterality_warnings(record, result.mask, ct.volume.array, ct.volume.grid)
-    voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
-    attention: list[str] = []
-    if engine.has_structures:
-        min_cc = settings.nodal_check_cc if settings.nodal_check_cc > 0 else 1.0
-        warnings += structure_warnings(record, result.structures, voxel_cc, min_cc)
-        attention = attention_findings(
-            record,
-            result.structures,
-            result.plausibility,
-            voxel_cc,
-            min_cc,
-            confidence=result.confidence,
-            flag_below=settings.confidence_flag_below,
-        )
-    warnings += removal_warnings(result.removed_cc, settings.removed_warning_cc)
-    timings["consistency"] = time.perf_counter() - t0
-    nodal_cc = None
-    if check is not None:
-        t0 = time.perf_counter()
-        n0 = engine.contour(ct.volume, check.prompt_text(), progress(0.5, 0.5))
-        found, nodal_cc = nodal_warnings(
-            record, result.mask, n0.mask, ct.volume.grid, settings.nodal_check_cc
-        )
-        warnings += found
-        timings["nodal_check"] = time.perf_counter() - t0
-    return Contoured(result, timings, warnings, attention, nodal_cc)
 
 
 def run_job(
@@ -319,42 +225,14 @@ def _execute(
     settings: WorkerSettings,
     control: JobControl,
 ) -> None:
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    record = parse_clinical(clinical)
-    policy = ingest_policy(settings)
-    ct = read_ct_series(files.input_dir(job_id), series_instance_uid=series_uid, policy=policy)
-    timings["ingest"] = time.perf_counter() - t0
-    _check_windows(engine, ct, policy)
-    control.check()
-
-    def progress(start: float, share: float) -> Callable[[float], None]:
-        return _progress_writer(store, job_id, start, share, control)
-
-    contoured = _contour(engine, ct, record, settings, progress)
-    result, nodal_cc = contoured.result, contoured.nodal_cc
-    warnings = [*ct.warnings, *contoured.warnings]
-    mask = result.mask
-    timings.update(contoured.timings)
-    control.check()
-    t0 = time.perf_counter()
-    rois = roi_specs(mask, result.structures, settings.roi_name, naming_map(settings.roi_names))
-    written = write_rtstruct(
-        files.rtstruct(job_id),
-        ReferencedSeries.from_datasets(ct.datasets),
-        rois,
-        writer_info(settings, engine.checkpoint_hash),
+    """The job's one domain call, then its record: the only place a job succeeds."""
+    result = contour_structure_set(
+        engine,
+        StructureSetRequest(files.input_dir(job_id), clinical, series_uid),
+        settings.contouring_policy(),
+        StructureSetFiles(files.rtstruct(job_id), files.preview(job_id)),
+        _progress_writer(store, job_id, 0.0, 1.0, control),
     )
-    timings["rtstruct"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    outlines = {roi.name: roi.mask for roi in rois[1:]} or None  # sub-volumes, not the union
-    preview = render_preview(ct.volume.array, mask, ct.volume.grid, structures=outlines)
-    files.preview(job_id).write_bytes(preview)
-    timings["preview"] = time.perf_counter() - t0
-    voxel_cc = float(np.prod(ct.volume.grid.spacing)) / 1000.0
-    volumes = volumes_cc(rois, voxel_cc)
-    if nodal_cc is not None:
-        volumes["nodal (N+ minus N0)"] = round(nodal_cc, 2)
     control.check(force=True)
     store.update(
         job_id,
@@ -362,25 +240,15 @@ def _execute(
         lease_until=None,
         progress=1.0,
         finished_at=utcnow(),
-        warnings=store.get(job_id).warnings + warnings,
-        attention=contoured.attention,
-        structure_confidence=confidence_by_roi(result.confidence, naming_map(settings.roi_names)),
-        timings={k: round(v, 4) for k, v in timings.items()},
-        checkpoint=engine.checkpoint_hash,
-        rtstruct_sop_instance_uid=str(written.SOPInstanceUID),
-        roi_volumes_cc=volumes,
+        warnings=store.get(job_id).warnings + result.warnings,
+        attention=result.attention,
+        structure_confidence=result.structure_confidence,
+        timings=result.timings,
+        checkpoint=result.checkpoint,
+        rtstruct_sop_instance_uid=result.rtstruct_sop_instance_uid,
+        roi_volumes_cc=result.roi_volumes_cc,
     )
-    log.info("job %s succeeded in %.2f s", job_id, sum(timings.values()))
-
-
-def _check_windows(engine: ContourEngine, ct: CtSeries, policy: IngestPolicy) -> None:
-    """Refuse a CT whose network pass would take more than ``policy.max_windows`` windows."""
-    windows = engine.window_count(ct.volume.grid)
-    if windows > policy.max_windows:
-        raise ImplausibleGeometryError(
-            f"the series needs {windows} sliding windows per pass; at most "
-            f"{policy.max_windows} are accepted"
-        )
+    log.info("job %s succeeded in %.2f s", job_id, sum(result.timings.values()))
 
 
 def fail_job(store: JobStore, job_id: str, exc: BaseException) -> None:

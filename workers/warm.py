@@ -27,7 +27,7 @@ from model.inference import Predictor
 from model.network.context import context_key, contexts_for
 from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
 from workers.embedding_cache import RedisContextCache
-from workers.engine import checkpoint_folder
+from workers.model_loading import load_predictor
 from workers.redis_store import connect
 from workers.settings import WorkerSettings
 
@@ -112,12 +112,7 @@ def load_for_warming(settings: WorkerSettings) -> tuple[Predictor, RedisContextC
     if not settings.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set; the shared cache lives in Redis")
     cache = RedisContextCache(connect(settings.redis_url))
-    predictor = Predictor.from_checkpoint(
-        checkpoint_folder(settings),
-        text_encoder=settings.text_encoder,
-        device=settings.device,
-        cache=cache,
-    )
+    predictor = load_predictor(settings, cache=cache)
     return predictor, cache
 
 

@@ -1,8 +1,9 @@
-"""The contouring engine of one process: the model, loaded once, and its embedding cache.
+"""The contouring engine of one process: the loaded model, used by one job at a time.
 
-Both the embedded in-process worker and the Celery workers hold one :class:`ContourEngine`;
-:mod:`workers.pipeline` drives it. Nothing is loaded at import time: torch comes with
-:meth:`ContourEngine.from_settings`.
+The job runners (the embedded worker and the Celery workers) build one :class:`ContourEngine`
+around a :class:`~model.inference.Predictor` and inject it into
+:func:`model.contouring.structure_set.contour_structure_set`, as MONAI's inferers take the
+network. Nothing is loaded here: torch comes with the predictor.
 """
 
 from __future__ import annotations
@@ -10,35 +11,23 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from model.errors import ModelNotFoundError, NoteTooLongError
+from model.errors import NoteTooLongError
 from model.imaging.confidence import confidence_of_sides
 from model.imaging.geometry import Grid, Volume
 from model.imaging.plausibility import PlausibilityReport, plausibility_of_sides
 from model.imaging.postprocessing import added, structures_of_sides
 from model.text.clinical import ClinicalRecord
-from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from model.inference import Prediction, Predictor, ProgressFn
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]  # workers/ is one level below the repository
-DEMO_CHECKPOINT = REPO / "checkpoints" / "demo"
 IMPLAUSIBLE = "implausible"
-
-
-def checkpoint_folder(settings: WorkerSettings) -> Path:
-    """The configured checkpoint, or the shipped CPU demo model."""
-    folder = settings.checkpoint or DEMO_CHECKPOINT
-    if not (Path(folder) / "model.safetensors").is_file():
-        raise ModelNotFoundError(f"no checkpoint (model.safetensors) in {folder}")
-    return Path(folder)
 
 
 @dataclass
@@ -66,27 +55,6 @@ class ContourEngine:
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> ContourEngine:
-        """Load the checkpoint named by the settings (text encoder from the checkpoint).
-
-        g is cached in Redis when ``redis_url`` is set, else in this process.
-        """
-        from model.inference import Predictor
-        from workers.embedding_cache import context_cache_for
-
-        folder = checkpoint_folder(settings)
-        predictor = Predictor.from_checkpoint(
-            folder,
-            text_encoder=settings.text_encoder,
-            device=settings.device,
-            overlap=settings.overlap,
-            sw_batch_size=settings.sw_batch_size,
-            cache=context_cache_for(settings),
-        )
-        log.info("model loaded from %s (checkpoint %s)", folder, predictor.checkpoint_hash)
-        return cls(predictor)
 
     @property
     def checkpoint_hash(self) -> str:

@@ -1,6 +1,11 @@
 """Consistency warnings: does the contour agree with the clinical fields it was asked for?
 
-These never fail a job; they appear in ``GET /jobs/{id}`` so that a person looks twice.
+These never fail a job; they appear in ``GET /jobs/{id}`` so that a person looks twice. The
+whole CTV is checked for its side (:func:`laterality_warnings`) and, for a single-CTV network,
+for nodal volume against the N0 contour (:func:`nodal_warnings`); a structure network's
+sub-volumes are checked directly (:func:`structure_warnings`): a nodal CTV must be present for
+N1-N3 and absent for N0/N1mi; breast after breast-conserving surgery, chest wall after
+mastectomy; on the side(s) the note names.
 
 Coordinates: voxel positions go through the CT grid to DICOM patient LPS (mm); +x is the
 patient's left. The midline is the x centroid of the body (HU above -400) on the slices the CTV
@@ -9,15 +14,21 @@ occupies, so a table shift does not move it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import numpy.typing as npt
 
 from model.imaging.geometry import Grid
-from model.text.clinical import ClinicalRecord, Side
+from model.network.structures import NODAL, Structure
+from model.text.clinical import ClinicalRecord, Side, Surgery
 
 BODY_HU = -400.0
 LATERAL_FRACTION = 0.8
 BILATERAL_MIN_FRACTION = 0.1
+BoolArray = npt.NDArray[np.bool_]
+SIDE_LETTER = {Side.LEFT: "L", Side.RIGHT: "R"}
+SIDE_WORD = {"L": "left", "R": "right"}
 
 
 def _ctv_x(grid: Grid, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
@@ -108,3 +119,54 @@ def nodal_warnings(
         f"{stages} is stated, but no nodal volume was found: the contour adds {nodal_cc:.1f} cc "
         f"over the contour for N0 (threshold {threshold_cc:g} cc)"
     ], nodal_cc
+
+
+def structure_warnings(
+    record: ClinicalRecord,
+    structures: Mapping[tuple[str, str], BoolArray],
+    voxel_cc: float,
+    min_cc: float,
+) -> list[str]:
+    """What the structures say against the note, per named side."""
+    cc: dict[tuple[str, str], float] = {
+        key: float(np.count_nonzero(mask)) * voxel_cc for key, mask in structures.items()
+    }
+    warnings: list[str] = []
+    named = {SIDE_LETTER[d.side] for d in record.diagnoses}
+    for d in record.diagnoses:
+        side = SIDE_LETTER[d.side]
+        nodal = sum(cc.get((s.value, side), 0.0) for s in NODAL)
+        where = f"the {SIDE_WORD[side]} side"
+        if d.node_positive and nodal < min_cc:
+            warnings.append(f"the note says N{d.n_stage} but no nodal CTV was found on {where}")
+        if not d.node_positive and nodal >= min_cc:
+            warnings.append(
+                f"the note says N{d.n_stage} (no nodal CTV) but {nodal:.1f} cc of nodal CTV "
+                f"were contoured on {where}"
+            )
+        expected, other = Structure.BREAST.value, Structure.CHEST_WALL.value
+        if d.surgery is Surgery.TOTAL_MASTECTOMY:
+            expected, other = other, expected
+        if cc.get((expected, side), 0.0) < min_cc:
+            warnings.append(f"no {expected.replace('_', ' ')} CTV on {where} ({d.surgery.value})")
+        if cc.get((other, side), 0.0) >= min_cc:
+            warnings.append(
+                f"{cc[(other, side)]:.1f} cc of {other.replace('_', ' ')} CTV on {where}, "
+                f"which the note's {d.surgery.value.replace('_', ' ')} does not call for"
+            )
+    for (name, side), value in cc.items():
+        if side not in named and value >= min_cc:
+            warnings.append(
+                f"{value:.1f} cc of {name.replace('_', ' ')} CTV on the "
+                f"{SIDE_WORD[side]} side, which the note does not name"
+            )
+    return warnings
+
+
+def removal_warnings(removed_cc: Mapping[str, float], min_cc: float) -> list[str]:
+    """Postprocessing that removed more than ``min_cc`` (outside the body, islands)."""
+    return [
+        f"postprocessing removed {value:.1f} cc ({where.replace('_', ' ')})"
+        for where, value in sorted(removed_cc.items())
+        if value >= min_cc
+    ]
