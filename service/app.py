@@ -23,17 +23,17 @@ from service.dicomweb import router as dicomweb_router
 from service.health import Readiness
 from service.health import router as health_router
 from service.limits import BodySizeLimit
-from service.metrics import LlmctvCollector, metrics_registry
-from service.metrics import router as metrics_router
 from service.order_desk import OrderDesk
+from service.prometheus import LlmctvCollector, metrics_registry
+from service.prometheus import router as metrics_router
 from service.retention import RetentionHolds, RetentionTimer
 from service.settings import Settings, get_settings
 from service.storage_guard import StorageBackpressure
 from workers.audit import AuditLog
+from workers.counters import LocalMetrics, MetricsSink, RedisMetrics
 from workers.dispatch import EmbeddedDispatcher, JobDispatcher
 from workers.job_events import ObservedJobStore
 from workers.jobs import FileJobStore, JobFiles, JobStore
-from workers.metrics import LocalMetrics, MetricsSink, RedisMetrics
 
 if TYPE_CHECKING:
     from model.contouring.engine import ContourEngine

@@ -26,8 +26,8 @@ from service.auth import Admin
 from service.orders import Order, OrderStatus, OrderStore, SendStatus
 from service.settings import Settings
 from workers.audit import AuditKind, AuditLog, hash_identifier
+from workers.counters import LocalMetrics, MetricsSink
 from workers.job_events import ACTOR
-from workers.metrics import LocalMetrics, MetricsSink
 
 __all__ = [
     "DICOM_EVENTS",

@@ -109,7 +109,7 @@ def register_dicom_listener(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmctv`` console script."""
-    from workers.command import register_embed_cache, register_worker
+    from workers.cli import register_embed_cache, register_worker
 
     extra = (
         register_serve,

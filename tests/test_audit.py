@@ -185,7 +185,7 @@ def test_patient_fields_are_dropped_and_uids_hashed(tmp_path: Path) -> None:
 def test_order_send_outcomes_are_audited_and_counted(tmp_path: Path) -> None:
     from service.audit import AuditedOrderStore
     from service.orders import Order, OrderStatus, SendState, SendStatus
-    from workers.metrics import LocalMetrics, series_key
+    from workers.counters import LocalMetrics, series_key
 
     log = AuditLog(tmp_path / "audit", max_bytes=10**6, retention_days=1)
     metrics = LocalMetrics()

@@ -20,9 +20,9 @@ from model.errors import ModelNotFoundError
 from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
 from service.health import Readiness
-from service.metrics import LlmctvCollector, metrics_registry
+from service.prometheus import LlmctvCollector, metrics_registry
 from service.settings import Settings
-from workers.metrics import RedisMetrics
+from workers.counters import RedisMetrics
 
 ADMIN = "metrics-admin-0123456789"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -142,12 +142,12 @@ def test_worker_side_numbers_reach_the_gateway_through_redis(tmp_path: Path) -> 
 def test_dashboard_and_scrape_config_use_exposed_names(gateway: Gateway) -> None:
     import re
 
-    import service.metrics
+    import service.prometheus
 
     deploy = Path(__file__).resolve().parents[1] / "deploy"
     text = (deploy / "grafana-dashboard.json").read_text() + (deploy / "prometheus.yml").read_text()
     used = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in re.findall(r"llmctv_\w+", text)}
-    documented = set(re.findall(r"``(\w+)(?:\{[^}]*\})?``", service.metrics.__doc__ or ""))
+    documented = set(re.findall(r"``(\w+)(?:\{[^}]*\})?``", service.prometheus.__doc__ or ""))
     documented = {"llmctv_" + re.sub(r"_total$", "", n) for n in documented}
     exposed = set(scrape(gateway.url))
     assert used - {"llmctv_alerts"} <= documented | exposed, used - documented - exposed

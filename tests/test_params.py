@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from model.network.config import preset
-from model.network.params import PAPER_TABLE_S3, parameter_report
+from model.network.parameter_count import PAPER_TABLE_S3, parameter_report
 
 
 def test_paper_counts_match_table_s3_within_3_percent() -> None:

@@ -28,7 +28,7 @@ from model.text.clinical import N_STAGE_PATTERN, T_STAGE_PATTERN
 from model.text.encoders import tiny_llama
 from service.settings import Settings
 from workers.celery_app import check_limits
-from workers.command import worker_queues
+from workers.cli import worker_queues
 from workers.embedding_cache import RedisContextCache
 from workers.redis_store import connect
 from workers.warm import N_STAGES, T_STAGES, template_notes, warm

@@ -23,7 +23,7 @@ from service.retention import purge_expired
 from service.settings import Settings
 from workers.celery_app import create_celery_app
 from workers.celery_dispatch import CeleryDispatcher
-from workers.command import check_worker
+from workers.cli import check_worker
 from workers.errors import JobNotFoundError, ServiceUnavailableError
 from workers.facts import WorkerFacts, publish
 from workers.jobs import Job, JobFiles, JobStatus, new_job_id, utcnow

@@ -10,7 +10,7 @@
 - where jobs run: :mod:`workers.dispatch` (the in-process runner of ``llmctv serve``) or Celery
   (:mod:`workers.celery_app`, :mod:`workers.tasks`, :mod:`workers.runtime`,
   :mod:`workers.celery_dispatch` for the gateway's side);
-- commands: :mod:`workers.command` (``llmctv worker``, ``llmctv embed-cache``), :mod:`workers.warm`.
+- commands: :mod:`workers.cli` (``llmctv worker``, ``llmctv embed-cache``), :mod:`workers.warm`.
 
 Imports :mod:`model` only, never :mod:`service`. Nothing heavy (torch) loads at import time.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from model.cli import main
-from workers.command import register_embed_cache, register_worker
+from workers.cli import register_embed_cache, register_worker
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], extra=(register_worker, register_embed_cache)))

@@ -20,10 +20,10 @@ from kombu.exceptions import OperationalError
 
 from workers import facts
 from workers.celery_app import create_celery_app
+from workers.counters import RedisMetrics
 from workers.errors import ServiceUnavailableError
 from workers.jobs import JobFiles, utcnow
 from workers.lease_watchdog import LeaseWatchdog
-from workers.metrics import RedisMetrics
 from workers.redis_store import RedisJobStore, connect
 from workers.settings import WorkerSettings
 from workers.tasks import send_to_queue

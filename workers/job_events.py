@@ -21,9 +21,9 @@ from contextvars import ContextVar
 from typing import Any
 
 from workers.audit import AuditKind, AuditLog
+from workers.counters import MetricsSink
 from workers.errors import JobNotFoundError
 from workers.jobs import Job, JobStatus, JobStore
-from workers.metrics import MetricsSink
 
 log = logging.getLogger(__name__)
 ACTOR: ContextVar[str | None] = ContextVar("llmctv_actor", default=None)

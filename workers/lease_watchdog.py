@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from workers.counters import MetricsSink
 from workers.jobs import Job
-from workers.metrics import MetricsSink
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ from model.contouring.engine import ContourEngine
 from model.errors import ConfigurationError, ContextNotCachedError, LlmctvError
 from workers import facts
 from workers.audit import AuditLog
+from workers.counters import RedisMetrics
 from workers.embedding_cache import RedisContextCache
 from workers.errors import JobNotFoundError, JobTimeoutError
 from workers.job_events import ObservedJobStore
 from workers.jobs import JobFiles, JobStatus, JobStore
-from workers.metrics import RedisMetrics
 from workers.model_loading import load_engine
 from workers.pipeline import fail_job, run_job
 from workers.redis_store import RedisJobStore, connect

@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 def run_check(args: argparse.Namespace) -> int:
     """Run ``dataset check``; 0 without blocking problems, 1 with."""
     from model.dataset.inventory import CheckOptions, check_dataset
-    from model.dataset.report import write_report
+    from model.dataset.inventory_report import write_report
     from model.dataset.structure_map import load_structure_map
 
     options = CheckOptions(min_cc=float(args.min_cc))

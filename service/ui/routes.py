@@ -35,6 +35,7 @@ from service.auth import Identity, Role, identify
 from service.errors import ForbiddenError, JobNotFinishedError
 from service.settings import Settings
 from service.ui import pages
+from service.ui.overlays import StructureView, structure_view
 from service.ui.session import (
     SessionStore,
     check_csrf,
@@ -44,7 +45,6 @@ from service.ui.session import (
     set_cookie,
 )
 from service.ui.slices import CtCache, CtView, load_ct_view
-from service.ui.structures import StructureView, structure_view
 from workers.audit import AuditKind
 from workers.errors import JobNotFoundError
 from workers.job_events import ACTOR

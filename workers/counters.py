@@ -4,7 +4,7 @@ Embedded mode keeps them in the gateway process (:class:`LocalMetrics`). In Cele
 process (gateway and workers) adds to one Redis hash, ``llmctv:metrics``
 (:class:`RedisMetrics`, ``HINCRBYFLOAT``), and the gateway exposes that hash; so worker-side
 numbers reach the gateway's endpoint without a second exporter, and survive restarts of the
-gateway. :mod:`service.metrics` turns a :meth:`snapshot` into Prometheus metric families.
+gateway. :mod:`service.prometheus` turns a :meth:`snapshot` into Prometheus metric families.
 
 A field is one series: ``[name, {label: value}]`` as JSON for counters; histograms add
 ``"le"`` (the bucket's upper bound, counts per bucket, not cumulative), ``"sum"`` or

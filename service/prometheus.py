@@ -1,6 +1,6 @@
 """``GET /metrics``: Prometheus text format, for administrators.
 
-Counters and histograms come from the :class:`~workers.metrics.MetricsSink` of the deployment
+Counters and histograms come from the :class:`~workers.counters.MetricsSink` of the deployment
 (in-process in embedded mode; the Redis hash ``llmctv:metrics`` in Celery mode, to which the
 workers add their own numbers). Gauges are read at scrape time from facts that are already in
 memory: the dispatcher's queue lengths and embedding-cache counters (gathered in the
@@ -38,8 +38,8 @@ from prometheus_client.registry import Collector
 
 from service.auth import Admin
 from service.health import Readiness
+from workers.counters import BUCKETS, MetricsSink, parse_key
 from workers.dispatch import JobDispatcher
-from workers.metrics import BUCKETS, MetricsSink, parse_key
 
 router = APIRouter()
 PREFIX = "llmctv_"
