@@ -11,7 +11,6 @@ from model.imaging.geometry import Grid, Volume
 from model.imaging.preprocessing import (
     PreprocessConfig,
     ResamplingPlan,
-    normalize_hu,
     plan_resampling,
     preprocess_ct,
     resample_image,
@@ -248,19 +247,25 @@ def test_shape_and_mode_errors() -> None:
 
 
 # --- intensities -----------------------------------------------------------------------------
-def test_normalize_hu_clips_and_scales() -> None:
-    hu = np.array([-3000, -1000, 0, 500, 1000, 3000], dtype=np.int16)
-    out = normalize_hu(hu, (-1000.0, 1000.0))
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 0.75, 1.0, 1.0], atol=1e-7)
-    np.testing.assert_allclose(normalize_hu(hu, (-160.0, 240.0))[2], 0.4, atol=1e-7)
-    assert hu[0] == -3000  # input untouched
+def _hu_row(values: list[float]) -> Volume:
+    """One row of voxels on a grid the network's spacing keeps exactly (identity plan)."""
+    hu = np.array(values, dtype=np.float32).reshape(1, 1, len(values))
+    return Volume(hu, Grid((1, 1, len(values)), (0.0, 0.0, 0.0), (3.0, 1.0, 1.0), IDENTITY))
+
+
+def test_preprocess_ct_clips_and_scales_hu() -> None:
+    volume = _hu_row([-3000, -1000, 0, 500, 1000, 3000])
+    before = volume.array.copy()
+    image, _ = preprocess_ct(volume, PreprocessConfig(hu_window=(-1000.0, 1000.0)))
+    assert image.dtype == np.float32
+    np.testing.assert_allclose(image.ravel(), [0.0, 0.0, 0.5, 0.75, 1.0, 1.0], atol=1e-7)
+    soft, _ = preprocess_ct(volume, PreprocessConfig(hu_window=(-160.0, 240.0)))
+    np.testing.assert_allclose(soft.ravel()[2], 0.4, atol=1e-7)
+    np.testing.assert_array_equal(volume.array, before)  # input untouched
 
 
 @pytest.mark.parametrize("window", [(100.0, 100.0), (200.0, -200.0), (0.0,)])
-def test_normalize_hu_rejects_bad_window(window: tuple[float, ...]) -> None:
-    with pytest.raises(ConfigurationError):
-        normalize_hu(np.zeros(3), window)
+def test_bad_hu_window_is_rejected(window: tuple[float, ...]) -> None:
     with pytest.raises(ConfigurationError):
         PreprocessConfig(hu_window=window)  # type: ignore[arg-type]
 

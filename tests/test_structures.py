@@ -12,7 +12,13 @@ from factories import BREAST_DIR, LUNG1_DIR, make_rtstruct
 from matplotlib.path import Path as MplPath
 from pydicom.uid import generate_uid
 
-from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
+from model.dicom.rtstruct.reader import (
+    RoiRule,
+    StructureSet,
+    parse_structure_set,
+    rasterize,
+    read_structure_set,
+)
 from model.dicom.series import CtSeries, read_ct_series
 from model.errors import (
     ConfigurationError,
@@ -32,7 +38,7 @@ def square(x0: float, x1: float, y0: float, y1: float, z: float) -> npt.NDArray[
 
 
 def structures(rois: dict[str, list[npt.NDArray[np.float64]]], **kw: object) -> StructureSet:
-    return StructureSet.from_dataset(make_rtstruct(FRAME, rois, **kw))  # type: ignore[arg-type]
+    return parse_structure_set(make_rtstruct(FRAME, rois, **kw))  # type: ignore[arg-type]
 
 
 def box(
@@ -148,7 +154,7 @@ def test_rois_sharing_a_name_all_count() -> None:
         FRAME, {"A": [square(1.5, 3.5, 1.5, 3.5, 2.0)], "B": [square(5.5, 7.5, 1.5, 3.5, 2.0)]}
     )
     ds.StructureSetROISequence[1].ROIName = "A"
-    assert np.count_nonzero(rasterize(StructureSet.from_dataset(ds), "A", GRID)) == 8
+    assert np.count_nonzero(rasterize(parse_structure_set(ds), "A", GRID)) == 8
 
 
 def test_unknown_roi_name() -> None:
@@ -313,5 +319,5 @@ def test_round_trip_with_the_writer_tracing() -> None:
         for k in range(grid.shape[0])
         for ji in contours.mask_to_polygons(mask[k])
     ]
-    ss = StructureSet.from_dataset(make_rtstruct(FRAME, {"CTV": points}))
+    ss = parse_structure_set(make_rtstruct(FRAME, {"CTV": points}))
     np.testing.assert_array_equal(rasterize(ss, "CTV", grid), mask)

@@ -85,12 +85,6 @@ class Grid:
         """4x4 NIfTI affine mapping ``(i, j, k, 1)`` to RAS mm (flip of x and y)."""
         return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.affine_lps()
 
-    @property
-    def extent_mm(self) -> tuple[float, float, float]:
-        """Physical size ``(k, j, i)`` covered by the voxel centres plus one voxel."""
-        k, j, i = (float(n * s) for n, s in zip(self.shape, self.spacing, strict=True))
-        return (k, j, i)
-
 
 @dataclass
 class Volume:

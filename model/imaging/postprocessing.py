@@ -66,11 +66,6 @@ class CleaningReport:
     outside_body_cc: float = 0.0
     islands_cc: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def total_cc(self) -> float:
-        """Everything removed."""
-        return self.outside_body_cc + sum(self.islands_cc.values())
-
 
 @dataclass
 class CleanedPrediction:

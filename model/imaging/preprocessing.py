@@ -504,33 +504,6 @@ def sub_grid(grid: Grid, box: Box) -> Grid:
 
 
 # --- intensities --------------------------------------------------------------------------------
-def normalize_hu(
-    array: npt.NDArray[np.generic], window: Sequence[float] = (-1000.0, 1000.0)
-) -> npt.NDArray[np.float32]:
-    """Clip HU to ``window`` and scale linearly to ``[0, 1]``.
-
-    Parameters
-    ----------
-    array
-        HU values of any shape (axis order is kept).
-    window
-        ``(low, high)`` HU; ``low`` maps to 0, ``high`` to 1.
-
-    Returns
-    -------
-    numpy.ndarray
-        A new float32 array with values in ``[0, 1]``.
-
-    Raises
-    ------
-    ConfigurationError
-        If ``window`` is not ``(low, high)`` with ``low < high``.
-    """
-    _check_window(window)
-    out = np.array(array, dtype=np.float32, copy=True)
-    return _normalize_inplace(out, (float(window[0]), float(window[1])))
-
-
 def _normalize_inplace(
     out: npt.NDArray[np.float32], window: tuple[float, float]
 ) -> npt.NDArray[np.float32]:

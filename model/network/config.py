@@ -108,11 +108,6 @@ class NetworkConfig:
         """Whether learnable prompt vectors are part of the input sequence."""
         return self.tuning in (TuningMode.MULTI_PROMPT, TuningMode.SINGLE_PROMPT)
 
-    @property
-    def n_context(self) -> int:
-        """Number of context tokens g per note (one [SEG] read-out per prompt set)."""
-        return self.n_prompts
-
     def to_json(self) -> str:
         """Canonical JSON (sorted keys) used for storage and for the config check."""
         data = asdict(self)

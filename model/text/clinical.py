@@ -8,7 +8,6 @@ validates it and renders the reference template, e.g.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -220,11 +219,6 @@ def check_note_agrees(record: ClinicalRecord) -> None:
             raise NoteContradictsFieldsError(
                 f"note: names N{named}, but diagnoses give n_stage {given}"
             )
-
-
-def note_hash(text: str) -> str:
-    """Content hash of a note, the key part that identifies its text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # --- clinical CSV (one row per case) -------------------------------------------------------

@@ -95,11 +95,6 @@ class StructureSet:
                 return roi
         raise RoiNotFoundError(f"no ROI named {name!r}; ROIs: {', '.join(self.roi_names)}")
 
-    @classmethod
-    def from_dataset(cls, ds: Dataset) -> StructureSet:
-        """Build from an RTSTRUCT data set (read from a file or made in memory)."""
-        return _parse(ds)
-
 
 def read_structure_set(path: Path) -> StructureSet:
     """Read an RTSTRUCT file.
@@ -115,11 +110,18 @@ def read_structure_set(path: Path) -> StructureSet:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
         raise UnreadableDicomError("the structure set file is not readable DICOM") from exc
-    return _parse(ds)
+    return parse_structure_set(ds)
 
 
 # --- parsing ------------------------------------------------------------------------------------
-def _parse(ds: Dataset) -> StructureSet:
+def parse_structure_set(ds: Dataset) -> StructureSet:
+    """An RTSTRUCT data set (read from a file, received, or made in memory).
+
+    Raises
+    ------
+    StructureSetError
+        Not an RTSTRUCT, or required modules are missing.
+    """
     if str(ds.get("Modality", "")) != "RTSTRUCT":
         raise StructureSetError(f"modality is {ds.get('Modality', 'missing')}, not RTSTRUCT")
     if "StructureSetROISequence" not in ds:
