@@ -33,10 +33,7 @@ SIDE_WORD = {"L": "left", "R": "right"}
 
 def _ctv_x(grid: Grid, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
     """LPS x (mm) of every mask voxel, through the grid's affine ``(i, j, k, 1) -> LPS``."""
-    k, j, i = np.nonzero(mask)
-    a = grid.affine_lps()[0]
-    coordinate: npt.NDArray[np.float64] = a[0] * i + a[1] * j + a[2] * k + a[3]
-    return coordinate
+    return grid.lps_coordinate(np.argwhere(mask), 0)
 
 
 def midline_x(hu: npt.NDArray[np.floating], grid: Grid, slices: npt.NDArray[np.intp]) -> float:

@@ -68,6 +68,18 @@ class Grid:
         ijk = idx[..., ::-1] * np.asarray(self.spacing[::-1], dtype=np.float64)
         return np.asarray(self.origin, dtype=np.float64) + ijk @ self.direction_matrix.T
 
+    def lps_coordinate(self, kji: npt.ArrayLike, axis: int) -> FloatArray:
+        """One LPS coordinate (``axis`` 0: x, 1: y, 2: z; mm) of ``(..., 3)`` indices ``(k, j, i)``.
+
+        The same values as ``index_to_lps(kji)[..., axis]`` at a third of the cost (no
+        ``(..., 3)`` result): for the millions of voxels of a CTV on a 512 matrix.
+        """
+        idx = np.asarray(kji)
+        row = self.affine_lps()[axis]
+        out: FloatArray = row[3] + row[0] * idx[..., 2] + row[1] * idx[..., 1]
+        out += row[2] * idx[..., 0]
+        return out
+
     def lps_to_index(self, xyz: npt.ArrayLike) -> FloatArray:
         """Map ``(..., 3)`` LPS points (mm) to fractional array indices ``(k, j, i)``."""
         rel = np.asarray(xyz, dtype=np.float64) - np.asarray(self.origin, dtype=np.float64)

@@ -321,7 +321,7 @@ def _side_codes(
     """
     k, j, i = np.unravel_index(np.flatnonzero(inside), inside.shape)
     starts = [s.start for s in box]
-    x = grid.index_to_lps(np.column_stack([k + starts[0], j + starts[1], i + starts[2]]))[:, 0]
+    x = grid.lps_coordinate(np.column_stack([k + starts[0], j + starts[1], i + starts[2]]), 0)
     structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
     codes = np.zeros(inside.shape, dtype=np.uint8)
     codes[k, j, i] = structure * 2 - (x > mid_x).astype(np.uint8)
