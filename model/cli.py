@@ -64,6 +64,7 @@ def _data_options(args: argparse.Namespace) -> DataOptions:
         roi_include=tuple(args.roi_include),
         roi_exclude=tuple(args.roi_exclude or ()),
         structures=structure_patterns(getattr(args, "structure", None)),
+        structure_map=getattr(args, "structure_map", None),
     )
 
 
@@ -218,6 +219,16 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME=REGEX",
         help="train one output structure per ROI-name pattern (repeat); 'phantom' = the five "
         "sub-volumes of the phantom spec (breast, chest_wall, axilla, scf, imn)",
+    )
+    p.add_argument(
+        "--structure-map",
+        type=Path,
+        default=None,
+        metavar="MAP",
+        help="the site's structure map (TOML, as for 'dataset check'): one output structure "
+        "per structure of the map, its ROIs chosen by the map (sides, several ROIs per "
+        "structure; the union ROI and ignored ROIs never count); replaces --roi-include, "
+        "not with --structure. Evaluate: the reference CTV is the union of the map's structures",
     )
 
 
@@ -408,11 +419,13 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     _add_window_options(p)
     p.set_defaults(func=cmd_predict)
 
+    from model.commission import register as register_commission
     from model.dataset.dataset_command import register as register_dataset
     from model.lab.experiment_runs import register as register_experiments
     from model.lab.structure_eval import register as register_structures_report
 
     register_dataset(sub)
+    register_commission(sub)
     register_phantoms(sub)
     register_experiments(sub)
     register_structures_report(sub)

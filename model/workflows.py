@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from model.dataset.structure_map import StructureMap, load_structure_map
+from model.dataset.structure_targets import MapRule, map_meta
 from model.dicom.rtstruct.reader import RoiRule
 from model.dicom.series import CtSeries, read_ct_series
 from model.errors import ConfigurationError, DatasetError, LlmctvError
@@ -28,29 +30,50 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DataOptions:
-    """A DICOM data set: its folder, clinical CSV and which ROIs are the target."""
+    """A DICOM data set: its folder, clinical CSV and which ROIs are the target.
+
+    The target is the CTV (``roi_include``/``roi_exclude``), one class per structure by
+    ROI-name patterns (``structures``), or one class per structure of a site's structure map
+    (``structure_map``, a TOML file: :mod:`model.dataset.structure_targets`), which then
+    replaces the ROI-name patterns; ``structures`` and ``structure_map`` exclude each other.
+    """
 
     data: Path
     csv: Path | None = None
     roi_include: tuple[str, ...] = (r"^ctv$",)
     roi_exclude: tuple[str, ...] = ()
     structures: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    structure_map: Path | None = None
 
     def rule(self) -> RoiRule:
         """The ROI-name rule of the whole CTV."""
         return RoiRule(include=tuple(self.roi_include), exclude=tuple(self.roi_exclude))
 
     def target(self) -> TargetRule:
-        """The training label: the CTV, or one class per structure (ROI-name patterns)."""
+        """The training label: the CTV, or one class per structure (patterns or the map).
+
+        Raises
+        ------
+        ConfigurationError
+            Both ``structures`` and ``structure_map``, or an invalid structure map.
+        """
+        if self.structure_map is not None:
+            if self.structures:
+                raise ConfigurationError("--structure-map and --structure exclude each other")
+            return TargetRule.from_structure_map(load_structure_map(self.structure_map))
         return TargetRule(
             union=self.rule(),
             structures=tuple((name, RoiRule(include=p)) for name, p in self.structures),
         )
 
+    def reference(self) -> RoiRule | TargetRule:
+        """The reference CTV of an evaluation: the CTV rule, or every structure of the map."""
+        return self.rule() if self.structure_map is None else self.target()
+
     @property
     def structure_names(self) -> tuple[str, ...]:
         """The structures' names in label order (empty: one CTV class)."""
-        return tuple(name for name, _ in self.structures)
+        return self.target().structure_names
 
 
 @dataclass(frozen=True)
@@ -94,11 +117,12 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     """``llmctv train``: cache the DICOM data set, then train and keep the best checkpoint."""
     pre = PreprocessConfig(target_spacing=options.spacing)
     rule = options.data.rule()
+    target = options.data.target()
     cache = options.cache or options.out / "cache"
     report = build_cache(
         options.data.data,
         cache,
-        rule=options.data.target(),
+        rule=target,
         preprocess=pre,
         csv_path=options.data.csv,
     )
@@ -109,8 +133,9 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     vision_only = options.network.vision_only
     encoder = None if vision_only else load_text_encoder(options.text_encoder)
     config = options.network.config(encoder.hidden_size if encoder else None)
-    config = config.with_structures(options.data.structure_names)
-    meta = {
+    config = config.with_structures(target.structure_names)
+    structure_map = _target_map(target)
+    meta: dict[str, Any] = {
         "text_encoder_name": None if vision_only else str(options.text_encoder),
         "preprocessing": {
             "target_spacing": list(pre.target_spacing),
@@ -121,10 +146,19 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
         "structure_rules": {name: list(p) for name, p in options.data.structures},
         "n_cases": len(cases),
     }
+    if structure_map is not None:  # the map, not the patterns, chose the ROIs
+        meta["roi_rule"] = None
+        meta["structure_map"] = map_meta(structure_map)
     trainer = Trainer(config, options.train, options.out, encoder, meta)
     if options.init_from is not None and not options.resume:
         trainer.warm_start(options.init_from)
     return trainer.fit(cases, resume=options.resume)
+
+
+def _target_map(target: TargetRule) -> StructureMap | None:
+    """The structure map whose rules make ``target`` (``None`` for ROI-name patterns)."""
+    rule = target.union
+    return rule.structure_map if isinstance(rule, MapRule) else None
 
 
 def parse_models(specs: list[str] | None, option: str = "--model") -> dict[str, Path]:
@@ -156,14 +190,22 @@ def evaluate_from_dicom(
         )
         for name, path in models.items()
     }
-    results = evaluate_cases(predictors, data.data, data.rule(), data.csv)
+    results = evaluate_cases(predictors, data.data, data.reference(), data.csv)
     return write_evaluation_report(results, out, seed=seed)
 
 
 def evaluate_cases(
-    predictors: dict[str, Predictor], data_dir: Path, rule: RoiRule, csv_path: Path | None = None
+    predictors: dict[str, Predictor],
+    data_dir: Path,
+    rule: RoiRule | TargetRule,
+    csv_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Per-model, per-case metrics (Dice, IoU, HD95 in mm on the CT's own spacing)."""
+    """Per-model, per-case metrics (Dice, IoU, HD95 in mm on the CT's own spacing).
+
+    The reference is the CTV: the ROIs of a :class:`RoiRule`, or every labelled voxel of a
+    :class:`TargetRule` (with a structure map: the union of its structures' ROIs, each voxel
+    once, never the union ROI nor an ignored one).
+    """
     from model.evaluation.metrics import evaluate_case
     from model.training.dataset import load_case
 
@@ -178,7 +220,7 @@ def evaluate_cases(
         spacing = case.ct.volume.grid.spacing
         for name, predictor in predictors.items():
             pred = predictor.predict_record(case.ct.volume, record)
-            metrics = evaluate_case(pred.mask, case.mask, spacing)
+            metrics = evaluate_case(pred.mask, np.asarray(case.mask) > 0, spacing)
             per_model[name].append(
                 {"case_id": case_id, "note": record.prompt_text(), **asdict(metrics)}
             )

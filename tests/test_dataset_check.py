@@ -33,7 +33,11 @@ from model.dataset.structure_map import (
     load_structure_map,
     parse_structure_map,
 )
-from model.dicom.rtstruct.reader import StructureSet, rasterize, read_structure_set
+from model.dicom.rtstruct.reader import (
+    parse_structure_set,
+    rasterize,
+    read_structure_set,
+)
 from model.dicom.series import read_ct_series
 from model.errors import ConfigurationError, DatasetError
 from model.imaging.geometry import Grid
@@ -606,7 +610,7 @@ def test_annulus_xor_and_keyhole_match_the_analytic_area() -> None:
     key = [*outer, outer[0], inner[0], *inner, inner[0]]  # in along the +x axis and out again
     satellite = box(24, 27, 24, 27, 2.0)  # a second island on the same slice
     sets = {
-        name: StructureSet.from_dataset(make_rtstruct(frame, {"R": contours}))
+        name: parse_structure_set(make_rtstruct(frame, {"R": contours}))
         for name, contours in {
             "xor": [outer, inner, satellite],
             "keyhole": [key, satellite],

@@ -18,6 +18,7 @@ from model.training.sampling import (
     TrainingCase,
     group_cases,
     paired_batch,
+    patient_groups,
     random_crop,
     subset_by_group,
 )
@@ -119,6 +120,34 @@ def test_split_keeps_every_note_of_a_ct_on_one_side() -> None:
     train, val = split_cases(cases, 0.2, seed=3)
     assert len(val) == 2 and len(train) == 8
     assert {c.group_key for c in train}.isdisjoint({c.group_key for c in val})
+
+
+def test_split_keeps_every_ct_of_one_patient_on_one_side() -> None:
+    """Two CT series of one patient (same hashed PatientID) never straddle the split.
+
+    Grouping by CT alone put the two series on different sides for some of these seeds.
+    """
+    cases = _toy_cases(8)
+    for n, case in enumerate(cases):
+        case.group, case.patient = f"uid-{n}", f"P-{n:016x}"
+    cases[5].patient = cases[2].patient  # a second CT of the patient of c2
+    cases[7].patient = cases[2].patient  # and a third
+    together = {"c2", "c5", "c7"}
+    val_sizes = set()
+    for seed in range(20):
+        train, val = split_cases(cases, 0.25, seed=seed)
+        train_ids, val_ids = {c.case_id for c in train}, {c.case_id for c in val}
+        assert train_ids | val_ids == {c.case_id for c in cases}
+        assert together <= train_ids or together <= val_ids, (seed, sorted(val_ids))
+        val_sizes.add(len(val))
+    # 6 patients, round(6 * 0.25) = 2 of them in validation with all their CTs: 2 CTs, or 4
+    # when the patient of c2 is one of them.
+    assert len(patient_groups(cases)) == 6
+    assert val_sizes == {2, 4}
+    no_patient = _toy_cases(8)
+    for n, case in enumerate(no_patient):
+        case.group = f"uid-{n}"
+    assert len(patient_groups(no_patient)) == 8, "without labels: one group per CT"
 
 
 def test_subset_by_group_takes_whole_cts() -> None:

@@ -2,7 +2,7 @@
 
 Writes ``DIR/inventory.json`` and ``DIR/inventory.html`` and prints a short summary. Exit
 status: 0 when the export has no blocking problem, 1 when it has one (the problems of
-:data:`model.dataset.inventory.PROBLEM_CODES` marked blocking), 2 for an error that stops the
+:data:`model.dataset.problems.PROBLEM_CODES` marked blocking), 2 for an error that stops the
 check (a missing data folder or CSV, an invalid structure map: ``error [code]: ...``).
 Nothing heavy is imported until the command runs.
 """
@@ -55,8 +55,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
 
 def run_check(args: argparse.Namespace) -> int:
     """Run ``dataset check``; 0 without blocking problems, 1 with."""
-    from model.dataset.inventory import CheckOptions, check_dataset
+    from model.dataset.inventory import check_dataset
     from model.dataset.inventory_report import write_report
+    from model.dataset.problems import CheckOptions
     from model.dataset.structure_map import load_structure_map
 
     options = CheckOptions(min_cc=float(args.min_cc))

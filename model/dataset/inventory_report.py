@@ -2,7 +2,7 @@
 
 Both list the problems first (blocking, then warnings), then the summary, the tables of
 structures by N stage and by surgery (per treated side), and one row per case. Patients appear
-only as the salted labels of :mod:`model.dataset.inventory`. Every text that comes from the
+only as the salted labels of :mod:`model.dataset.patients`. Every text that comes from the
 export (case ids, ROI names) is escaped in the HTML.
 """
 
@@ -15,7 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from model.dataset.inventory import PROBLEM_CODES, CaseInventory, Inventory, Problem, Severity
+from model.dataset.case_inventory import CaseInventory
+from model.dataset.inventory import Inventory
+from model.dataset.problems import PROBLEM_CODES, Problem, Severity
 
 REPORT_FORMAT = "llmctv-dataset-check/1"
 JSON_NAME = "inventory.json"

@@ -30,7 +30,7 @@ import fnmatch
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -152,7 +152,11 @@ class RoiClass:
 
 @dataclass(frozen=True)
 class StructureMap:
-    """A department's ROI naming: structures, the union ROI, ignored ROIs, side forms."""
+    """A department's ROI naming: structures, the union ROI, ignored ROIs, side forms.
+
+    ``source`` is where it was read, ``digest`` the SHA-256 of its text and ``text`` the TOML
+    text itself (a checkpoint keeps it, to read its reference ROIs the way training did).
+    """
 
     structures: tuple[StructureEntry, ...]
     union: tuple[NamePattern, ...]
@@ -160,6 +164,7 @@ class StructureMap:
     side_forms: tuple[SideForm, ...]
     source: str = "<text>"
     digest: str = ""
+    text: str = field(default="", repr=False, compare=False)
 
     @property
     def structure_names(self) -> tuple[str, ...]:
@@ -276,6 +281,7 @@ def parse_structure_map(text: str, source: str = "<text>") -> StructureMap:
         side_forms=_side_forms(data.get("sides"), source),
         source=source,
         digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        text=text,
     )
 
 

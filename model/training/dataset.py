@@ -5,11 +5,19 @@ Layout of a data set folder::
     DATA/clinical.csv            one row per case (columns: model.text.clinical.CSV_COLUMNS)
     DATA/<case_id>/...           the case's CT series and its RTSTRUCT, any sub-folders
 
-The target label is the union of the RTSTRUCT's ROIs that a :class:`RoiRule` selects.
-:func:`build_cache` reads the DICOM once and writes one ``<case_id>.npz`` per case (CT in
-[0, 1] as float16 and the label as uint8, both on the network grid), so epochs never re-read
-DICOM. A case that cannot be read is reported with its error code and skipped — never
-silently. Logs give counts only; case ids appear in the returned report, not in logs.
+The target label is the union of the RTSTRUCT's ROIs that a :class:`RoiRule` selects, or a
+class map with one class per structure (:class:`TargetRule`), whose ROIs are chosen by
+ROI-name patterns or by a site's structure map (:meth:`TargetRule.from_structure_map`,
+:mod:`model.dataset.structure_targets`). :func:`build_cache` reads the DICOM once and writes
+one ``<case_id>.npz`` per case (CT in [0, 1] as float16 and the label as uint8, both on the
+network grid), so epochs never re-read DICOM. A case that cannot be read is reported with its
+error code and skipped — never silently. Logs give counts only; case ids appear in the
+returned report, not in logs.
+
+Patients: each entry records its CT's series (``group``) and its patient as a label
+(``patient``): ``P-`` and 16 hex digits of SHA-256 over a random salt kept in the cache
+folder (``.patient-salt``) and the PatientID. The trainer keeps the cases of one patient on one
+side of its split; the PatientID itself is never stored, logged or printed.
 """
 
 from __future__ import annotations
@@ -17,12 +25,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
+from model.dataset.patients import patient_label
+from model.dataset.structure_map import StructureMap
+from model.dataset.structure_targets import MapRule
 from model.dicom.rtstruct.reader import RoiRule, StructureSet, rasterize, read_structure_set
 from model.dicom.series import CtSeries, read_ct_series
 from model.errors import DatasetError, LlmctvError, StructureSetError
@@ -31,7 +44,19 @@ from model.text.clinical import ClinicalRecord, read_clinical_csv
 from model.training.sampling import TrainingCase
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3
+CACHE_VERSION = 4
+SALT_FILE = ".patient-salt"
+#: Hex digits of a patient label in the cache (collisions only merge split groups).
+PATIENT_DIGITS = 16
+
+#: Selects ROIs by name: regular expressions, or a site's structure map.
+RoiSelector = RoiRule | MapRule
+
+
+def _rule_key(rule: RoiSelector) -> str:
+    if isinstance(rule, MapRule):
+        return rule.key()
+    return f"{rule.include}|{rule.exclude}"
 
 
 @dataclass(frozen=True)
@@ -40,16 +65,36 @@ class TargetRule:
 
     ``union`` selects the ROIs of a single CTV class (label 1). With ``structures`` the label
     is a class map instead: 0 background, ``n`` where the ``n``-th structure's ROIs are (the
-    first listed structure wins where two overlap).
+    first listed structure wins where two overlap); ``union`` then only requires the case to
+    have a target at all.
     """
 
-    union: RoiRule = field(default_factory=RoiRule)
-    structures: tuple[tuple[str, RoiRule], ...] = ()
+    union: RoiSelector = field(default_factory=RoiRule)
+    structures: tuple[tuple[str, RoiSelector], ...] = ()
+
+    @classmethod
+    def from_structure_map(cls, structure_map: StructureMap) -> TargetRule:
+        """One class per structure of the map, in map order; the ROIs are the map's.
+
+        The union ROI and the ignored ROIs are in no class; a case needs at least one ROI
+        that the map places in a structure.
+        """
+        return cls(
+            union=MapRule(structure_map),
+            structures=tuple(
+                (name, MapRule(structure_map, name)) for name in structure_map.structure_names
+            ),
+        )
+
+    @property
+    def structure_names(self) -> tuple[str, ...]:
+        """The structures in label order (empty: one CTV class)."""
+        return tuple(name for name, _ in self.structures)
 
     def key(self) -> str:
         """A stable text of the rule (part of the cache fingerprint)."""
-        parts = [f"{self.union.include}|{self.union.exclude}"]
-        parts += [f"{name}:{r.include}|{r.exclude}" for name, r in self.structures]
+        parts = [_rule_key(self.union)]
+        parts += [f"{name}:{_rule_key(r)}" for name, r in self.structures]
         return ";".join(parts)
 
 
@@ -103,7 +148,7 @@ def _structure_set_for(case_dir: Path, ct: CtSeries) -> StructureSet:
     return matching[0]
 
 
-def load_case(case_dir: Path, record: ClinicalRecord, rule: RoiRule | TargetRule) -> LoadedCase:
+def load_case(case_dir: Path, record: ClinicalRecord, rule: RoiSelector | TargetRule) -> LoadedCase:
     """Read a case's CT and target label (on the CT grid, ``(k, j, i)``).
 
     The label is a bool mask for a single CTV, or a uint8 class map for a
@@ -145,8 +190,56 @@ def iter_cases(
     return out
 
 
-def _fingerprint(folder: Path, note: str, rule: TargetRule, pre: PreprocessConfig) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{note}|{rule.key()}".encode())
+def patient_salt(cache_dir: Path) -> bytes:
+    """The cache's salt of patient labels: read, or drawn once and kept (owner-only file).
+
+    Raises
+    ------
+    DatasetError
+        The salt file holds something else (delete it: the entries are then rebuilt).
+    """
+    path = cache_dir / SALT_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path} cannot be read as a patient salt; delete it") from exc
+    if text is not None:
+        try:
+            salt = bytes.fromhex(text)
+        except ValueError:
+            salt = b""
+        if len(salt) < 16:
+            raise DatasetError(f"{path} is not a patient salt; delete it (entries are rebuilt)")
+        return salt
+    salt = secrets.token_bytes(16)
+    tmp = cache_dir / f"{SALT_FILE}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(salt.hex())
+    try:
+        os.link(tmp, path)  # atomic, and never over a salt another process drew first
+    except FileExistsError:
+        return patient_salt(cache_dir)
+    except OSError:  # a file system without hard links: an atomic rename instead
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return salt
+
+
+def case_patient(ct: CtSeries, salt: bytes) -> str:
+    """The label of the CT's PatientID under ``salt`` (``""`` when the CT has none)."""
+    patient_id = str(ct.datasets[0].get("PatientID", "") or "").strip()
+    return patient_label(salt, patient_id, PATIENT_DIGITS) if patient_id else ""
+
+
+def _fingerprint(
+    folder: Path, note: str, rule: TargetRule, pre: PreprocessConfig, salt: bytes
+) -> str:
+    salt_id = hashlib.sha256(salt).hexdigest()[:16]
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{note}|{rule.key()}|{salt_id}".encode())
     h.update(json.dumps(asdict(pre), sort_keys=True, default=str).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         st = path.stat()
@@ -158,7 +251,7 @@ def build_cache(
     data_dir: Path,
     cache_dir: Path,
     *,
-    rule: RoiRule | TargetRule | None = None,
+    rule: RoiSelector | TargetRule | None = None,
     preprocess: PreprocessConfig | None = None,
     csv_path: Path | None = None,
 ) -> CacheReport:
@@ -166,10 +259,11 @@ def build_cache(
     rule = rule if isinstance(rule, TargetRule) else TargetRule(union=rule or RoiRule())
     pre = preprocess or PreprocessConfig()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    salt = patient_salt(cache_dir)
     report = CacheReport()
     for case_id, folder, record in iter_cases(data_dir, csv_path):
         note = record.prompt_text()
-        fp = _fingerprint(folder, note, rule, pre)
+        fp = _fingerprint(folder, note, rule, pre, salt)
         target = cache_dir / f"{case_id}.npz"
         if target.is_file() and _stored_fingerprint(target) == fp:
             report.reused.append(case_id)
@@ -188,6 +282,7 @@ def build_cache(
             "spacing": list(plan.target.spacing),
             "source_shape": list(plan.source.shape),
             "group": case.ct.series_instance_uid,
+            "patient": case_patient(case.ct, salt),
         }
         tmp = cache_dir / f".{case_id}.tmp.npz"
         np.savez(
@@ -235,6 +330,7 @@ def load_cached(cache_dir: Path, case_ids: list[str] | None = None) -> list[Trai
                     meta["note"],
                     tuple(meta["spacing"]),
                     meta.get("group", ""),
+                    meta.get("patient", ""),
                 )
             )
     if not cases:

@@ -3,9 +3,11 @@
 Arrays are on the network grid, ``(k, j, i)`` = (slices, rows, columns).
 
 Cases that share a CT (the same SeriesInstanceUID: a case and its counterfactual notes, with
-their recomputed targets) form one *group*. Splits and subsets keep a group together, and
+their recomputed targets) form one *group*. Subsets keep a group together, and
 :func:`paired_batch` can put two notes of one CT into a batch with the same crop, so the only
-difference the loss sees between them is what the text changes.
+difference the loss sees between them is what the text changes. Splits keep more together:
+every case of one patient (several CTs of one patient, by its hashed PatientID), so that
+validation never sees a patient the network trained on (:func:`patient_groups`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class TrainingCase:
     """One preprocessed case: CT in [0, 1] and the target label on the network grid.
 
     ``group`` is the SeriesInstanceUID of the CT (the case id where unknown): cases with the
-    same CT and different notes share it.
+    same CT and different notes share it. ``patient`` is the patient's label (a salted hash of
+    the PatientID, :mod:`model.training.dataset`; empty where unknown).
     """
 
     case_id: str
@@ -36,6 +39,7 @@ class TrainingCase:
     note: str
     spacing: tuple[float, float, float]
     group: str = ""
+    patient: str = ""
 
     @property
     def group_key(self) -> str:
@@ -195,6 +199,38 @@ def paired_batch(
             crops.append(_cut(case, roi, window))
             notes.append(case.note)
     return _stack(crops, notes)
+
+
+def patient_groups(cases: list[TrainingCase]) -> dict[str, list[TrainingCase]]:
+    """Cases that must fall on one side of a split: linked by one CT or by one patient.
+
+    Cases sharing a CT group or a patient label are joined, transitively. Each group is keyed
+    by the smallest CT group key it holds (so without patient labels the groups and keys are
+    those of :func:`group_cases`); cases keep their input order.
+    """
+    parent: dict[str, str] = {}
+
+    def find(key: str) -> str:
+        root = key
+        while parent[root] != root:
+            root = parent[root]
+        while parent[key] != root:
+            parent[key], key = root, parent[key]
+        return root
+
+    for case in cases:
+        ct = "ct:" + case.group_key
+        parent.setdefault(ct, ct)
+        if case.patient:
+            person = "patient:" + case.patient
+            parent.setdefault(person, person)
+            a, b = find(ct), find(person)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[str, list[TrainingCase]] = defaultdict(list)
+    for case in cases:
+        members[find("ct:" + case.group_key)].append(case)
+    return {min(c.group_key for c in group): group for group in members.values()}
 
 
 def shuffled_groups(cases: list[TrainingCase], seed: int) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from model.training.sampling import (
     TrainingCase,
     crop_batch,
     paired_batch,
-    shuffled_groups,
+    patient_groups,
 )
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,21 @@ class TrainResult:
 def split_cases(
     cases: list[TrainingCase], val_fraction: float, seed: int
 ) -> tuple[list[TrainingCase], list[TrainingCase]]:
-    """Seeded split into training and validation cases by CT (at least one CT each when >= 2).
+    """Seeded split into training and validation cases by patient (at least one each when >= 2).
 
-    All notes of one CT (counterfactuals share the CT's group) fall on the same side, so the
-    validation Dice is never measured on a CT the network trained on.
+    All notes of one CT (counterfactuals share the CT's group) and all CTs of one patient (the
+    cases' hashed PatientIDs) fall on the same side (:func:`patient_groups`), so the validation
+    Dice is never measured on a CT, or a patient, the network trained on. ``val_fraction`` is
+    a share of those groups.
     """
     if not cases:
         raise DatasetError("no training cases")
-    keys = shuffled_groups(cases, seed)
+    groups = patient_groups(cases)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
     n_val = min(max(1, round(len(keys) * val_fraction)), len(keys) - 1) if len(keys) > 1 else 0
-    val_keys = set(keys[:n_val])
-    return [c for c in cases if c.group_key not in val_keys], [
-        c for c in cases if c.group_key in val_keys
-    ]
+    val_ids = {id(c) for key in keys[:n_val] for c in groups[key]}
+    return [c for c in cases if id(c) not in val_ids], [c for c in cases if id(c) in val_ids]
 
 
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
