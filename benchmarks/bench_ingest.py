@@ -78,13 +78,13 @@ def _stow(url: str, body: Path) -> float:
 
 def _serve(settings: Settings) -> tuple[uvicorn.Server, threading.Thread]:
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning"
+        create_app(settings), host="127.0.0.1", port=settings.http.port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
-    url = f"http://127.0.0.1:{settings.port}"
+    url = f"http://127.0.0.1:{settings.http.port}"
     while time.monotonic() < deadline:  # started, and the model loaded (no CPU use after)
         if server.started:
             facts = httpx.get(f"{url}/health/live", timeout=5).json()["dispatcher"]
@@ -109,7 +109,7 @@ def main() -> int:
     size_mb = sum(p.stat().st_size for p in files) / 1e6
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
-        settings = Settings(
+        settings = Settings.from_env(
             api_tokens=[TOKEN],
             storage_dir=root / "storage",
             port=_free_port(),
@@ -121,21 +121,21 @@ def main() -> int:
         body = root / "stow-body.bin"
         _multipart(files, body)
         server, thread = _serve(settings)
-        url = f"http://127.0.0.1:{settings.port}"
-        received = settings.storage_dir / "dicom" / "received"
+        url = f"http://127.0.0.1:{settings.http.port}"
+        received = settings.storage.storage_dir / "dicom" / "received"
         times: dict[str, list[float]] = {"C-STORE (storescu)": [], "STOW-RS (curl)": []}
         try:
             for _ in range(args.runs):
                 for name in times:
                     _empty(received)
                     if name.startswith("C-STORE"):
-                        times[name].append(_c_store(settings.dicom_port, args.ct))
+                        times[name].append(_c_store(settings.dicom.dicom_port, args.ct))
                     else:
                         times[name].append(_stow(url, body))
                     stored = len(list(received.glob("*/*/*.dcm")))
                     if stored != len(files):
                         raise RuntimeError(f"{name}: {stored} of {len(files)} stored")
-                    time.sleep(settings.dicom_series_timeout_s * 1.5)  # let the series settle
+                    time.sleep(settings.dicom.dicom_series_timeout_s * 1.5)  # let the series settle
         finally:
             server.should_exit = True
             thread.join(timeout=30)

@@ -37,13 +37,14 @@ from model.contouring.engine import ContourEngine
 from model.dicom.series import read_ct_series
 from model.lab.phantoms.cohort import write_cohort
 from model.network.context import ContextCache, context_key
-from service.settings import Settings
+from model.settings import with_overrides
 from workers.embedding_cache import RedisContextCache
 from workers.jobs import FileJobStore, Job, JobFiles, JobStore, new_job_id
 from workers.model_loading import load_engine
 from workers.pipeline import run_job
 from workers.redis_store import RedisJobStore, connect
 from workers.runtime import build_engine
+from workers.settings import WorkerSettings
 
 LUNG1_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "lung1_ct_rtstruct"
 LUNG1_CT = LUNG1_CT / "LUNG1-001" / "image"
@@ -106,7 +107,7 @@ class Bench:
     engine: ContourEngine
     store: JobStore
     files: JobFiles
-    settings: Settings
+    settings: WorkerSettings
     cache: RedisContextCache | None
 
 
@@ -157,9 +158,9 @@ def print_table(rows: list[list[str]], title: str) -> None:
         print("| " + " | ".join(r) + " |")
 
 
-def build_bench(settings: Settings, url: str | None) -> Bench:
+def build_bench(settings: WorkerSettings, url: str | None) -> Bench:
     """The worker's engine, store and cache (Redis when ``url`` is given)."""
-    files = JobFiles(settings.storage_dir)
+    files = JobFiles(settings.storage.storage_dir)
     if url is None:
         return Bench(load_engine(settings), FileJobStore(files), files, settings, None)
     cache = RedisContextCache(connect(url))
@@ -200,14 +201,14 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp, redis_url(args.redis_url, Path(tmp)) as url:
         root = Path(tmp)
-        settings = Settings(
+        settings = WorkerSettings.from_env(
             redis_url=url,
             storage_dir=root / "store",
             device=args.device,
             worker_text_encoder=not args.no_text_encoder,
         )
         if args.checkpoint is not None:
-            settings = settings.model_copy(update={"checkpoint": args.checkpoint})
+            settings = with_overrides(settings, {"checkpoint": args.checkpoint})
         bench = build_bench(settings, url)
         conditions = (True,) if args.no_text_encoder else (True, False)
         rows = []

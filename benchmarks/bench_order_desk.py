@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _populate(root, args.orders, args.series)
-        settings = Settings(storage_dir=root, dicom_listener=False)
+        settings = Settings.from_env(storage_dir=root, dicom_listener=False)
         files = JobFiles(root)
         desk = OrderDesk(settings, OrderStore(root), FileJobStore(files), files, _Idle())
         desk.start()

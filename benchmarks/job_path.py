@@ -27,7 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model.lab.phantoms.cohort import write_cohort  # noqa: E402
-from service.settings import Settings  # noqa: E402
 from workers.jobs import FileJobStore, Job, JobFiles, new_job_id  # noqa: E402
 from workers.pipeline import run_job  # noqa: E402
 
@@ -44,7 +43,17 @@ CLINICAL = {
 }
 
 
-def _load_engine(settings: Settings) -> Any:
+def _settings(storage: Path) -> Any:
+    from workers.settings import WorkerSettings
+
+    if hasattr(WorkerSettings, "from_env"):
+        return WorkerSettings.from_env(storage_dir=storage)
+    from service.settings import Settings  # flat settings (before issue 21)
+
+    return Settings(storage_dir=storage)  # type: ignore[call-arg,unused-ignore]
+
+
+def _load_engine(settings: Any) -> Any:
     try:
         from workers.model_loading import load_engine
     except ImportError:  # before the contouring package (e766665 and earlier)
@@ -125,8 +134,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         case = write_cohort(root / "ph", 1, "A", 5, scale=0.35)[0].directory / "ct"
-        settings = Settings(storage_dir=root / "store")
-        files = JobFiles(settings.storage_dir)
+        settings = _settings(root / "store")
+        files = JobFiles(root / "store")
         store = FileJobStore(files)
         engine = _load_engine(settings)
         job_id = new_job_id()

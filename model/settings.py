@@ -1,9 +1,14 @@
 """Settings of llmctv (environment variables ``LLMCTV_*``) and their one cached loader.
 
-Each package owns the settings it reads: :class:`ModelSettings` here, the workers' in
-:mod:`workers.settings`, DICOM networking in :mod:`service.dicomnet.settings`, and the gateway's
-(which holds them all) in :mod:`service.settings`. Every class is loaded through
-:func:`load_settings`; nothing else reads the environment. Tests may call
+Settings come in **sections**: each section is a :class:`~pydantic_settings.BaseSettings`
+with the prefix ``LLMCTV_`` that reads its own variables, under their flat names
+(``LLMCTV_PORT`` is ``settings.http.port``, ``LLMCTV_STORAGE_DIR`` is
+``settings.storage.storage_dir``). A process's settings are :class:`Sections`, a composition
+of sections that reads nothing itself. Each package owns the sections it reads:
+:class:`ModelSettings` here, the workers' in :mod:`workers.settings`, DICOM networking in
+:mod:`service.dicomnet.settings`, and the gateway's (which holds them all) in
+:mod:`service.settings`. Every one is loaded through :func:`load_settings`; nothing else reads
+the environment. Tests build settings with :meth:`Sections.from_env` and may call
 :func:`clear_settings_cache` after changing the environment.
 """
 
@@ -12,15 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, TypeVar, cast
+from typing import Annotated, Any, Literal, Self, TypeVar, cast
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
 """A list setting, comma-separated in the environment."""
 
-S = TypeVar("S", bound=BaseSettings)
+M = TypeVar("M", bound=BaseModel)
 
 
 def split_commas(value: object) -> object:
@@ -59,24 +64,128 @@ class ModelSettings(BaseSettings):
     offline: bool = True
 
 
+class Sections(BaseModel):
+    """Settings made of sections: every field is a section, read from the environment.
+
+    A section is a :class:`~pydantic_settings.BaseSettings` (``env_prefix="LLMCTV_"``) or
+    :class:`Sections` again; its default is the section as the environment gives it. Each
+    setting's name occurs in one section only, so a flat name (``storage_dir``) says where
+    it lives: :meth:`from_env` and :func:`with_overrides` take flat names.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def from_env(cls, **fields: object) -> Self:
+        """The sections as the environment gives them, with ``fields`` (flat names) instead.
+
+        ``Settings.from_env(storage_dir=tmp, require_review=True)`` puts each value into its
+        section; the other settings come from the environment or their defaults.
+
+        Raises
+        ------
+        ValueError
+            A name that is no setting of these sections.
+        """
+        built: dict[str, BaseModel] = {}
+        for name, values in _by_section(cls, fields).items():
+            kind = section_types(cls)[name]
+            if issubclass(kind, Sections):
+                built[name] = kind.from_env(**values)
+            else:
+                built[name] = kind(**values)
+        return cls(**built)
+
+
+def section_types(cls: type[Sections]) -> dict[str, type[BaseModel]]:
+    """The section of each field of ``cls``, by field name."""
+    found: dict[str, type[BaseModel]] = {}
+    for name, info in cls.model_fields.items():
+        kind = info.annotation
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            raise TypeError(f"{cls.__name__}.{name} is not a settings section")
+        found[name] = kind
+    return found
+
+
 @cache
-def _load(cls: type[BaseSettings]) -> BaseSettings:
+def setting_paths(cls: type[BaseModel]) -> dict[str, tuple[str, ...]]:
+    """Every setting of ``cls`` by its flat name: the sections that lead to it.
+
+    ``setting_paths(Settings)["port"] == ("http",)``; a section's own fields have ``()``.
+
+    Raises
+    ------
+    TypeError
+        Two sections hold a setting of the same name (one environment variable, two places).
+    """
+    if not issubclass(cls, Sections):
+        return {name: () for name in cls.model_fields}
+    paths: dict[str, tuple[str, ...]] = {}
+    for section, kind in section_types(cls).items():
+        for name, path in setting_paths(kind).items():
+            if name in paths:
+                where = ".".join(paths[name])
+                raise TypeError(f"setting {name!r} is in both {where} and {section}")
+            paths[name] = (section, *path)
+    return paths
+
+
+def _by_section(cls: type[Sections], values: Mapping[str, object]) -> dict[str, dict[str, Any]]:
+    """``values`` (flat names) grouped by the section of ``cls`` that holds each."""
+    paths = setting_paths(cls)
+    grouped: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name not in paths:
+            raise ValueError(f"{name!r} is no setting of {cls.__name__}")
+        grouped.setdefault(paths[name][0], {})[name] = value
+    return grouped
+
+
+def with_overrides(settings: M, updates: Mapping[str, object]) -> M:
+    """A validated copy of ``settings`` with ``updates`` applied (command-line options).
+
+    ``updates`` are flat setting names; for :class:`Sections` each goes to its section, and the
+    sections without updates stay the very same objects.
+
+    Raises
+    ------
+    ValueError
+        A name that is no setting of ``settings``.
+    """
+    if isinstance(settings, Sections):
+        grouped = _by_section(type(settings), updates)
+        changed = {name: with_overrides(getattr(settings, name), v) for name, v in grouped.items()}
+        return settings.model_copy(update=changed)
+    unknown = sorted(set(updates) - set(type(settings).model_fields))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is no setting of {type(settings).__name__}")
+    return type(settings).model_validate({**settings.model_dump(), **updates})
+
+
+def flat_dump(settings: BaseModel, mode: Literal["json", "python"] = "python") -> dict[str, Any]:
+    """Every setting by its flat name (as the environment names it), sections dissolved."""
+    if not isinstance(settings, Sections):
+        return settings.model_dump(mode=mode)
+    flat: dict[str, Any] = {}
+    for name in section_types(type(settings)):
+        flat.update(flat_dump(getattr(settings, name), mode))
+    return flat
+
+
+@cache
+def _load(cls: type[BaseModel]) -> BaseModel:
     return cls()
 
 
-def load_settings(cls: type[S]) -> S:
-    """The process settings of class ``cls``, read from the environment once."""
-    return cast(S, _load(cls))
+def load_settings(cls: type[M]) -> M:
+    """The process settings of class ``cls`` (a section or :class:`Sections`), read once."""
+    return cast(M, _load(cls))
 
 
 def clear_settings_cache() -> None:
     """Forget every loaded settings object (tests that change the environment)."""
     _load.cache_clear()
-
-
-def with_overrides(settings: S, updates: Mapping[str, object]) -> S:
-    """A validated copy of ``settings`` with ``updates`` applied (command-line options)."""
-    return type(settings).model_validate({**settings.model_dump(), **updates})
 
 
 def get_settings() -> ModelSettings:

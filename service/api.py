@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
@@ -17,7 +16,8 @@ from model.dicom.rtstruct.approval import rejected_bytes
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical
-from service.auth import Authorized, Role
+from service.auth import Role
+from service.deps import Authorized, ServiceState, StateDep
 from service.errors import (
     EmptyUploadError,
     JobAlreadyFinishedError,
@@ -26,37 +26,13 @@ from service.errors import (
 )
 from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
 from service.problems import PROBLEM_JSON
-from service.settings import Settings
-from workers.dispatch import JobDispatcher
-from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
+from service.settings import UploadSettings
+from workers.jobs import Job, JobError, JobStatus, new_job_id, utcnow
 from workers.pipeline import fail_job
 from workers.review import Review, ReviewStatus, StructureSetRejectedError
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-
-
-@dataclass
-class ServiceState:
-    """What the endpoints need, built once per application."""
-
-    settings: Settings
-    store: JobStore
-    files: JobFiles
-    dispatcher: JobDispatcher
-
-
-async def get_state(request: Request) -> ServiceState:
-    """FastAPI dependency: the application's :class:`ServiceState`.
-
-    ``async`` so that resolving it never waits for a thread-pool slot (``/health`` stays fast
-    while uploads occupy the pool).
-    """
-    state: ServiceState = request.app.state.llmctv
-    return state
-
-
-State = Annotated[ServiceState, Depends(get_state)]
 
 
 class ContourAccepted(BaseModel):
@@ -123,23 +99,26 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _limits(settings: Settings) -> UploadLimits:
+def _limits(uploads: UploadSettings) -> UploadLimits:
     return UploadLimits(
-        settings.max_upload_bytes,
-        settings.max_archive_members,
-        settings.max_unpacked_bytes,
-        settings.max_compression_ratio,
+        uploads.max_upload_bytes,
+        uploads.max_archive_members,
+        uploads.max_unpacked_bytes,
+        uploads.max_compression_ratio,
     )
 
 
 def _intake(
-    files: list[UploadFile] | None, archive: UploadFile | None, folder: Path, settings: Settings
+    files: list[UploadFile] | None,
+    archive: UploadFile | None,
+    folder: Path,
+    uploads: UploadSettings,
 ) -> IntakeReport:
     if bool(files) == (archive is not None):
         raise EmptyUploadError("send either 'files' (DICOM files) or 'archive' (one zip)")
     if archive is not None:
-        return extract_archive(archive.file, folder, _limits(settings))
-    return store_files((f.file for f in files or []), folder, _limits(settings))
+        return extract_archive(archive.file, folder, _limits(uploads))
+    return store_files((f.file for f in files or []), folder, _limits(uploads))
 
 
 def submit_or_fail(state: ServiceState, job_id: str) -> None:
@@ -159,7 +138,7 @@ def submit_or_fail(state: ServiceState, job_id: str) -> None:
     responses=problem_responses(401, 413, 422),
 )
 def submit_contour(
-    state: State,
+    state: StateDep,
     _: Authorized,
     clinical: Annotated[str, Form(description="clinical fields (JSON text, service contract)")],
     files: Annotated[
@@ -175,11 +154,11 @@ def submit_contour(
     job_id = new_job_id()
     folder = state.files.input_dir(job_id)
     try:
-        report = _intake(files, archive, folder, state.settings)
+        report = _intake(files, archive, folder, state.settings.uploads)
         summary = inspect_ct_series(
             folder,
             series_instance_uid=series_instance_uid,
-            policy=state.settings.ingest_policy(),
+            policy=state.settings.contouring.ingest_policy(),
         )
     except BaseException:
         state.files.remove(job_id)
@@ -215,7 +194,7 @@ def submit_contour(
     summary="Job status",
     responses=problem_responses(401, 404),
 )
-def job_status(job_id: str, state: State, _: Authorized) -> JobView:
+def job_status(job_id: str, state: StateDep, _: Authorized) -> JobView:
     """Status, progress, warnings and error of a job."""
     return JobView.of(state.store.get(job_id))
 
@@ -226,7 +205,7 @@ def job_status(job_id: str, state: State, _: Authorized) -> JobView:
     summary="Cancel a queued or running job",
     responses=problem_responses(401, 404, 409),
 )
-def cancel_job(job_id: str, state: State, _: Authorized) -> JobView:
+def cancel_job(job_id: str, state: StateDep, _: Authorized) -> JobView:
     """End a queued or running job as ``cancelled``.
 
     A queued job never starts; a running one stops at its next sliding-window step or stage
@@ -266,7 +245,7 @@ def _finished(state: ServiceState, job_id: str) -> Job:
         **problem_responses(401, 404, 409),
     },
 )
-def job_rtstruct(job_id: str, state: State, who: Authorized) -> Response:
+def job_rtstruct(job_id: str, state: StateDep, who: Authorized) -> Response:
     """The RT Structure Set (Part 10 file), once the job has succeeded.
 
     The review gate travels with the file: header ``X-LLMCTV-Review`` (pending, approved,
@@ -300,13 +279,13 @@ def job_rtstruct(job_id: str, state: State, who: Authorized) -> Response:
         **problem_responses(401, 404, 409),
     },
 )
-def job_preview(job_id: str, state: State, _: Authorized) -> FileResponse:
+def job_preview(job_id: str, state: StateDep, _: Authorized) -> FileResponse:
     """A PNG for a quick visual check of a succeeded job."""
     _finished(state, job_id)
     return FileResponse(state.files.preview(job_id), media_type="image/png")
 
 
 @router.get("/health", response_model=Health, summary="Liveness (no authentication)")
-async def health(state: State) -> Health:
+async def health(state: StateDep) -> Health:
     """Answers while the process is alive; names the dispatcher mode."""
     return Health(status="ok", version=__version__, dispatcher=state.dispatcher.describe())

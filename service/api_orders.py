@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from model.text.clinical import parse_clinical
-from service.api import JobView, State, problem_responses
-from service.auth import Authorized
+from service.api import JobView, problem_responses
+from service.deps import Authorized, DeskDep, ServiceState, StateDep
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
-from service.order_desk import OrderDesk, order_expiry
+from service.order_desk import order_expiry
 from service.orders import (
     Order,
     OrderNotFoundError,
@@ -26,15 +25,6 @@ from workers.errors import JobNotFoundError
 from workers.jobs import is_valid_id, utcnow
 
 router = APIRouter()
-
-
-async def get_desk(request: Request) -> OrderDesk:
-    """FastAPI dependency: the application's order desk."""
-    desk: OrderDesk = request.app.state.llmctv_orders
-    return desk
-
-
-Desk = Annotated[OrderDesk, Depends(get_desk)]
 
 
 class OrderView(BaseModel):
@@ -75,7 +65,7 @@ def _known_id(order_id: str) -> str:
     return order_id
 
 
-def _view(order: Order, state: State) -> OrderView:
+def _view(order: Order, state: ServiceState) -> OrderView:
     job = None
     if order.job_id:
         try:
@@ -92,16 +82,16 @@ def _view(order: Order, state: State) -> OrderView:
     summary="Clinical fields for a study that arrives (or arrived) over DICOM",
     responses=problem_responses(401, 422),
 )
-def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) -> OrderView:
+def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
     """Store the order; the job starts when the study's CT series is complete."""
     record = parse_clinical(body.clinical)
     if body.destination is not None:
-        resolve_destination(body.destination, destinations_from_settings(state.settings))
+        resolve_destination(body.destination, destinations_from_settings(state.settings.dicom))
     send = SendState(status=SendStatus.PENDING if body.destination else SendStatus.NOT_REQUESTED)
     order = Order(
         **body.model_dump(exclude={"clinical"}),
         clinical=record.model_dump(mode="json"),
-        expires_at=utcnow() + order_expiry(state.settings),
+        expires_at=utcnow() + order_expiry(state.settings.orders),
         send=send,
     )
     desk.orders.create(order)
@@ -115,7 +105,7 @@ def create_order(body: OrderRequest, state: State, desk: Desk, _: Authorized) ->
     summary="Order state, its job, and the send-back",
     responses=problem_responses(401, 404),
 )
-def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
+def order_status(order_id: str, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
     """The order with its job's status and the delivery of the RTSTRUCT."""
     return _view(desk.orders.get(_known_id(order_id)), state)
 
@@ -127,11 +117,11 @@ def order_status(order_id: str, state: State, desk: Desk, _: Authorized) -> Orde
     summary="Send the RTSTRUCT (again) to the order's destination",
     responses=problem_responses(401, 404, 422),
 )
-def retry_send(order_id: str, state: State, desk: Desk, _: Authorized) -> OrderView:
+def retry_send(order_id: str, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
     """Queue the send-back again (after a failure, or to send once more)."""
     order = desk.orders.get(_known_id(order_id))
     desk.require_approval(order)  # 409 review_required (setting require_review)
-    resolve_destination(order.destination or "", destinations_from_settings(state.settings))
+    resolve_destination(order.destination or "", destinations_from_settings(state.settings.dicom))
     order = desk.orders.update(
         order_id, send=order.send.model_copy(update={"status": SendStatus.PENDING, "reason": None})
     )

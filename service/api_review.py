@@ -18,7 +18,7 @@ import threading
 from datetime import datetime
 from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.dicom.rtstruct.approval import Approval, write_approved_copy
@@ -27,12 +27,11 @@ from model.text.clinical import parse_clinical
 from service.api import (
     ContourAccepted,
     JobView,
-    ServiceState,
-    State,
     problem_responses,
     submit_or_fail,
 )
-from service.auth import Authorized, Identity, Reviewer
+from service.auth import Identity
+from service.deps import AuditDep, Authorized, DeskDep, Reviewer, ServiceState, StateDep
 from service.errors import JobNotFinishedError
 from workers.audit import AuditKind, AuditLog
 from workers.jobs import Job, JobStatus, new_job_id, utcnow
@@ -89,12 +88,6 @@ def record_decision(audit: AuditLog | None, job: Job, identity: Identity) -> Non
             decision=job.review.status.value,
             rtstruct_sop_instance_uid=job.rtstruct_sop_instance_uid,
         )
-
-
-def audit_of(request: Request) -> AuditLog | None:
-    """The application's audit log, where there is one."""
-    audit: AuditLog | None = getattr(request.app.state, "llmctv_audit", None)
-    return audit
 
 
 def decide(
@@ -230,13 +223,6 @@ def start_counterfactual(state: ServiceState, job_id: str, request: Counterfactu
     return job
 
 
-def poke_desk(request: Request) -> None:
-    """Wake the order desk: an approval may release an order's send-back."""
-    desk = getattr(request.app.state, "llmctv_orders", None)
-    if desk is not None:
-        desk.poke()
-
-
 @router.post(
     "/jobs/{job_id}/review",
     response_model=JobView,
@@ -244,11 +230,16 @@ def poke_desk(request: Request) -> None:
     responses=problem_responses(401, 403, 404, 409, 422),
 )
 def review_job(
-    job_id: str, body: ReviewRequest, state: State, identity: Reviewer, request: Request
+    job_id: str,
+    body: ReviewRequest,
+    state: StateDep,
+    identity: Reviewer,
+    audit: AuditDep,
+    desk: DeskDep,
 ) -> JobView:
     """The reviewer is the caller's identity; the answer is the job with its review."""
-    job = decide(state, job_id, body, identity, audit_of(request))
-    poke_desk(request)
+    job = decide(state, job_id, body, identity, audit)
+    desk.poke()  # an approval may release an order's send-back
     return JobView.of(job)
 
 
@@ -260,7 +251,7 @@ def review_job(
     responses=problem_responses(401, 404, 409, 422),
 )
 def counterfactual(
-    job_id: str, body: CounterfactualRequest, state: State, _: Authorized
+    job_id: str, body: CounterfactualRequest, state: StateDep, _: Authorized
 ) -> ContourAccepted:
     """The new job's ``counterfactual_of`` names ``job_id``; compare ``roi_volumes_cc``."""
     job = start_counterfactual(state, job_id, body)

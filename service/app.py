@@ -1,4 +1,10 @@
-"""The FastAPI application: :func:`create_app` builds it; nothing happens at import time."""
+"""The FastAPI application: :func:`create_app` builds it; nothing happens at import time.
+
+This is the gateway's composition root: :class:`Gateway` builds every long-lived object once
+from the settings (job store and dispatcher, orders, retention, readiness, the DICOM event
+sink, the review station), publishes what the routes take in the slots of
+:mod:`service.deps`, and starts and stops them in order.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,45 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
 from model import __version__
 from service import problems, ui
-from service.api import ServiceState, router
+from service.api import router
+from service.api_audit import router as audit_router
 from service.api_orders import router as orders_router
 from service.api_review import router as review_router
-from service.audit import DICOM_EVENTS, AuditedOrderStore, AuditKind, public_settings
-from service.audit import router as audit_router
 from service.auth import AuthenticateFirst, check_auth_configured, configured_entries
+from service.deps import (
+    AUDIT,
+    DESK,
+    METRICS,
+    READINESS,
+    SERVICE,
+    STATION,
+    STOW,
+    ServiceState,
+)
+from service.dicomnet.events import DicomEvents
 from service.dicomnet.listener import DicomListener
 from service.dicomweb import router as dicomweb_router
-from service.health import Readiness
 from service.health import router as health_router
 from service.limits import BodySizeLimit
 from service.order_desk import OrderDesk
+from service.orders import AuditedOrderStore
 from service.prometheus import LlmctvCollector, metrics_registry
 from service.prometheus import router as metrics_router
+from service.readiness import Readiness
 from service.retention import RetentionHolds, RetentionTimer
-from service.settings import Settings, get_settings
+from service.review_station.sessions import SessionStore
+from service.review_station.state import ReviewStation
+from service.settings import Settings, get_settings, public_settings
 from service.storage_guard import StorageBackpressure
-from workers.audit import AuditLog
+from service.stow import StowReceiver
+from workers.audit import AuditKind, AuditLog
 from workers.counters import LocalMetrics, MetricsSink, RedisMetrics
 from workers.dispatch import EmbeddedDispatcher, JobDispatcher
 from workers.job_events import ObservedJobStore
@@ -60,11 +81,12 @@ class Observability:
     @classmethod
     def from_settings(cls, settings: Settings) -> Observability:
         """The audit log of the storage folder; metrics in Redis (Celery) or in-process."""
-        if settings.redis_url:
+        audit = AuditLog.from_settings(settings.storage)
+        if settings.jobs.redis_url:
             from workers.redis_store import connect
 
-            return cls(AuditLog.from_settings(settings), RedisMetrics(connect(settings.redis_url)))
-        return cls(AuditLog.from_settings(settings))
+            return cls(audit, RedisMetrics(connect(settings.jobs.redis_url)))
+        return cls(audit)
 
 
 def build_backend(
@@ -78,29 +100,33 @@ def build_backend(
     is a model already loaded at start-up (embedded mode), else it loads in the worker thread.
     """
     observed = observed or Observability.from_settings(settings)
-    files = JobFiles(settings.storage_dir)
+    files = JobFiles(settings.storage.storage_dir)
     files.jobs.mkdir(parents=True, exist_ok=True)
     store: JobStore
     dispatcher: JobDispatcher
-    if settings.redis_url:
+    if settings.jobs.redis_url:
         from workers.celery_dispatch import celery_backend
 
-        redis_store, dispatcher = celery_backend(settings, files)
+        redis_store, dispatcher = celery_backend(settings.worker, files)
         store = ObservedJobStore(redis_store, observed.audit, observed.metrics, "gateway")
     else:
         store = ObservedJobStore(
             FileJobStore(files), observed.audit, observed.metrics, "embedded-worker"
         )
         factory = None if engine is None else (lambda _: engine)
-        dispatcher = EmbeddedDispatcher(settings, store, files, engine_factory=factory)
+        dispatcher = EmbeddedDispatcher(settings.worker, store, files, engine_factory=factory)
     return ServiceState(settings=settings, store=store, files=files, dispatcher=dispatcher)
 
 
-def start_listener(settings: Settings, desk: OrderDesk) -> DicomListener | None:
+def start_listener(
+    settings: Settings, desk: OrderDesk, events: DicomEvents
+) -> DicomListener | None:
     """The DICOM listener (C-ECHO, C-STORE) feeding the order desk, when enabled."""
-    if not settings.dicom_listener:
+    if not settings.dicom.dicom_listener:
         return None
-    listener = DicomListener.from_settings(settings, desk.on_series_complete)
+    listener = DicomListener.from_settings(
+        settings.dicom, settings.storage, desk.on_series_complete, events
+    )
     listener.start()
     log.info("DICOM listener %s on %s:%d", listener.ae_title, listener.host, listener.port)
     return listener
@@ -116,6 +142,8 @@ class Gateway:
     desk: OrderDesk
     retention: RetentionTimer
     readiness: Readiness
+    events: DicomEvents
+    station: ReviewStation
 
     @classmethod
     def build(
@@ -124,21 +152,27 @@ class Gateway:
         """Wire the parts from the settings (``state``: pre-built store and dispatcher)."""
         observed = Observability.from_settings(settings)
         service = state or build_backend(settings, observed, engine)
-        orders = AuditedOrderStore(settings.storage_dir, observed.audit, observed.metrics)
+        orders = AuditedOrderStore(settings.storage.storage_dir, observed.audit, observed.metrics)
         readiness = Readiness(settings, service.dispatcher)
         if isinstance(service.store, ObservedJobStore):
             readiness.storage_writable = service.store.flush
-        holds = RetentionHolds(orders, settings.require_review, settings.hold_needs_attention)
+        review = settings.review
+        holds = RetentionHolds(orders, review.require_review, review.hold_needs_attention)
         retention = RetentionTimer(
-            service.store, service.files, settings.job_retention_hours, orders=orders, holds=holds
+            service.store,
+            service.files,
+            settings.storage.job_retention_hours,
+            orders=orders,
+            holds=holds,
         )
         desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
-        return cls(settings, observed, service, desk, retention, readiness)
+        events = DicomEvents(observed.audit, observed.metrics)
+        station = ReviewStation(SessionStore(timedelta(hours=review.ui_session_hours)))
+        return cls(settings, observed, service, desk, retention, readiness, events, station)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """Start everything, in dependency order; stop it in reverse."""
-        DICOM_EVENTS.configure(self.observed.audit, self.observed.metrics)
         self.observed.audit.purge()
         self.observed.audit.record(
             AuditKind.SETTINGS_LOADED,
@@ -149,13 +183,22 @@ class Gateway:
         self.service.dispatcher.start()
         self.retention.start()
         self.desk.start()
-        listener = start_listener(self.settings, self.desk)
-        app.state.llmctv_listener = listener  # STOW-RS shares its series assembler
+        listener = start_listener(self.settings, self.desk, self.events)
         self.readiness.listener_running = lambda: listener is not None and listener.running
         self.readiness.start()
+        stow = StowReceiver(  # shares the listener's series assembler
+            self.settings.dicom,
+            self.settings.storage,
+            self.desk.on_series_complete,
+            self.events,
+            listener,
+        )
+        stow.start()
+        STOW.put(app, stow)
         try:
             yield
         finally:
+            stow.stop()
             self.readiness.stop()
             if listener is not None:
                 listener.stop()
@@ -164,21 +207,22 @@ class Gateway:
             self.service.dispatcher.stop()
 
     def publish(self, app: FastAPI) -> None:
-        """What the routes read from ``app.state``."""
-        app.state.llmctv = self.service
-        app.state.llmctv_orders = self.desk
-        app.state.llmctv_audit = self.observed.audit
-        app.state.llmctv_readiness = self.readiness
+        """Put what the routes take (:mod:`service.deps`) in the application's slots."""
+        SERVICE.put(app, self.service)
+        DESK.put(app, self.desk)
+        AUDIT.put(app, self.observed.audit)
+        READINESS.put(app, self.readiness)
+        STATION.put(app, self.station)
         collector = LlmctvCollector(
             self.observed.metrics,
             self.service.dispatcher,
-            self.settings.storage_dir,
+            self.settings.storage.storage_dir,
             self.readiness,
         )
-        app.state.llmctv_metrics = metrics_registry(collector)
+        METRICS.put(app, metrics_registry(collector))
 
 
-def _install_routes(app: FastAPI, settings: Settings) -> None:
+def _install_routes(app: FastAPI) -> None:
     problems.install(app)
     for routes in (
         router,
@@ -187,23 +231,23 @@ def _install_routes(app: FastAPI, settings: Settings) -> None:
         metrics_router,
         audit_router,
         review_router,
-        dicomweb_router,  # STOW-RS, with its own receiver (router lifespan)
+        dicomweb_router,  # STOW-RS (its receiver runs in the gateway's lifespan)
     ):
         app.include_router(routes)
-    ui.install(app, settings)  # the review station under /ui/ (own sessions)
+    ui.install(app)  # the review station under /ui/ (own sessions)
 
 
 def _install_middleware(app: FastAPI, settings: Settings) -> None:
     # A full disk refuses uploads and STOW-RS before their bodies (inside authentication).
-    app.add_middleware(StorageBackpressure, settings=settings)
+    app.add_middleware(StorageBackpressure, settings=settings.storage)
     # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
     app.add_middleware(
         BodySizeLimit,
-        limit=settings.max_upload_bytes + (1 << 20),
-        json_limit=settings.max_json_bytes,
+        limit=settings.uploads.max_upload_bytes + (1 << 20),
+        json_limit=settings.uploads.max_json_bytes,
     )
     # Added last, so outermost: the token is checked before any body is read.
-    app.add_middleware(AuthenticateFirst, settings=settings)
+    app.add_middleware(AuthenticateFirst, settings=settings.auth)
 
 
 def create_app(
@@ -228,11 +272,11 @@ def create_app(
         No API token configured and ``allow_no_auth`` not set.
     """
     settings = settings or get_settings()
-    check_auth_configured(settings)
-    if not configured_entries(settings):
+    check_auth_configured(settings.auth)
+    if not configured_entries(settings.auth):
         log.warning("authentication is OFF (development flag allow_no_auth)")
     gateway = Gateway.build(settings, state, engine)
-    docs = settings.api_docs  # /docs, /redoc and /openapi.json only when enabled
+    docs = settings.http.api_docs  # /docs, /redoc and /openapi.json only when enabled
     app = FastAPI(
         title="llmctv",
         version=__version__,
@@ -244,6 +288,6 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     gateway.publish(app)
-    _install_routes(app, settings)
+    _install_routes(app)
     _install_middleware(app, settings)
     return app

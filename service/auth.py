@@ -16,7 +16,9 @@ only (``chmod 600``; a group- or world-readable file is logged as a warning).
 Secrets are compared in constant time against every entry (no early exit).
 :class:`AuthenticateFirst` checks the token in ASGI middleware, before any route reads the
 request body; only the health endpoints (:data:`OPEN_PATHS`) are open, and the review
-station's pages (:data:`SESSION_PREFIX`) check their session cookie themselves.
+station's pages (:data:`SESSION_PREFIX`) check their session cookie themselves. Routes take
+the caller through the dependencies of :mod:`service.deps` (``Authorized``, ``Reviewer``,
+``Admin``).
 """
 
 from __future__ import annotations
@@ -24,20 +26,17 @@ from __future__ import annotations
 import hmac
 import logging
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from model.errors import ConfigurationError
-from service.errors import ForbiddenError, UnauthorizedError
+from service.errors import UnauthorizedError
 from service.problems import problem
-from service.settings import Settings
+from service.settings import AuthSettings
 from workers.job_events import ACTOR
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 SESSION_PREFIX = "/ui"
 IDENTITY_KEY = "llmctv_identity"
 """Where :class:`AuthenticateFirst` leaves the caller in the ASGI scope's ``state``."""
-bearer = HTTPBearer(auto_error=False, description="a secret of LLMCTV_API_TOKENS")
 
 
 class Role(StrEnum):
@@ -133,7 +131,7 @@ def read_token_file(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def configured_entries(settings: Settings) -> list[TokenEntry]:
+def configured_entries(settings: AuthSettings) -> list[TokenEntry]:
     """Entries of ``api_tokens`` and of ``api_tokens_file`` (validated together)."""
     entries = list(settings.api_tokens)
     if settings.api_tokens_file is not None:
@@ -141,7 +139,7 @@ def configured_entries(settings: Settings) -> list[TokenEntry]:
     return parse_token_entries(entries)
 
 
-def check_auth_configured(settings: Settings) -> None:
+def check_auth_configured(settings: AuthSettings) -> None:
     """Refuse to run without tokens unless the development flag ``allow_no_auth`` is set.
 
     Raises
@@ -171,49 +169,14 @@ def identify_among(
     return found
 
 
-def identify(settings: Settings, presented: str | None) -> Identity | None:
+def identify(settings: AuthSettings, presented: str | None) -> Identity | None:
     """The identity whose secret is ``presented`` (constant time over all entries), or None."""
     return identify_among(configured_entries(settings), settings.allow_no_auth, presented)
 
 
-def token_accepted(settings: Settings, presented: str | None) -> bool:
+def token_accepted(settings: AuthSettings, presented: str | None) -> bool:
     """Whether ``presented`` is the secret of a configured identity."""
     return identify(settings, presented) is not None
-
-
-async def current_identity(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Identity:
-    """FastAPI dependency: the caller (found by :class:`AuthenticateFirst`), or 401."""
-    known = request.scope.get("state", {}).get(IDENTITY_KEY)
-    if isinstance(known, Identity):
-        return known
-    settings: Settings = request.app.state.llmctv.settings
-    token = credentials.credentials if credentials is not None else None
-    identity = identify(settings, token)
-    if identity is None:
-        raise UnauthorizedError("a valid 'Authorization: Bearer <token>' header is required")
-    return identity
-
-
-def require_role(needed: Role) -> Callable[..., Awaitable[Identity]]:
-    """A dependency: the caller if it has the rights of ``needed``, else 403 ``forbidden``."""
-
-    async def dependency(identity: Annotated[Identity, Depends(current_identity)]) -> Identity:
-        if not identity.may(needed):
-            raise ForbiddenError(f"this needs the role {needed.value!r}")
-        return identity
-
-    return dependency
-
-
-Authorized = Annotated[Identity, Depends(require_role(Role.SUBMITTER))]
-"""Any authenticated caller (submitter or above)."""
-Reviewer = Annotated[Identity, Depends(require_role(Role.REVIEWER))]
-"""A caller who may decide reviews."""
-Admin = Annotated[Identity, Depends(require_role(Role.ADMIN))]
-"""An administrator (``/metrics``, ``/audit``)."""
 
 
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
@@ -229,11 +192,12 @@ class AuthenticateFirst:
     """ASGI middleware: 401 before the body is read, for every path but :data:`OPEN_PATHS`.
 
     The caller's :class:`Identity` is left in the scope's ``state`` for the route's
-    dependencies (:func:`current_identity`), so the token is checked once per request. The
-    401 closes the connection; the unread body is never received, spooled or parsed.
+    dependencies (:func:`service.deps.current_identity`), so the token is checked once per
+    request. The 401 closes the connection; the unread body is never received, spooled or
+    parsed.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
         self.app = app
         self.entries = configured_entries(settings)
         self.allow_no_auth = settings.allow_no_auth

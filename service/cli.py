@@ -1,16 +1,24 @@
-"""The ``llmctv`` console script: the model's commands plus ``serve``.
+"""The ``llmctv`` console script: the model's and the workers' commands plus the service's.
 
-``llmctv serve`` starts the HTTP gateway under uvicorn (and the DICOM listener when enabled).
-Options override the ``LLMCTV_*`` settings for this process only.
+- ``llmctv serve`` starts the HTTP gateway under uvicorn (and the DICOM listener when enabled);
+- ``llmctv dicom-listener`` runs the DICOM listener alone, in the foreground;
+- ``llmctv selftest`` contours a generated phantom through the whole service.
+
+Options override the ``LLMCTV_*`` settings for this process only. Heavy modules (uvicorn,
+the DICOM stack, torch) are imported when a sub-command runs, not when it is registered.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from model.cli import main as model_main
@@ -20,7 +28,7 @@ from model.settings import with_overrides
 from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from service.dicomnet.assembly import ReceivedSeries
+    from service.dicomnet.assembly import OnComplete, ReceivedSeries
 
 log = logging.getLogger("llmctv")
 
@@ -33,6 +41,7 @@ def settings_with(args: argparse.Namespace, names: Sequence[str]) -> Settings:
     return with_overrides(get_settings(), updates)
 
 
+# --- selftest -------------------------------------------------------------------------------
 def cmd_selftest(args: argparse.Namespace) -> int:
     """Contour a generated phantom through the whole service; PASS (0) or FAIL (1)."""
     from service.selftest import Selftest
@@ -55,6 +64,7 @@ def register_selftest(subparsers: argparse._SubParsersAction[Any]) -> argparse.A
     return p
 
 
+# --- serve ----------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until interrupted."""
     import uvicorn
@@ -65,13 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = settings_with(args, ("host", "port", "checkpoint", "storage_dir", "redis_url"))
     try:  # embedded: the model loads before the port opens, or the process exits with why
-        engine = None if settings.redis_url else load_engine(settings)
+        engine = None if settings.jobs.redis_url else load_engine(settings.worker)
     except LlmctvError as exc:
         print(explain(exc), file=sys.stderr)
         return 2
     app = create_app(settings, engine=engine)
-    log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.Server(server_config(app, settings, args.log_level)).run()
+    log.info("serving on http://%s:%d", settings.http.host, settings.http.port)
+    uvicorn.Server(server_config(app, settings.http, args.log_level)).run()
     return 0
 
 
@@ -94,17 +104,98 @@ def register_serve(subparsers: argparse._SubParsersAction[Any]) -> argparse.Argu
     return p
 
 
-def register_dicom_listener(
-    subparsers: argparse._SubParsersAction[Any],
-) -> argparse.ArgumentParser:
-    """Add ``dicom-listener``: the listener alone; the gateway's order desk picks series up."""
-    from service.dicomnet.command import register
+# --- dicom-listener -------------------------------------------------------------------------
+def record_completed_series(series: ReceivedSeries) -> None:
+    """The default callback: write the series' manifest; the gateway's order desk picks it up."""
     from service.order_desk import record_series
 
-    def on_complete(series: ReceivedSeries) -> None:
-        record_series(series)
+    record_series(series)
 
-    return register(subparsers, on_complete=on_complete)
+
+def log_completed_series(series: ReceivedSeries) -> None:
+    """A callback that prints one line per completed series (UIDs and counts only).
+
+    stdout rather than the log, so that it shows without ``--verbose``.
+    """
+    from service.dicomnet.assembly import printable
+
+    print(
+        f"series complete: {series.series_instance_uid} (study {series.study_instance_uid}), "
+        f"{series.instance_count} {printable(series.modality)} instance(s) from "
+        f"{printable(series.calling_ae)}, "
+        f"cycle {series.cycle}, in {series.folder}",
+        flush=True,
+    )
+
+
+def cmd_dicom_listener(
+    args: argparse.Namespace, on_complete: OnComplete = record_completed_series
+) -> int:
+    """Run the listener until SIGINT or SIGTERM; errors propagate to the CLI (exit 2).
+
+    The options override the ``dicom_*`` settings for this run; everything else (allow-list,
+    transfer syntaxes, timeout, storage) comes from the settings.
+    """
+    from model.settings import load_settings
+    from service.dicomnet.listener import DicomListener
+    from service.dicomnet.settings import get_settings as dicom_settings
+    from workers.settings import StorageSettings
+
+    given = {"dicom_host": args.host, "dicom_port": args.port, "dicom_ae_title": args.ae_title}
+    dicom = with_overrides(dicom_settings(), {k: v for k, v in given.items() if v is not None})
+    listener = DicomListener.from_settings(dicom, load_settings(StorageSettings), on_complete)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        listener.start()
+        print(
+            f"DICOM listener {listener.ae_title} on {listener.host}:{listener.port}, "
+            f"storing under {listener.storage_root}",
+            flush=True,
+        )
+        while not stop.wait(1.0):
+            pass
+    finally:
+        listener.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def register_dicom_listener(
+    subparsers: argparse._SubParsersAction[Any],
+    on_complete: OnComplete = record_completed_series,
+) -> argparse.ArgumentParser:
+    """Add ``dicom-listener``: the listener alone; the gateway's order desk picks series up.
+
+    Parameters
+    ----------
+    subparsers
+        The CLI's sub-parsers.
+    on_complete
+        Called for each completed series (default: write its manifest for the order desk;
+        :func:`log_completed_series` prints it instead).
+    """
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "dicom-listener",
+        help="run the DICOM Storage SCP (C-ECHO, C-STORE) in the foreground",
+        description=(
+            "Accept CT series and structure sets over DICOM (C-STORE) and store them under "
+            "<storage_dir>/dicom/received; a series counts as complete after "
+            "LLMCTV_DICOM_SERIES_TIMEOUT_S seconds without a new instance. Stops on "
+            "SIGINT/SIGTERM."
+        ),
+    )
+    parser.add_argument("--host", default=None, help="listen address (default: dicom_host)")
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default: dicom_port)")
+    parser.add_argument("--ae-title", default=None, help="our AE title (default: dicom_ae_title)")
+    parser.set_defaults(func=functools.partial(cmd_dicom_listener, on_complete=on_complete))
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

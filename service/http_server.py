@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from service.settings import Settings
+    from service.settings import HttpSettings
 
 log = logging.getLogger(__name__)
 ACCESS_LOGGER = "uvicorn.access"
@@ -115,7 +115,7 @@ class QueryStringFilter(logging.Filter):
         return True
 
 
-def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
+def guarded_protocol(settings: HttpSettings) -> type[GuardedH11Protocol]:
     """The protocol class with the settings' timeouts."""
     attributes: dict[str, Any] = {
         "header_timeout": settings.http_header_timeout,
@@ -125,7 +125,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
     return type("ConfiguredH11Protocol", (GuardedH11Protocol,), attributes)
 
 
-def server_config(app: FastAPI, settings: Settings, log_level: str = "info") -> uvicorn.Config:
+def server_config(app: FastAPI, settings: HttpSettings, log_level: str = "info") -> uvicorn.Config:
     """The uvicorn configuration of the gateway (timeouts, limits, access log filter)."""
     config = uvicorn.Config(
         app,

@@ -27,7 +27,7 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """Size limits for one request (see :class:`model.settings.Settings`)."""
+    """Size limits for one request (settings section ``uploads``)."""
 
     max_upload_bytes: int
     max_archive_members: int

@@ -44,21 +44,22 @@ from service.dicomnet.destinations import destinations_from_settings, resolve_de
 from service.dicomnet.sender import send_instances
 from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus, SupersededRun
 from service.received_series import Manifest, ManifestIndex, write_manifest
-from service.settings import Settings
+from service.settings import OrderSettings, Settings
 from workers.dispatch import JobDispatcher
 from workers.errors import JobNotFoundError
 from workers.jobs import Job, JobError, JobFiles, JobStatus, JobStore, new_job_id, utcnow
 from workers.pipeline import fail_job
 from workers.review import ReviewRequiredError, ReviewStatus, needs_approval
+from workers.settings import StorageSettings
 
 log = logging.getLogger(__name__)
 #: Fewest instances a manifest older than the order must have to be matched.
 MIN_INSTANCES = IngestPolicy().min_slices
 
 
-def received_root(settings: Settings) -> Path:
+def received_root(storage: StorageSettings) -> Path:
     """Where the DICOM listener stores instances (``<storage>/dicom/received``)."""
-    return settings.storage_dir / "dicom" / "received"
+    return storage.storage_dir / "dicom" / "received"
 
 
 def record_series(series: ReceivedSeries) -> bool:
@@ -110,7 +111,7 @@ class OrderDesk:
         self.files = files
         self.dispatcher = dispatcher
         self.poll_s = poll_s
-        self.root = received_root(settings)
+        self.root = received_root(settings.storage)
         self.manifests = ManifestIndex(self.root)
         self._tried: dict[str, int] = {}  # waiting order -> manifest generation it was tried at
         self._wake = threading.Event()
@@ -244,7 +245,7 @@ class OrderDesk:
             inspect_ct_series(
                 target,
                 series_instance_uid=job.series_instance_uid,
-                policy=self.settings.ingest_policy(),
+                policy=self.settings.contouring.ingest_policy(),
             )
         except LlmctvError as exc:
             self.files.remove(job.job_id)
@@ -362,7 +363,7 @@ class OrderDesk:
         A job with needs-attention findings waits for an approval too (``hold_needs_attention``).
         A rejected job's send-back ends failed; it is never sent.
         """
-        s = self.settings
+        s = self.settings.review
         needs_review = needs_approval(s.require_review, s.hold_needs_attention, job.attention)
         if not needs_review or job.review.status is ReviewStatus.APPROVED:
             return True
@@ -383,7 +384,7 @@ class OrderDesk:
             is set) and the order's job is not approved.
         """
         job = self.store.get(order.job_id) if order.job_id else None
-        s = self.settings
+        s = self.settings.review
         attention = job.attention if job is not None else []
         if not needs_approval(s.require_review, s.hold_needs_attention, attention):
             return
@@ -403,7 +404,7 @@ class OrderDesk:
             self._sending.discard(order_id)
 
     def _attempt(self, order: Order, state: SendState) -> SendState:
-        s = self.settings
+        s = self.settings.dicom
         try:
             destination = resolve_destination(
                 order.destination or "", destinations_from_settings(s)
@@ -432,6 +433,6 @@ class OrderDesk:
         )
 
 
-def order_expiry(settings: Settings) -> timedelta:
+def order_expiry(settings: OrderSettings) -> timedelta:
     """How long an order waits for its study."""
     return timedelta(hours=settings.order_expiry_hours)

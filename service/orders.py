@@ -11,6 +11,7 @@ They hold UIDs and the contract's clinical fields, never a patient name or ID.
 The store keeps every record it has read in memory, keyed by file modification time, so the
 desk's once-a-second look at the open orders costs one ``stat`` of the folder when nothing
 changed; changed or new files (another process may write them) are read again, the rest not.
+The gateway's store is :class:`AuditedOrderStore`: every change of an order's state is audited.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from model.errors import LlmctvError
+from workers.audit import AuditKind, AuditLog
+from workers.counters import MetricsSink
+from workers.job_events import ACTOR
 from workers.jobs import new_job_id, utcnow
 from workers.records import JsonRecordFiles
 
@@ -233,3 +237,67 @@ class OrderStore:
                     continue
         for gone in set(self._index) - seen:
             del self._index[gone]
+
+
+class AuditedOrderStore(OrderStore):
+    """An :class:`~service.orders.OrderStore` that audits every change of an order's state.
+
+    Also counts RTSTRUCT send-backs (``rtstruct_sends{outcome}``).
+    """
+
+    def __init__(self, root: Path, audit: AuditLog, metrics: MetricsSink) -> None:
+        super().__init__(root)
+        self.audit = audit
+        self.metrics = metrics
+
+    def create(self, order: Order) -> None:
+        """Store a new order; audit it."""
+        super().create(order)
+        self.audit.record(
+            AuditKind.ORDER_CREATED,
+            ACTOR.get() or "api",
+            order_id=order.order_id,
+            study_instance_uid=order.study_instance_uid,
+            accession_number=order.accession_number,
+            destination=order.destination,
+        )
+
+    def update(self, order_id: str, **changes: Any) -> Order:
+        """Change fields atomically; audit a new status or send-back outcome."""
+        before = self.get(order_id)
+        after = super().update(order_id, **changes)
+        if after.status is not before.status:
+            self._status_changed(after)
+        if after.send.status is not before.send.status:
+            self._send_changed(after)
+        return after
+
+    def _status_changed(self, order: Order) -> None:
+        who = "order-desk"
+        if order.status is OrderStatus.MATCHED:
+            self.audit.record(
+                AuditKind.ORDER_MATCHED,
+                who,
+                order_id=order.order_id,
+                job_id=order.job_id,
+                series_instance_uid=order.series_instance_uid,
+            )
+        else:
+            code = (order.error or {}).get("code")
+            self.audit.record(
+                f"order.{order.status.value}", who, order_id=order.order_id, code=code
+            )
+
+    def _send_changed(self, order: Order) -> None:
+        if order.send.status not in (SendStatus.SENT, SendStatus.FAILED):
+            return
+        sent = order.send.status is SendStatus.SENT
+        self.metrics.incr("rtstruct_sends", {"outcome": "sent" if sent else "failed"})
+        self.audit.record(
+            AuditKind.ORDER_SENT if sent else AuditKind.ORDER_SEND_FAILED,
+            "order-desk",
+            order_id=order.order_id,
+            job_id=order.job_id,
+            destination=order.destination,
+            attempts=order.send.attempts,
+        )

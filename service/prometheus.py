@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,8 +36,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from service.auth import Admin
-from service.health import Readiness
+from service.deps import Admin, MetricsDep
+from service.readiness import Readiness
 from workers.counters import BUCKETS, MetricsSink, parse_key
 from workers.dispatch import JobDispatcher
 
@@ -195,7 +195,6 @@ def metrics_registry(collector: LlmctvCollector) -> CollectorRegistry:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "text format"}},
 )
-def metrics(request: Request, _: Admin) -> Response:
+def metrics(registry: MetricsDep, _: Admin) -> Response:
     """The gateway's metrics in the Prometheus text format."""
-    registry: CollectorRegistry = request.app.state.llmctv_metrics
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -186,7 +186,7 @@ class Selftest:
 def _default_loader(settings: Settings) -> ContourEngine:
     from workers.preflight import load_engine
 
-    return load_engine(settings)
+    return load_engine(settings.worker)
 
 
 def _wait_ready(client: httpx.Client, timeout_s: float) -> str:

@@ -1,35 +1,60 @@
-"""Settings of the gateway: the HTTP face, uploads, orders, plus everything it hosts.
+"""Settings of the gateway: ten sections, one per concern, each read from ``LLMCTV_*``.
 
-:class:`Settings` holds the model's, the workers' and the DICOM settings too, because the
-gateway runs the embedded worker and the DICOM listener in its own process.
+The gateway runs the embedded worker and the DICOM listener in its own process, so its
+:class:`Settings` holds theirs too. The sections and what reads them:
+
+============== ========================================== ====================================
+section        holds                                      read by
+============== ========================================== ====================================
+``http``       bind address, port, slow-client timeouts,  :mod:`service.http_server`,
+               concurrency, API docs                      :mod:`service.app`
+``uploads``    body, archive and JSON size limits         :mod:`service.api`, the body limit
+``auth``       API identities, the development flag       :mod:`service.auth`
+``review``     review before sending, the review          :mod:`service.order_desk`,
+               station's sessions and cookie              :mod:`service.ui`, retention
+``orders``     when an unmatched order expires            :mod:`service.order_desk`
+``dicom``      listener, peers, destinations, retries     :mod:`service.dicomnet`
+``contouring`` sliding windows, ROI names, checks, CT     workers, intake
+               limits (:mod:`workers.settings`)
+``jobs``       Redis and Celery, queues, time limits      workers, dispatch, readiness
+``storage``    the shared folder, retention, watermark    everything that stores
+``model``      checkpoint, text encoder, device           the model loader
+============== ========================================== ====================================
+
+A variable keeps its flat name: ``LLMCTV_PORT`` is ``settings.http.port``. The worker's view
+(:attr:`Settings.worker`) is made of the same section objects, so the gateway holds one copy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.settings import CommaList, load_settings, split_commas
+from model.settings import (
+    CommaList,
+    ModelSettings,
+    Sections,
+    flat_dump,
+    load_settings,
+    split_commas,
+)
 from service.dicomnet.settings import DicomSettings
-from workers.settings import WorkerSettings
+from workers.settings import ContouringSettings, JobSettings, StorageSettings, WorkerSettings
+
+_PREFIX = SettingsConfigDict(env_prefix="LLMCTV_", extra="ignore")
 
 
-class Settings(WorkerSettings, DicomSettings):
-    """Process settings of ``llmctv serve``."""
+class HttpSettings(BaseSettings):
+    """The HTTP server (:mod:`service.http_server`): address, slow and idle clients, docs."""
+
+    model_config = _PREFIX
 
     host: str = "127.0.0.1"
     port: int = 8000
-    api_tokens: CommaList = Field(default_factory=list)
-    api_tokens_file: Path | None = None
-    allow_no_auth: bool = False
-    max_upload_bytes: int = 2_000_000_000
-    max_archive_members: int = 20_000
-    max_unpacked_bytes: int = 4_000_000_000
-    max_compression_ratio: float = 200.0
-    max_json_bytes: int = 65_536
-    order_expiry_hours: float = 24.0
-    # HTTP server (service.http_server): slow and idle clients, concurrency, API docs.
     http_header_timeout: float = 10.0
     http_body_idle_timeout: float = 30.0
     http_min_body_rate: float = 1000.0
@@ -38,7 +63,41 @@ class Settings(WorkerSettings, DicomSettings):
     http_limit_concurrency: int = 100
     http_max_header_bytes: int = 16_384
     api_docs: bool = False
-    # Review station (service.ui): an order's RTSTRUCT leaves only after approval when true.
+
+
+class UploadSettings(BaseSettings):
+    """Size limits of request bodies, zip archives and JSON bodies."""
+
+    model_config = _PREFIX
+
+    max_upload_bytes: int = 2_000_000_000
+    max_archive_members: int = 20_000
+    max_unpacked_bytes: int = 4_000_000_000
+    max_compression_ratio: float = 200.0
+    max_json_bytes: int = 65_536
+
+
+class AuthSettings(BaseSettings):
+    """The identities the API accepts (:mod:`service.auth`)."""
+
+    model_config = _PREFIX
+
+    api_tokens: CommaList = Field(default_factory=list)
+    api_tokens_file: Path | None = None
+    allow_no_auth: bool = False
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        return split_commas(value)
+
+
+class ReviewSettings(BaseSettings):
+    """Review before release, and the review station's sessions (:mod:`service.ui`)."""
+
+    model_config = _PREFIX
+
+    # An order's RTSTRUCT leaves only after approval when true.
     require_review: bool = False
     # A job with a needs-attention finding waits for a reviewer's approval before its RTSTRUCT
     # is sent, even when require_review is false.
@@ -46,10 +105,61 @@ class Settings(WorkerSettings, DicomSettings):
     ui_session_hours: float = 8.0
     ui_secure_cookie: bool = False
 
-    @field_validator("api_tokens", mode="before")
-    @classmethod
-    def _split_tokens(cls, value: object) -> object:
-        return split_commas(value)
+
+class OrderSettings(BaseSettings):
+    """Orders: clinical fields waiting for a study over DICOM (:mod:`service.order_desk`)."""
+
+    model_config = _PREFIX
+
+    order_expiry_hours: float = 24.0
+
+
+class Settings(Sections):
+    """Process settings of ``llmctv serve`` (sections: see the module's table)."""
+
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
+    orders: OrderSettings = Field(default_factory=OrderSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    contouring: ContouringSettings = Field(default_factory=ContouringSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @property
+    def worker(self) -> WorkerSettings:
+        """What the embedded worker and the Celery dispatcher read: these very sections."""
+        return WorkerSettings(
+            contouring=self.contouring, jobs=self.jobs, storage=self.storage, model=self.model
+        )
+
+
+_SECRET_WORDS = ("token", "secret", "password", "key")
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def public_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by its flat name, without secrets: tokens dropped, URLs without credentials.
+
+    What the audit trail records at start-up (``settings.loaded``).
+    """
+    public: dict[str, Any] = {}
+    for name, value in flat_dump(settings, mode="json").items():
+        if any(word in name for word in _SECRET_WORDS) and name != "api_tokens_file":
+            continue
+        public[name] = _without_credentials(value) if name.endswith("_url") and value else value
+    public["api_identities"] = len(settings.auth.api_tokens)
+    return public
 
 
 def get_settings() -> Settings:

@@ -7,7 +7,7 @@ The watermark itself is :class:`workers.storage_space.StorageWatermark`. Here it
   before any of the body is read (a route dependency would run after FastAPI parsed the
   upload); it sits inside the authentication middleware, so anonymous callers get 401;
 - :func:`storage_state`, the state of a deployment's storage folder, which ``/health/ready``
-  reports (:func:`service.health.storage_check`).
+  reports (:func:`service.readiness.storage_check`).
 
 The DICOM listener asks the same watermark for every A-ASSOCIATE-RQ.
 """

@@ -57,7 +57,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Fas
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN], storage_dir=tmp_path_factory.mktemp("storage"), dicom_listener=False
     )
     app = create_app(settings)

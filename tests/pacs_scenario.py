@@ -38,7 +38,7 @@ CLINICAL = {
 
 
 def _settings(workdir: Path, orthanc_port: int) -> Settings:
-    return Settings(
+    return Settings.from_env(
         api_tokens=[TOKEN],
         storage_dir=workdir / "llmctv",
         dicom_listener=True,
@@ -82,15 +82,15 @@ def _order(url: str, **fields: Any) -> Any:
 
 def _flow(url: str, settings: Settings, http_port: int) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "echo_allowed": _echo(settings.dicom_port, "PACS"),
-        "echo_intruder": _echo(settings.dicom_port, "INTRUDER"),
+        "echo_allowed": _echo(settings.dicom.dicom_port, "PACS"),
+        "echo_intruder": _echo(settings.dicom.dicom_port, "INTRUDER"),
     }
     first = _order(url, study_instance_uid=STUDY, destination="TPS")
     report["order_first_created"] = {k: first[k] for k in ("status_code", "status")}
     push = ["storescu", "-aet", "PACS", "-aec", "LLMCTV", "+sd", "+r", "127.0.0.1"]
     started = time.monotonic()
     stored = subprocess.run(
-        [*push, str(settings.dicom_port), str(LUNG1_CT)], capture_output=True, timeout=120
+        [*push, str(settings.dicom.dicom_port), str(LUNG1_CT)], capture_output=True, timeout=120
     )
     report["storescu"] = stored.returncode
     report["order_first"] = _wait_order(url, first["order_id"], ("sent", "failed"), 150)

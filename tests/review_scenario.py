@@ -77,7 +77,7 @@ def _receive_lung1(settings: Settings) -> str:
     """Put LUNG1 where the DICOM listener would have stored it; its StudyInstanceUID."""
     first = pydicom.dcmread(sorted(LUNG1_CT.glob("*.dcm"))[0], stop_before_pixels=True)
     study, series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
-    folder = received_root(settings) / study / series
+    folder = received_root(settings.storage) / study / series
     folder.mkdir(parents=True)
     paths = sorted(LUNG1_CT.glob("*.dcm"))
     for path in paths:
@@ -291,7 +291,7 @@ def _orthanc_instances(http_port: int | None) -> list[dict[str, Any]]:
 
 def _flow(workdir: Path, shots: Path, orthanc_port: int | None, http_port: int | None) -> Any:
     destination = f"TPS=ORTHANC@127.0.0.1:{orthanc_port or free_port()}"
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=TOKENS,
         storage_dir=workdir / "llmctv",
         dicom_listener=False,

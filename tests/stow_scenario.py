@@ -108,7 +108,7 @@ def run(workdir: Path) -> dict[str, Any]:
             _wait_for_rest(http_port, orthanc, 30.0)
             orthanc_study = _upload_lung1(http_port)
             report = _flow(url, http_port, orthanc_study)
-            received = settings.storage_dir / "dicom" / "received" / STUDY
+            received = settings.storage.storage_dir / "dicom" / "received" / STUDY
             report["stored_ct_files"] = len(list(received.glob("*/*.dcm")))
             return report
         finally:

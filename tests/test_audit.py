@@ -43,7 +43,7 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     storage = tmp_path_factory.mktemp("storage")
     port = free_port()
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"ada:admin:{ADMIN}", f"pacs-router:submitter:{SUBMITTER}", TOKEN],
         storage_dir=storage,
         dicom_listener=True,
@@ -183,8 +183,7 @@ def test_patient_fields_are_dropped_and_uids_hashed(tmp_path: Path) -> None:
 
 
 def test_order_send_outcomes_are_audited_and_counted(tmp_path: Path) -> None:
-    from service.audit import AuditedOrderStore
-    from service.orders import Order, OrderStatus, SendState, SendStatus
+    from service.orders import AuditedOrderStore, Order, OrderStatus, SendState, SendStatus
     from workers.counters import LocalMetrics, series_key
 
     log = AuditLog(tmp_path / "audit", max_bytes=10**6, retention_days=1)

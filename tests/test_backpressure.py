@@ -92,7 +92,7 @@ def _settings(storage: Path, **changes: object) -> Settings:
         "storage_min_free_bytes": 1_000_000,
         "storage_max_used_fraction": 0.9,
     }
-    return Settings(**{**values, **changes})  # type: ignore[arg-type]
+    return Settings.from_env(**{**values, **changes})
 
 
 def test_full_disk_refuses_new_data_and_lets_the_running_job_finish(
@@ -115,7 +115,7 @@ def test_full_disk_refuses_new_data_and_lets_the_running_job_finish(
         assert upload.json()["code"] == "storage_full"
         assert upload.headers["retry-after"] == "60"
         # A-ASSOCIATE-RJ: transient (2), service provider / presentation (3), congestion (1)
-        assert _associate(settings.dicom_port) == (False, (0x02, 0x03, 0x01))
+        assert _associate(settings.dicom.dicom_port) == (False, (0x02, 0x03, 0x01))
         ready = wait_ready_state(url, 503)
         assert "storage" in ready["failing"]
 
@@ -125,7 +125,7 @@ def test_full_disk_refuses_new_data_and_lets_the_running_job_finish(
 
         disk.used = 10 * GIB  # space freed: everything accepts again
         assert _stow(url).status_code == 200
-        assert _associate(settings.dicom_port) == (True, ())
+        assert _associate(settings.dicom.dicom_port) == (True, ())
         wait_ready_state(url, 200)
 
 
@@ -204,7 +204,7 @@ def test_tmpfs_below_the_watermark_is_refused_everywhere(tiny_disk: Path) -> Non
         assert _stow(url).status_code == 200  # 4 MiB free: fine
         _fill(tiny_disk, leave=500_000)
         assert _stow(url).status_code == 503
-        assert _associate(settings.dicom_port) == (False, (0x02, 0x03, 0x01))
+        assert _associate(settings.dicom.dicom_port) == (False, (0x02, 0x03, 0x01))
         (tiny_disk / "ballast").unlink()
         assert _stow(url).status_code == 200
         assert _leftovers(tiny_disk) == []

@@ -68,7 +68,7 @@ def test_the_bomb_is_refused_while_holding_little_memory(bomb_file: Path) -> Non
 
 
 def test_stow_rs_refuses_the_bomb(bomb_file: Path, tmp_path: Path) -> None:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"router:submitter:{TOKEN}"],
         storage_dir=tmp_path,
         dicom_listener=False,

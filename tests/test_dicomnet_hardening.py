@@ -23,6 +23,7 @@ from service.dicomnet.admission import AdmissionLimits
 from service.dicomnet.listener import DicomListener
 from service.dicomnet.pdu_stream import GuardedSocket, PduLimits
 from service.dicomnet.settings import DicomSettings
+from workers.settings import StorageSettings
 
 VERIFICATION = "1.2.840.10008.1.1"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -307,8 +308,10 @@ def test_echoscu_still_works_with_the_limits(tmp_path: Path) -> None:
 def test_limits_come_from_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLMCTV_DICOM_MAX_INSTANCE_BYTES", "1000000")
     monkeypatch.setenv("LLMCTV_DICOM_MAX_ASSOCIATIONS_PER_PEER", "3")
-    settings = DicomSettings(storage_dir=tmp_path, dicom_port=0)
-    listener = DicomListener.from_settings(settings, Recorder())
+    settings = DicomSettings(dicom_port=0)
+    storage = StorageSettings(storage_dir=tmp_path)
+    listener = DicomListener.from_settings(settings, storage, Recorder())
+    assert listener.storage_root == tmp_path / "dicom" / "received"
     assert listener.admission.pdu_limits.max_instance_bytes == 1_000_000
     assert listener.admission.limits.max_per_peer == 3
     assert listener.admission.pdu_limits.artim_timeout_s == 5.0

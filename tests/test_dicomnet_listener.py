@@ -336,9 +336,9 @@ def test_assembler_survives_a_failing_callback(caplog: pytest.LogCaptureFixture)
 # --- the sub-command -----------------------------------------------------------------------------
 _COMMAND = """
 import argparse, sys
-from service.dicomnet.command import register
+from service.cli import log_completed_series, register_dicom_listener
 parser = argparse.ArgumentParser()
-register(parser.add_subparsers(dest="command"))
+register_dicom_listener(parser.add_subparsers(dest="command"), on_complete=log_completed_series)
 args = parser.parse_args(sys.argv[1:])
 sys.exit(args.func(args))
 """

@@ -36,7 +36,7 @@ SOP_CLASS, SOP_INSTANCE = "00081150", "00081155"
 @pytest.fixture(scope="module")
 def stow_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     storage = tmp_path_factory.mktemp("stow")
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"router:submitter:{TOKEN}"],
         storage_dir=storage,
         dicom_listener=False,
@@ -226,7 +226,7 @@ def test_a_study_uid_that_is_not_a_uid_is_refused(stow_gateway: tuple[str, Path]
 
 
 def test_the_listeners_transfer_syntaxes_apply(tmp_path: Path) -> None:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"router:submitter:{TOKEN}"],
         storage_dir=tmp_path,
         dicom_listener=False,
@@ -244,7 +244,7 @@ def test_stow_requests_are_audited_and_counted(tmp_path: Path) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     admin = "ops-admin-token-0123456789"
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"router:submitter:{TOKEN}", f"ops:admin:{admin}"],
         storage_dir=tmp_path,
         dicom_listener=False,

@@ -21,8 +21,8 @@ from live_server import serve_app
 
 from model.contouring.engine import EngineResult
 from model.imaging.geometry import Grid, Volume
-from service.api import ServiceState
 from service.app import create_app
+from service.deps import ServiceState
 from service.settings import Settings
 from workers.dispatch import EmbeddedDispatcher
 from workers.jobs import FileJobStore, Job, JobFiles, JobStatus
@@ -67,7 +67,7 @@ class FakeEngine:
 
 
 def _settings(tmp_path: Path, **extra: Any) -> WorkerSettings:
-    return WorkerSettings(storage_dir=tmp_path, **extra)
+    return WorkerSettings.from_env(storage_dir=tmp_path, **extra)
 
 
 def _stored_job(files: JobFiles, store: FileJobStore, tmp_path: Path, job_id: str) -> str:
@@ -193,12 +193,12 @@ def test_describe_reports_the_running_job(
 # --- over HTTP: DELETE /jobs/{id} -------------------------------------------------------------
 @pytest.fixture
 def gateway_with_slow_worker(tmp_path: Path) -> Iterator[tuple[str, FileJobStore]]:
-    settings = Settings(api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False)
+    settings = Settings.from_env(api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False)
     files = JobFiles(tmp_path)
     store = FileJobStore(files)
     engine = FakeEngine(steps=3000, step_s=0.01)
     dispatcher = EmbeddedDispatcher(
-        settings,
+        settings.worker,
         store,
         files,
         engine_factory=lambda _: engine,  # type: ignore[arg-type,return-value]

@@ -25,8 +25,8 @@ from pydicom.dataset import FileDataset
 from pydicom.uid import RLELossless
 
 from model.lab.phantoms.cohort import WrittenCase
-from service.api import ServiceState
 from service.app import create_app
+from service.deps import ServiceState
 from service.settings import Settings
 from workers.jobs import FileJobStore, JobFiles, iter_jobs
 
@@ -286,7 +286,7 @@ def test_unknown_job_is_404(gateway: tuple[str, FastAPI], job_id: str) -> None:
 # --- limits and unfinished jobs: a gateway with small limits and a worker that holds jobs ------
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN],
         storage_dir=tmp_path_factory.mktemp("strict"),
         max_upload_bytes=600_000,
@@ -294,7 +294,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         max_archive_members=30,
         dicom_listener=False,
     )
-    files = JobFiles(settings.storage_dir)
+    files = JobFiles(settings.storage.storage_dir)
     state = ServiceState(settings, FileJobStore(files), files, HoldingDispatcher())
     with serve_app(create_app(settings, state)) as url:
         yield url

@@ -19,18 +19,18 @@ from gateway_client import AUTH, TOKEN, submit
 from live_server import serve_app
 from pydicom.dataset import FileDataset
 
-from service.api import ServiceState
 from service.app import create_app
+from service.deps import ServiceState
 from service.settings import Settings
 from workers.jobs import FileJobStore, JobFiles
 
 
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, HoldingDispatcher]]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN], storage_dir=tmp_path_factory.mktemp("held"), dicom_listener=False
     )
-    files = JobFiles(settings.storage_dir)
+    files = JobFiles(settings.storage.storage_dir)
     dispatcher = HoldingDispatcher()
     state = ServiceState(settings, FileJobStore(files), files, dispatcher)
     with serve_app(create_app(settings, state)) as url:
@@ -240,7 +240,7 @@ def test_api_docs_are_off_by_default(held: tuple[str, HoldingDispatcher]) -> Non
 
 
 def test_api_docs_can_be_switched_on(tmp_path: Path) -> None:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False, api_docs=True
     )
     files = JobFiles(tmp_path)

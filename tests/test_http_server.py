@@ -22,8 +22,8 @@ from gateway_client import AUTH, TOKEN
 from live_server import free_port
 from test_hardening_gateway import HoldingDispatcher
 
-from service.api import ServiceState
 from service.app import create_app
+from service.deps import ServiceState
 from service.http_server import server_config
 from service.settings import Settings
 from workers.jobs import FileJobStore, JobFiles
@@ -42,7 +42,7 @@ class _Lines(logging.Handler):
 
 @contextmanager
 def _serving(storage: Path, **options: Any) -> Iterator[tuple[str, int, _Lines]]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN],
         storage_dir=storage,
         dicom_listener=False,
@@ -52,7 +52,7 @@ def _serving(storage: Path, **options: Any) -> Iterator[tuple[str, int, _Lines]]
     )
     files = JobFiles(Path(storage))
     state = ServiceState(settings, FileJobStore(files), files, HoldingDispatcher())
-    config = server_config(create_app(settings, state), settings, "info")
+    config = server_config(create_app(settings, state), settings.http, "info")
     access = _Lines()
     logging.getLogger("uvicorn.access").addHandler(access)
     server = uvicorn.Server(config)
@@ -62,7 +62,7 @@ def _serving(storage: Path, **options: Any) -> Iterator[tuple[str, int, _Lines]]
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{settings.port}", settings.port, access
+        yield f"http://127.0.0.1:{settings.http.port}", settings.http.port, access
     finally:
         server.should_exit = True
         thread.join(timeout=30)

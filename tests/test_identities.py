@@ -42,7 +42,7 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, token_file: Path) -> Iterator[str]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens_file=token_file,
         storage_dir=tmp_path_factory.mktemp("storage"),
         dicom_listener=False,
@@ -68,7 +68,7 @@ def test_token_file_identities_may_submit(server: str) -> None:
 
 
 def test_unreadable_token_file_refuses_to_start(tmp_path: Path) -> None:
-    settings = Settings(api_tokens_file=tmp_path / "missing", storage_dir=tmp_path)
+    settings = Settings.from_env(api_tokens_file=tmp_path / "missing", storage_dir=tmp_path)
     with pytest.raises(ConfigurationError, match="token file"):
         create_app(settings)
 
@@ -76,8 +76,8 @@ def test_unreadable_token_file_refuses_to_start(tmp_path: Path) -> None:
 def test_token_file_entries_join_the_environment_entries(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     path.write_text("ops:admin:from-the-file-000000\n")
-    settings = Settings(api_tokens=["legacy-bare-secret-0000"], api_tokens_file=path)
-    names = {e.identity.name: e.identity.role for e in auth.configured_entries(settings)}
+    settings = Settings.from_env(api_tokens=["legacy-bare-secret-0000"], api_tokens_file=path)
+    names = {e.identity.name: e.identity.role for e in auth.configured_entries(settings.auth)}
     assert names == {"default": auth.Role.ADMIN, "ops": auth.Role.ADMIN}
 
 

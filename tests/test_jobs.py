@@ -11,8 +11,8 @@ from gateway_client import TOKEN, submit
 from live_server import serve_app
 
 from model.lab.phantoms.cohort import WrittenCase
-from service.api import ServiceState
 from service.app import create_app
+from service.deps import ServiceState
 from service.retention import purge_expired
 from service.settings import Settings
 from workers.errors import JobNotFoundError, ServiceUnavailableError
@@ -69,7 +69,7 @@ class _DownDispatcher:
 
 def _submit_while_down(tmp_path: Path, case: WrittenCase, jobs: FileJobStore) -> None:
     """Submit ``case`` to a gateway whose queue (and maybe store) is down: 503, still alive."""
-    settings = Settings(api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False)
+    settings = Settings.from_env(api_tokens=[TOKEN], storage_dir=tmp_path, dicom_listener=False)
     state = ServiceState(settings, jobs, jobs.files, _DownDispatcher())
     with serve_app(create_app(settings, state)) as url:
         answer = submit(url, list(case.ct_files), case.clinical.model_dump_json())

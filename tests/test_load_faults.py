@@ -43,7 +43,7 @@ def _settings(storage: Path, **changes: Any) -> Settings:
         "dicom_listener": False,
         "storage_min_free_bytes": 1,
     }
-    return Settings(**{**values, **changes})
+    return Settings.from_env(**{**values, **changes})
 
 
 def ready_status(url: str) -> int:

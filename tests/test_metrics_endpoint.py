@@ -19,8 +19,8 @@ from redis_server import needs_redis, running_redis
 from model.errors import ModelNotFoundError
 from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
-from service.health import Readiness
 from service.prometheus import LlmctvCollector, metrics_registry
+from service.readiness import Readiness
 from service.settings import Settings
 from workers.counters import RedisMetrics
 
@@ -38,7 +38,7 @@ class Gateway:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     from gateway_client import TOKEN
 
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN, f"ops:admin:{ADMIN}"],
         storage_dir=tmp_path_factory.mktemp("storage"),
         dicom_listener=False,
@@ -114,7 +114,7 @@ def test_worker_side_numbers_reach_the_gateway_through_redis(tmp_path: Path) -> 
             def describe(self) -> dict[str, object]:
                 return {"mode": "celery", "queued": {"contour": 3, "text": 0}, "workers": []}
 
-        settings = Settings(api_tokens=[ADMIN], storage_dir=tmp_path, dicom_listener=False)
+        settings = Settings.from_env(api_tokens=[ADMIN], storage_dir=tmp_path, dicom_listener=False)
         collector = LlmctvCollector(
             RedisMetrics(server.client()),
             Dispatcher(),

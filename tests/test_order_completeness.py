@@ -58,7 +58,7 @@ class _Holding:
 
 
 def _desk(tmp_path: Path, **settings: object) -> tuple[OrderDesk, _Holding]:
-    config = Settings(storage_dir=tmp_path, dicom_listener=False, **settings)  # type: ignore[arg-type]
+    config = Settings.from_env(storage_dir=tmp_path, dicom_listener=False, **settings)
     files = JobFiles(tmp_path)
     holding = _Holding()
     desk = OrderDesk(config, OrderStore(tmp_path), FileJobStore(files), files, holding)
@@ -78,7 +78,7 @@ def _arrive(desk: OrderDesk, paths: list[Path], cycle: int) -> ReceivedSeries:
     """Store ``paths`` in the received tree and complete the series' ``cycle``."""
     first = pydicom.dcmread(paths[0], stop_before_pixels=True)
     study, series_uid = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
-    folder = received_root(desk.settings) / study / series_uid
+    folder = received_root(desk.settings.storage) / study / series_uid
     folder.mkdir(parents=True, exist_ok=True)
     for path in paths:
         shutil.copy(path, folder / f"{path.stem}.dcm")
@@ -103,7 +103,7 @@ def test_split_push_of_lung1_ends_with_a_job_on_all_134_slices(tmp_path: Path) -
     desk, holding = _desk(tmp_path)
     order = _order(study)
     desk.orders.create(order)
-    root = received_root(desk.settings)
+    root = received_root(desk.settings.storage)
     recorder = Recorder()
 
     def on_complete(series: ReceivedSeries) -> None:
@@ -289,7 +289,7 @@ def test_ct_object_with_modality_mr_fails_its_waiting_order_at_once(tmp_path: Pa
     desk, holding = _desk(tmp_path)
     order = _order(str(ds.StudyInstanceUID))
     desk.orders.create(order)
-    with running_listener(received_root(desk.settings)) as (listener, _):
+    with running_listener(received_root(desk.settings.storage)) as (listener, _):
         ae = AE(ae_title="TESTER")
         ae.add_requested_context(ds.SOPClassUID, "1.2.840.10008.1.2.1")
         assoc = ae.associate("127.0.0.1", listener.port, ae_title=AE_TITLE)

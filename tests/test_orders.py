@@ -41,7 +41,7 @@ CLINICAL = {
 
 @pytest.fixture(scope="module")
 def orders_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[TOKEN],
         storage_dir=tmp_path_factory.mktemp("orders"),
         dicom_listener=False,
@@ -98,7 +98,7 @@ class _Holding:
 
 
 def _desk(tmp_path: Path) -> tuple[OrderDesk, _Holding]:
-    settings = Settings(storage_dir=tmp_path, dicom_listener=False)
+    settings = Settings.from_env(storage_dir=tmp_path, dicom_listener=False)
     files = JobFiles(tmp_path)
     holding = _Holding()
     desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, holding)
@@ -109,7 +109,7 @@ def _receive(desk: OrderDesk, case: WrittenCase, modality: str = "CT") -> Receiv
     import pydicom
 
     first = pydicom.dcmread(case.ct_files[0], stop_before_pixels=True)
-    folder = received_root(desk.settings) / first.StudyInstanceUID / first.SeriesInstanceUID
+    folder = received_root(desk.settings.storage) / first.StudyInstanceUID / first.SeriesInstanceUID
     folder.mkdir(parents=True)
     for path in case.ct_files:
         shutil.copy(path, folder / f"{path.stem}.dcm")

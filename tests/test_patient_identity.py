@@ -22,7 +22,6 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
 from service.app import create_app
-from service.audit import DICOM_EVENTS
 from service.dicomnet.storage import quarantined
 from service.settings import Settings
 
@@ -58,7 +57,7 @@ def test_c_store_of_another_patient_into_a_series_is_quarantined(tmp_path: Path)
 
 def test_stow_rs_quarantines_and_audits_the_conflict(tmp_path: Path) -> None:
     spec = CtSpec(n_slices=2)
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=[f"router:submitter:{TOKEN}", f"ops:admin:admin-{TOKEN}"],
         storage_dir=tmp_path,
         dicom_listener=False,
@@ -82,7 +81,8 @@ def test_stow_rs_quarantines_and_audits_the_conflict(tmp_path: Path) -> None:
         "Authorization": f"Bearer {TOKEN}",
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
     }
-    with serve_app(create_app(settings, engine=FakeEngine())) as url:
+    app = create_app(settings, engine=FakeEngine())
+    with serve_app(app) as url:
         first = httpx.post(
             f"{url}/dicomweb/studies",
             content=body(_slices(spec, "PAT-A")),
@@ -98,8 +98,7 @@ def test_stow_rs_quarantines_and_audits_the_conflict(tmp_path: Path) -> None:
         metrics = httpx.get(
             f"{url}/metrics", headers={"Authorization": f"Bearer admin-{TOKEN}"}, timeout=30
         ).text
-        audit = DICOM_EVENTS.audit
-        entries = audit.read(kind="dicom.instance_quarantined") if audit is not None else []
+        entries = app.state.llmctv_audit.read(kind="dicom.instance_quarantined")
     assert first.status_code == 200, first.text
     assert second.status_code == 409, second.text
     failed = second.json()["00081198"]["Value"]

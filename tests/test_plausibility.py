@@ -36,7 +36,7 @@ LEFT_BCS_N1 = {
 @pytest.fixture(scope="module")
 def lung1_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Job, Path]:
     root = tmp_path_factory.mktemp("lung1")
-    settings = WorkerSettings(storage_dir=root, device="cpu")
+    settings = WorkerSettings.from_env(storage_dir=root, device="cpu")
     files = JobFiles(root)
     store = FileJobStore(files)
     shutil.copytree(LUNG1_CT, files.input_dir("ab1234"))

@@ -29,7 +29,7 @@ def _settings(tmp_path: Path, **changes: Any) -> Settings:
         "dicom_listener": False,
         "storage_min_free_bytes": 1,
     }
-    return Settings(**{**values, **changes})
+    return Settings.from_env(**{**values, **changes})
 
 
 def wait_ready_state(url: str, want: int, timeout: float = 60.0) -> dict[str, Any]:

@@ -39,7 +39,7 @@ N1_LEFT = {
 
 @pytest.fixture(scope="module")
 def review_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    settings = Settings(
+    settings = Settings.from_env(
         api_tokens=TOKENS,
         storage_dir=tmp_path_factory.mktemp("review"),
         dicom_listener=False,
@@ -311,8 +311,8 @@ def test_an_approved_job_goes_out(review_gateway: tuple[str, Any]) -> None:
 def test_without_require_review_nothing_waits(tmp_path: Path) -> None:
     from workers.jobs import FileJobStore, JobFiles
 
-    settings = Settings(storage_dir=tmp_path, dicom_listener=False)
-    assert settings.require_review is False
+    settings = Settings.from_env(storage_dir=tmp_path, dicom_listener=False)
+    assert settings.review.require_review is False
     files = JobFiles(tmp_path)
     from service.orders import OrderStore
 
@@ -330,8 +330,8 @@ def test_a_job_that_needs_attention_waits_for_approval_even_without_review(
     from service.orders import OrderStore
     from workers.jobs import FileJobStore, JobFiles
 
-    settings = Settings(storage_dir=tmp_path, dicom_listener=False)
-    assert settings.require_review is False and settings.hold_needs_attention is True
+    settings = Settings.from_env(storage_dir=tmp_path, dicom_listener=False)
+    assert settings.review.require_review is False and settings.review.hold_needs_attention is True
     files = JobFiles(tmp_path)
     desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, _Idle())
     finding = "the note requires a breast CTV on the left side, but none was found"
@@ -345,7 +345,7 @@ def test_a_job_that_needs_attention_waits_for_approval_even_without_review(
     desk.store.update("ab02", review=Review(status=ReviewStatus.APPROVED, by="alice"))
     assert desk._review_allows(order, desk.store.get("ab02"))
     relaxed = OrderDesk(
-        Settings(storage_dir=tmp_path, dicom_listener=False, hold_needs_attention=False),
+        Settings.from_env(storage_dir=tmp_path, dicom_listener=False, hold_needs_attention=False),
         desk.orders,
         desk.store,
         files,
@@ -364,7 +364,7 @@ def test_retention_keeps_jobs_still_needed_and_a_missing_job_fails_only_its_orde
     from service.retention import RetentionHolds, purge_expired
     from workers.jobs import FileJobStore, JobFiles
 
-    settings = Settings(storage_dir=tmp_path, dicom_listener=False, require_review=True)
+    settings = Settings.from_env(storage_dir=tmp_path, dicom_listener=False, require_review=True)
     files = JobFiles(tmp_path)
     desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, _Idle())
     old = utcnow() - timedelta(hours=500)
@@ -377,7 +377,8 @@ def test_retention_keeps_jobs_still_needed_and_a_missing_job_fails_only_its_orde
     for job in jobs.values():
         desk.store.create(job)
     _order_for(desk, "ee03")  # approved, its send still pending: a live order
-    holds = RetentionHolds(desk.orders, settings.require_review, settings.hold_needs_attention)
+    review = settings.review
+    holds = RetentionHolds(desk.orders, review.require_review, review.hold_needs_attention)
     assert purge_expired(desk.store, files, 168, holds.hold()) == 1
     assert set(desk.store.job_ids()) == {"ee01", "ee03"}, "pending review and live order kept"
 

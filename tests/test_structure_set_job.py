@@ -62,8 +62,8 @@ def _run(tmp_path: Path, record: ClinicalRecord, masks_from: ClinicalRecord) -> 
     for path in written.ct_files:
         shutil.copy(path, files.input_dir("ab12cd") / path.name)
     store.create(Job(job_id="ab12cd", clinical=record.model_dump(mode="json")))
-    settings = Settings(storage_dir=tmp_path / "storage", nodal_check_cc=5.0)
-    run_job("ab12cd", store, files, TruthEngine(case.masks), settings)
+    settings = Settings.from_env(storage_dir=tmp_path / "storage", nodal_check_cc=5.0)
+    run_job("ab12cd", store, files, TruthEngine(case.masks), settings.worker)
     return store.get("ab12cd"), pydicom.dcmread(files.rtstruct("ab12cd"))
 
 

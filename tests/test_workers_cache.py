@@ -26,11 +26,11 @@ from model.network.context import PromptContext, context_key
 from model.network.segmenter import ContourNet
 from model.text.clinical import N_STAGE_PATTERN, T_STAGE_PATTERN
 from model.text.encoders import tiny_llama
-from service.settings import Settings
 from workers.celery_app import check_limits
 from workers.cli import worker_queues
 from workers.embedding_cache import RedisContextCache
 from workers.redis_store import connect
+from workers.settings import WorkerSettings
 from workers.warm import N_STAGES, T_STAGES, template_notes, warm
 
 NOTE = "N1, cT2, breast conserving surgery, left side"
@@ -155,12 +155,14 @@ def test_template_note_counts_and_stage_lists_match_the_contract() -> None:
 def test_unsafe_worker_settings_are_refused() -> None:
     url = "redis://127.0.0.1:1/0"
     with pytest.raises(ConfigurationError, match="visibility_timeout"):
-        check_limits(Settings(redis_url=url, visibility_timeout=60, task_hard_time_limit=900))
+        check_limits(
+            WorkerSettings.from_env(redis_url=url, visibility_timeout=60, task_hard_time_limit=900)
+        )
     with pytest.raises(ConfigurationError):
-        check_limits(Settings(redis_url=None))
-    check_limits(Settings(redis_url=url))
-    cache_only = Settings(redis_url=url, worker_text_encoder=False)
+        check_limits(WorkerSettings.from_env(redis_url=None))
+    check_limits(WorkerSettings.from_env(redis_url=url))
+    cache_only = WorkerSettings.from_env(redis_url=url, worker_text_encoder=False)
     assert worker_queues(cache_only, None) == ["contour"]
-    assert worker_queues(Settings(redis_url=url), None) == ["contour", "text"]
+    assert worker_queues(WorkerSettings.from_env(redis_url=url), None) == ["contour", "text"]
     with pytest.raises(ConfigurationError, match="text"):
         worker_queues(cache_only, "contour,text")

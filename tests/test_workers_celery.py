@@ -64,7 +64,7 @@ class Deployment:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("celery")
     with running_redis(root / "redis", persistent=True) as server:
-        settings = Settings(
+        settings = Settings.from_env(
             redis_url=server.url,
             api_tokens=[TOKEN],
             storage_dir=root / "store",

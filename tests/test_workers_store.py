@@ -30,6 +30,7 @@ from workers.jobs import Job, JobFiles, JobStatus, new_job_id, utcnow
 from workers.pipeline import _progress_writer
 from workers.redis_store import RedisJobStore, connect
 from workers.runtime import fail_unfinished
+from workers.settings import WorkerSettings
 
 pytestmark = needs_redis
 
@@ -177,7 +178,7 @@ def test_gateway_in_celery_mode_keeps_records_in_redis_and_purges_them(
     """LLMCTV_REDIS_URL set: records in Redis, retention runs at start-up, /health answers."""
     expired = _job(status=JobStatus.SUCCEEDED, created_at=utcnow() - timedelta(hours=9))
     store.create(expired)
-    settings = Settings(
+    settings = Settings.from_env(
         redis_url=redis_server.url,
         api_tokens=[TOKEN],
         storage_dir=tmp_path,
@@ -205,7 +206,7 @@ def test_health_answers_at_once_while_redis_hangs(tmp_path: Path) -> None:
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen(8)
         url = f"redis://127.0.0.1:{black_hole.getsockname()[1]}/0"
-        settings = Settings(redis_url=url, storage_dir=tmp_path)
+        settings = WorkerSettings.from_env(redis_url=url, storage_dir=tmp_path)
         hanging = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         dispatcher = CeleryDispatcher(settings, create_celery_app(settings), hanging)
         t0 = time.perf_counter()
@@ -218,7 +219,7 @@ def test_health_answers_at_once_while_redis_hangs(tmp_path: Path) -> None:
 
 def test_submit_without_a_broker_is_service_unavailable(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    settings = Settings(redis_url=url, storage_dir=tmp_path)
+    settings = WorkerSettings.from_env(redis_url=url, storage_dir=tmp_path)
     dispatcher = CeleryDispatcher(settings, create_celery_app(settings), connect(url))
     with pytest.raises(ServiceUnavailableError):
         dispatcher.submit(new_job_id())
@@ -238,7 +239,7 @@ def test_a_job_past_the_hard_time_limit_fails_with_job_timeout(store: RedisJobSt
 def test_worker_health_check_needs_a_loaded_model_and_a_heartbeat(
     redis_server: RedisServer, store: RedisJobStore
 ) -> None:
-    settings = Settings(redis_url=redis_server.url)
+    settings = WorkerSettings.from_env(redis_url=redis_server.url)
     node = "llmctv-text@host-a"
     assert check_worker(settings, node) == 1, "no worker yet"
     loaded = WorkerFacts(node=node, pid=7, queues=["contour", "text"], text_encoder=True)

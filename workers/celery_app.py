@@ -39,51 +39,53 @@ def check_limits(settings: WorkerSettings) -> None:
         Unless ``0 < task_soft_time_limit < task_hard_time_limit < visibility_timeout``, or
         when ``redis_url`` is not set.
     """
-    if not settings.redis_url:
+    jobs = settings.jobs
+    if not jobs.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set; Celery workers need Redis")
-    soft, hard = settings.task_soft_time_limit, settings.task_hard_time_limit
-    if not 0 < soft < hard < settings.visibility_timeout:
+    soft, hard = jobs.task_soft_time_limit, jobs.task_hard_time_limit
+    if not 0 < soft < hard < jobs.visibility_timeout:
         raise ConfigurationError(
             "need 0 < task_soft_time_limit < task_hard_time_limit < visibility_timeout, got "
-            f"{soft:g} s, {hard:g} s, {settings.visibility_timeout:g} s"
+            f"{soft:g} s, {hard:g} s, {jobs.visibility_timeout:g} s"
         )
-    if not 0 < settings.job_stall_timeout < settings.visibility_timeout:
+    if not 0 < jobs.job_stall_timeout < jobs.visibility_timeout:
         raise ConfigurationError(
             "need 0 < job_stall_timeout < visibility_timeout (a re-delivered job must find its "
-            f"lease expired), got {settings.job_stall_timeout:g} s, "
-            f"{settings.visibility_timeout:g} s"
+            f"lease expired), got {jobs.job_stall_timeout:g} s, "
+            f"{jobs.visibility_timeout:g} s"
         )
-    if settings.unacked_restore_interval <= 0:
+    if jobs.unacked_restore_interval <= 0:
         raise ConfigurationError("unacked_restore_interval must be positive")
-    if settings.worker_queue == settings.text_queue:
+    if jobs.worker_queue == jobs.text_queue:
         raise ConfigurationError("worker_queue and text_queue must differ")
 
 
 def create_celery_app(settings: WorkerSettings) -> Celery:
     """A configured Celery application for ``settings`` (connects to nothing yet)."""
     check_limits(settings)
-    app = Celery("llmctv", broker=settings.redis_url, backend=settings.redis_url)
+    jobs = settings.jobs
+    app = Celery("llmctv", broker=jobs.redis_url, backend=jobs.redis_url)
     transport = {
-        "visibility_timeout": settings.visibility_timeout,
-        "unacked_restore_interval": settings.unacked_restore_interval,
+        "visibility_timeout": jobs.visibility_timeout,
+        "unacked_restore_interval": jobs.unacked_restore_interval,
         "unacked_restore_throttle": 1,
     }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=settings.task_soft_time_limit,
-        task_time_limit=settings.task_hard_time_limit,
+        task_soft_time_limit=jobs.task_soft_time_limit,
+        task_time_limit=jobs.task_hard_time_limit,
         broker_transport_options=transport,
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": jobs.visibility_timeout},
         broker_connection_retry_on_startup=True,
-        task_default_queue=settings.worker_queue,
+        task_default_queue=jobs.worker_queue,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        result_expires=timedelta(hours=settings.job_retention_hours),
-        worker_proc_alive_timeout=settings.worker_start_timeout,
+        result_expires=timedelta(hours=settings.storage.job_retention_hours),
+        worker_proc_alive_timeout=jobs.worker_start_timeout,
         worker_send_task_events=False,
         task_send_sent_event=False,
     )

@@ -82,7 +82,7 @@ class CeleryDispatcher:
             The broker cannot be reached.
         """
         try:
-            send_to_queue(self.app, job_id, self.settings.worker_queue)
+            send_to_queue(self.app, job_id, self.settings.jobs.worker_queue)
         except (OperationalError, redis.RedisError) as exc:
             raise ServiceUnavailableError(f"the job queue cannot be reached: {exc}") from exc
 
@@ -100,7 +100,7 @@ class CeleryDispatcher:
 
     def gather(self) -> dict[str, object]:
         """Read the facts from Redis now (blocking; used by the background thread)."""
-        queues = (self.settings.worker_queue, self.settings.text_queue)
+        queues = (self.settings.jobs.worker_queue, self.settings.jobs.text_queue)
         with self.client.pipeline(transaction=False) as pipe:
             for name in queues:
                 pipe.llen(name)
@@ -116,7 +116,7 @@ class CeleryDispatcher:
             "workers_with_text_encoder": sum(1 for w in workers if w.get("text_encoder")),
             "stalled_jobs": len(stalls),
             "longest_stall_s": round(max((s.stalled_s for s in stalls), default=0.0), 1),
-            "job_stall_timeout_s": self.settings.job_stall_timeout,
+            "job_stall_timeout_s": self.settings.jobs.job_stall_timeout,
             "checked_at": now.isoformat(timespec="seconds"),
         }
 
@@ -143,13 +143,13 @@ def celery_backend(
     ``files`` (CT input, RTSTRUCT output) stay in the storage folder shared with the workers;
     only the records move to Redis.
     """
-    client = connect(settings.redis_url or "")
+    client = connect(settings.jobs.redis_url or "")
     app = create_celery_app(settings)
-    log.info("jobs go to Celery queue %r under %s", settings.worker_queue, files.root)
+    log.info("jobs go to Celery queue %r under %s", settings.jobs.worker_queue, files.root)
     store = RedisJobStore(client)
     watchdog = LeaseWatchdog(
         store,
-        lambda job_id: send_to_queue(app, job_id, settings.worker_queue),
+        lambda job_id: send_to_queue(app, job_id, settings.jobs.worker_queue),
         RedisMetrics(client),
     )
     return store, CeleryDispatcher(settings, app, client, watchdog=watchdog)

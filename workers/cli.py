@@ -34,9 +34,11 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...]) -> WorkerSetting
 
 def worker_settings(args: argparse.Namespace) -> WorkerSettings:
     """Process settings with the command-line options applied."""
+    from model.settings import with_overrides
+
     settings = _settings(args, SETTING_OPTIONS)
     if args.no_text_encoder:
-        settings = settings.model_copy(update={"worker_text_encoder": False})
+        settings = with_overrides(settings, {"worker_text_encoder": False})
     return settings
 
 
@@ -49,15 +51,16 @@ def worker_queues(settings: WorkerSettings, requested: str | None) -> list[str]:
         A worker without the text encoder asked to consume the text queue (it would hand
         uncached notes back to itself forever).
     """
+    jobs = settings.jobs
     if requested:
         queues = [q.strip() for q in requested.split(",") if q.strip()]
-    elif settings.worker_text_encoder:
-        queues = [settings.worker_queue, settings.text_queue]
+    elif jobs.worker_text_encoder:
+        queues = [jobs.worker_queue, jobs.text_queue]
     else:
-        queues = [settings.worker_queue]
-    if not settings.worker_text_encoder and settings.text_queue in queues:
+        queues = [jobs.worker_queue]
+    if not jobs.worker_text_encoder and jobs.text_queue in queues:
         raise ConfigurationError(
-            f"a worker without the text encoder cannot consume the {settings.text_queue!r} queue"
+            f"a worker without the text encoder cannot consume the {jobs.text_queue!r} queue"
         )
     return queues
 
@@ -72,7 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.tasks import register_tasks
 
     settings = worker_settings(args)
-    node = host_format(args.node or runtime.default_node(settings.worker_text_encoder))
+    node = host_format(args.node or runtime.default_node(settings.jobs.worker_text_encoder))
     if args.check:
         return check_worker(settings, node)
     try:  # the model (or, cache-only, the embedding cache) is checked before the pool starts
@@ -105,9 +108,9 @@ def check_worker(settings: WorkerSettings, node: str) -> int:
     from workers.facts import read_all
     from workers.redis_store import connect
 
-    if not settings.redis_url:
+    if not settings.jobs.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set")
-    found = [f for f in read_all(connect(settings.redis_url)) if f.get("node") == node]
+    found = [f for f in read_all(connect(settings.jobs.redis_url)) if f.get("node") == node]
     healthy = bool(found) and all(f.get("model_error") is None for f in found)
     print(f"{node}: {'ok' if healthy else 'not ready'} ({len(found)} pool process(es))")
     return 0 if healthy else 1
@@ -148,9 +151,9 @@ def cmd_embed_cache(args: argparse.Namespace) -> int:
     settings = _settings(args, ("redis_url", "checkpoint"))
     if args.action == "warm":
         return _warm(settings, args)
-    if not settings.redis_url:
+    if not settings.jobs.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set; the shared cache lives in Redis")
-    cache = RedisContextCache(connect(settings.redis_url))
+    cache = RedisContextCache(connect(settings.jobs.redis_url))
     if args.action == "clear":
         print(f"removed {cache.clear()} cached embeddings")
         return 0

@@ -101,7 +101,7 @@ class EmbeddedDispatcher:
         if self._thread is not None:
             self._stopping.set()
             self._queue.put(_STOP)
-            self._thread.join(timeout=self.settings.worker_stop_timeout)
+            self._thread.join(timeout=self.settings.jobs.worker_stop_timeout)
             if self._thread.is_alive():
                 log.warning("the worker thread did not stop in time; its job runs again later")
             self._thread = None
@@ -122,7 +122,7 @@ class EmbeddedDispatcher:
             "running_job": self._running is not None,
             "running_job_age_s": None if since is None else round(now - since, 1),
             "last_progress_age_s": None if progress is None else round(now - progress, 1),
-            "job_time_limit_s": self.settings.task_soft_time_limit,
+            "job_time_limit_s": self.settings.jobs.task_soft_time_limit,
             "model_error": self._engine_error.code if self._engine_error is not None else None,
             **self._cache_counts(),
         }

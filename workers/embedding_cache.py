@@ -95,8 +95,8 @@ class RedisContextCache:
 
 def context_cache_for(settings: WorkerSettings) -> ContextStore:
     """The Redis cache when ``redis_url`` is set, else an in-process LRU."""
-    if not settings.redis_url:
+    if not settings.jobs.redis_url:
         return ContextCache()
     from workers.redis_store import connect
 
-    return RedisContextCache(connect(settings.redis_url))
+    return RedisContextCache(connect(settings.jobs.redis_url))

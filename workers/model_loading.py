@@ -33,7 +33,7 @@ def checkpoint_folder(settings: WorkerSettings) -> Path:
     ModelNotFoundError
         The folder holds no ``model.safetensors``.
     """
-    folder = settings.checkpoint or DEMO_CHECKPOINT
+    folder = settings.model.checkpoint or DEMO_CHECKPOINT
     if not (Path(folder) / "model.safetensors").is_file():
         raise ModelNotFoundError(f"no checkpoint (model.safetensors) in {folder}")
     return Path(folder)
@@ -52,10 +52,10 @@ def load_predictor(
 
     return Predictor.from_checkpoint(
         checkpoint_folder(settings),
-        text_encoder=settings.text_encoder,
-        device=device or settings.device,
-        overlap=settings.overlap,
-        sw_batch_size=settings.sw_batch_size,
+        text_encoder=settings.model.text_encoder,
+        device=device or settings.model.device,
+        overlap=settings.contouring.overlap,
+        sw_batch_size=settings.contouring.sw_batch_size,
         cache=cache,
         with_text_encoder=with_text_encoder,
     )

@@ -148,11 +148,11 @@ def run_job(
     ``should_stop`` returning true (a graceful shutdown) stops it there too and queues it
     again, and that does not count as an attempt.
     """
-    job = store.claim(job_id, lease_s=settings.job_stall_timeout)
+    job = store.claim(job_id, lease_s=settings.jobs.job_stall_timeout)
     if job is None:
         log.info("job %s is finished or held by another worker; nothing to do", job_id)
         return
-    if job.attempts > settings.job_max_attempts:
+    if job.attempts > settings.jobs.job_max_attempts:
         fail_job(
             store,
             job_id,
@@ -164,10 +164,10 @@ def run_job(
     control = JobControl(
         store,
         job_id,
-        settings.task_soft_time_limit,
+        settings.jobs.task_soft_time_limit,
         should_stop,
         attempt=job.attempts,
-        lease_s=settings.job_stall_timeout,
+        lease_s=settings.jobs.job_stall_timeout,
     )
     try:
         _execute(
@@ -229,7 +229,7 @@ def _execute(
     result = contour_structure_set(
         engine,
         StructureSetRequest(files.input_dir(job_id), clinical, series_uid),
-        settings.contouring_policy(),
+        settings.contouring.contouring_policy(),
         StructureSetFiles(files.rtstruct(job_id), files.preview(job_id)),
         _progress_writer(store, job_id, 0.0, 1.0, control),
     )

@@ -108,10 +108,10 @@ def load_and_check(settings: WorkerSettings) -> None:
     try:
         from workers.model_loading import load_predictor
 
-        load_predictor(settings, device="cpu", with_text_encoder=settings.worker_text_encoder)
+        load_predictor(settings, device="cpu", with_text_encoder=settings.jobs.worker_text_encoder)
     except ImportError as exc:
         raise _missing_package(exc) from exc
-    if not settings.worker_text_encoder:
+    if not settings.jobs.worker_text_encoder:
         _check_embedding_cache(settings)
 
 
@@ -122,7 +122,7 @@ def _check_embedding_cache(settings: WorkerSettings) -> None:
     from workers.redis_store import connect
 
     try:
-        client = connect(settings.redis_url or "")
+        client = connect(settings.jobs.redis_url or "")
         _, keys = client.scan(0, match=PREFIX + "*", count=1000)
     except redis.RedisError as exc:
         detail = f"the embedding cache (Redis) cannot be reached: {exc}"

@@ -57,14 +57,14 @@ def default_node(text_encoder: bool) -> str:
 
 def observed_store(settings: WorkerSettings, client: redis.Redis, node: str) -> ObservedJobStore:
     """Job records in Redis; starts and ends audited and counted (``llmctv:metrics``)."""
-    audit = AuditLog.from_settings(settings)
+    audit = AuditLog.from_settings(settings.storage)
     actor = f"worker:{node}"  # also the holder of its claims (see holder())
     return ObservedJobStore(RedisJobStore(client), audit, RedisMetrics(client), actor)
 
 
 def build_engine(settings: WorkerSettings, cache: RedisContextCache) -> ContourEngine:
     """The worker's model: on the GPU when there is one; without the LLM when so configured."""
-    return load_engine(settings, cache, with_text_encoder=settings.worker_text_encoder)
+    return load_engine(settings, cache, with_text_encoder=settings.jobs.worker_text_encoder)
 
 
 class WorkerRuntime:
@@ -75,7 +75,7 @@ class WorkerRuntime:
         self.settings = options.settings
         self.client = client
         self.store = observed_store(self.settings, client, options.node)
-        self.files = JobFiles(self.settings.storage_dir)
+        self.files = JobFiles(self.settings.storage.storage_dir)
         self.cache = RedisContextCache(client)
         self.engine: ContourEngine | None = None
         self.error: LlmctvError | None = None
@@ -84,7 +84,7 @@ class WorkerRuntime:
             node=options.node,
             pid=os.getpid(),
             queues=list(options.queues),
-            text_encoder=self.settings.worker_text_encoder,
+            text_encoder=self.settings.jobs.worker_text_encoder,
         )
 
     def load(self) -> None:
@@ -103,7 +103,7 @@ class WorkerRuntime:
             "model loaded on %s (checkpoint %s, text encoder %s)",
             self.facts.device,
             self.facts.checkpoint,
-            "loaded" if self.settings.worker_text_encoder else "off",
+            "loaded" if self.settings.jobs.worker_text_encoder else "off",
         )
 
     def current_facts(self) -> facts.WorkerFacts:
@@ -141,7 +141,7 @@ class WorkerRuntime:
     def _requeue_after_outage(self, job_id: str, requeue: Reroute, exc: Exception) -> str:
         """Wait for Redis (up to the soft time limit), then queue the job again."""
         log.warning("job %s interrupted: Redis unreachable (%s); waiting for it", job_id, exc)
-        deadline = time.monotonic() + self.settings.task_soft_time_limit
+        deadline = time.monotonic() + self.settings.jobs.task_soft_time_limit
         while True:
             try:
                 self.store.update(job_id, status=JobStatus.QUEUED, lease_until=None, progress=0.0)
@@ -170,7 +170,9 @@ class WorkerRuntime:
             )
         except ContextNotCachedError:
             reroute(job_id)
-            log.info("job %s: note not cached; sent to queue %r", job_id, self.settings.text_queue)
+            log.info(
+                "job %s: note not cached; sent to queue %r", job_id, self.settings.jobs.text_queue
+            )
             return JobStatus.QUEUED.value
         return self.store.get(job_id).status.value
 
@@ -235,7 +237,7 @@ def parent_store() -> ObservedJobStore:
     """A job store for the main process (hard time limits are handled there)."""
     if _Process.parent_store is None:
         opts = options()
-        client = connect(opts.settings.redis_url or "")
+        client = connect(opts.settings.jobs.redis_url or "")
         _Process.parent_store = observed_store(opts.settings, client, opts.node)
     return _Process.parent_store
 
@@ -243,7 +245,7 @@ def parent_store() -> ObservedJobStore:
 def on_process_init(**_: Any) -> None:
     """``worker_process_init``: load the model, publish facts, start the heartbeat."""
     opts = options()
-    runtime = WorkerRuntime(opts, connect(opts.settings.redis_url or ""))
+    runtime = WorkerRuntime(opts, connect(opts.settings.jobs.redis_url or ""))
     runtime.load()
     _Process.runtime = runtime
     try:

@@ -1,6 +1,8 @@
-"""Settings of job execution: storage, sliding windows, RTSTRUCT naming, Celery on Redis.
+"""Settings of job execution: contouring, how jobs run (Redis, Celery, limits), storage.
 
-Environment variables ``LLMCTV_*``; described in ``deploy/llmctv.env.example``.
+Environment variables ``LLMCTV_*``; described in ``deploy/llmctv.env.example``. A worker
+process reads :class:`WorkerSettings`, four sections: ``contouring``, ``jobs``, ``storage`` and
+``model`` (:class:`model.settings.ModelSettings`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.contouring.naming import naming_map
 from model.contouring.structure_set import ContouringPolicy
 from model.dicom.ingest_policy import IngestPolicy
-from model.settings import CommaList, ModelSettings, load_settings, split_commas
+from model.settings import CommaList, ModelSettings, Sections, load_settings, split_commas
 
 
 class StorageSettings(BaseSettings):
@@ -30,8 +32,10 @@ class StorageSettings(BaseSettings):
     audit_max_bytes: int = 20_000_000
 
 
-class WorkerSettings(ModelSettings, StorageSettings):
-    """What a worker (embedded or Celery) reads to run jobs."""
+class ContouringSettings(BaseSettings):
+    """What a site decides about contouring: sliding windows, ROI names, checks, CT limits."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMCTV_", extra="ignore")
 
     overlap: float = 0.25
     sw_batch_size: int = 2
@@ -54,23 +58,6 @@ class WorkerSettings(ModelSettings, StorageSettings):
     ingest_max_windows: int = 2000
     # Refuse prone series (PatientPosition HFP/FFP: not trained on) instead of a warning.
     ingest_refuse_untrained_positions: bool = False
-    # Attempts (claims) of one job before it ends failed, like a dead letter.
-    job_max_attempts: int = 3
-    # Seconds the embedded worker may take to stop on shutdown (the job is re-queued).
-    worker_stop_timeout: float = 5.0
-
-    redis_url: str | None = None
-    worker_text_encoder: bool = True
-    task_soft_time_limit: float = 600.0
-    task_hard_time_limit: float = 900.0
-    visibility_timeout: float = 3600.0
-    unacked_restore_interval: float = 10.0
-    worker_queue: str = "contour"
-    text_queue: str = "text"
-    worker_start_timeout: float = 600.0
-    # Seconds a running job may go without progress before its lease expires; the gateway's
-    # lease watchdog then reports it stalled and has it claimed again (workers.lease_watchdog).
-    job_stall_timeout: float = 300.0
 
     @field_validator("roi_names", mode="before")
     @classmethod
@@ -106,6 +93,38 @@ class WorkerSettings(ModelSettings, StorageSettings):
             removed_warning_cc=self.removed_warning_cc,
             confidence_flag_below=self.confidence_flag_below,
         )
+
+
+class JobSettings(BaseSettings):
+    """How jobs run: Celery on Redis or the embedded worker, queues, time limits, attempts."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMCTV_", extra="ignore")
+
+    redis_url: str | None = None
+    worker_text_encoder: bool = True
+    task_soft_time_limit: float = 600.0
+    task_hard_time_limit: float = 900.0
+    visibility_timeout: float = 3600.0
+    unacked_restore_interval: float = 10.0
+    worker_queue: str = "contour"
+    text_queue: str = "text"
+    worker_start_timeout: float = 600.0
+    # Seconds a running job may go without progress before its lease expires; the gateway's
+    # lease watchdog then reports it stalled and has it claimed again (workers.lease_watchdog).
+    job_stall_timeout: float = 300.0
+    # Attempts (claims) of one job before it ends failed, like a dead letter.
+    job_max_attempts: int = 3
+    # Seconds the embedded worker may take to stop on shutdown (the job is re-queued).
+    worker_stop_timeout: float = 5.0
+
+
+class WorkerSettings(Sections):
+    """What a worker (embedded or Celery) reads to run jobs."""
+
+    contouring: ContouringSettings = Field(default_factory=ContouringSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
 
 def get_settings() -> WorkerSettings:

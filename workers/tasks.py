@@ -41,7 +41,7 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=TASK_NAME, bind=True, base=ContourTask)  # type: ignore[untyped-decorator]
     def contour(task: Task, job_id: str) -> str:
         worker = runtime.current()
-        text_queue, own_queue = worker.settings.text_queue, worker.settings.worker_queue
+        text_queue, own_queue = worker.settings.jobs.text_queue, worker.settings.jobs.worker_queue
         return worker.run(
             job_id,
             reroute=lambda jid: send_to_queue(task.app, jid, text_queue),

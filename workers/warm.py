@@ -109,9 +109,9 @@ def warm(
 
 def load_for_warming(settings: WorkerSettings) -> tuple[Predictor, RedisContextCache]:
     """The checkpoint with its text encoder, and the Redis cache of ``settings``."""
-    if not settings.redis_url:
+    if not settings.jobs.redis_url:
         raise ConfigurationError("LLMCTV_REDIS_URL is not set; the shared cache lives in Redis")
-    cache = RedisContextCache(connect(settings.redis_url))
+    cache = RedisContextCache(connect(settings.jobs.redis_url))
     predictor = load_predictor(settings, cache=cache)
     return predictor, cache
 

@@ -36,7 +36,6 @@ from model.errors import (
     LlmctvError,
     UnreadableDicomError,
 )
-from service.audit import DICOM_EVENTS
 from service.dicomnet.admission import (
     MAX_PENDING_TOTAL,
     Admission,
@@ -55,6 +54,7 @@ from service.dicomnet.errors import (
     ModalityMismatchError,
     SopClassMismatchError,
 )
+from service.dicomnet.events import DicomEvents
 from service.dicomnet.pdu_stream import GuardedSocket, PduLimits
 from service.dicomnet.settings import DicomSettings
 from service.dicomnet.storage import (
@@ -63,6 +63,7 @@ from service.dicomnet.storage import (
     store_instance,
 )
 from service.dicomnet.store_request import describe_store
+from workers.settings import StorageSettings
 from workers.storage_space import StorageWatermark
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,9 @@ class DicomListener:
     watermark
         When the storage counts as full; then new associations are rejected (transient,
         temporary congestion). ``None``: never checked.
+    events
+        Where accepted and rejected associations and quarantined instances are reported
+        (default: nowhere but counters in memory).
 
     Raises
     ------
@@ -205,6 +209,7 @@ class DicomListener:
         admission: AdmissionLimits | None = None,
         pdu_limits: PduLimits | None = None,
         watermark: StorageWatermark | None = None,
+        events: DicomEvents | None = None,
     ) -> None:
         self._ae_title = check_ae_title(ae_title, "dicom_ae_title").strip()
         self._allowed = tuple(
@@ -222,14 +227,22 @@ class DicomListener:
         self._admission = Admission(limits, pdu_limits or PduLimits())
         self._assembler = SeriesAssembler(series_timeout_s, on_complete)
         self._watermark = watermark
+        self._events = events if events is not None else DicomEvents()
         self._server: GuardedAssociationServer | None = None
         self._ae: AE | None = None
 
     @classmethod
-    def from_settings(cls, settings: DicomSettings, on_complete: OnComplete) -> DicomListener:
-        """A listener configured by the ``dicom_*`` settings.
+    def from_settings(
+        cls,
+        settings: DicomSettings,
+        storage: StorageSettings,
+        on_complete: OnComplete,
+        events: DicomEvents | None = None,
+    ) -> DicomListener:
+        """A listener configured by the ``dicom_*`` settings, reporting to ``events``.
 
-        Instances are stored under ``<storage_dir>/dicom/received``.
+        Instances are stored under ``<storage_dir>/dicom/received``; the storage settings'
+        watermark refuses associations while the disk is full.
         """
         return cls(
             ae_title=settings.dicom_ae_title,
@@ -237,7 +250,7 @@ class DicomListener:
             port=settings.dicom_port,
             allowed_aets=settings.dicom_allowed_aets,
             transfer_syntaxes=settings.dicom_transfer_syntaxes,
-            storage_root=settings.storage_dir / "dicom" / "received",
+            storage_root=storage.storage_dir / "dicom" / "received",
             series_timeout_s=settings.dicom_series_timeout_s,
             on_complete=on_complete,
             admission=AdmissionLimits(
@@ -251,7 +264,8 @@ class DicomListener:
                 artim_timeout_s=settings.dicom_artim_timeout_s,
                 pdu_timeout_s=NETWORK_TIMEOUT_S,
             ),
-            watermark=StorageWatermark.from_settings(settings),
+            watermark=StorageWatermark.from_settings(storage),
+            events=events,
         )
 
     # --- properties -----------------------------------------------------------------------------
@@ -404,7 +418,7 @@ class DicomListener:
     def _handle_accepted(self, event: Event) -> None:
         logger.info("association accepted from %s", _peer(event))
         requestor = event.assoc.requestor
-        DICOM_EVENTS.association_accepted(str(requestor.ae_title), str(requestor.address))
+        self._events.association_accepted(str(requestor.ae_title), str(requestor.address))
 
     def _handle_requested(self, event: Event) -> None:
         """A-ASSOCIATE-RQ decoded: check the calling AE and give the association a slot.
@@ -430,7 +444,7 @@ class DicomListener:
         peer = f"{printable(calling)}@{assoc.requestor.address}:{assoc.requestor.port}"
         logger.warning("association rejected from %s: %s", peer, reason)
         code = _REJECTION_CODES[rsd]
-        DICOM_EVENTS.association_rejected(calling, str(assoc.requestor.address), code)
+        self._events.association_rejected(calling, str(assoc.requestor.address), code)
         assoc.acse.send_reject(*rsd)
         assoc.kill()
 
@@ -444,7 +458,7 @@ class DicomListener:
             reason = "refused by the DICOM library (see its log)"
         logger.warning("association rejected from %s: %s", _peer(event), reason)
         code = "called_ae_mismatch" if called != self._ae_title else "refused_by_library"
-        DICOM_EVENTS.association_rejected(str(requestor.ae_title), str(requestor.address), code)
+        self._events.association_rejected(str(requestor.ae_title), str(requestor.address), code)
 
     def _handle_store(self, event: Event) -> int:
         """Store one instance; every failure becomes a C-STORE status here and only here."""
@@ -457,7 +471,7 @@ class DicomListener:
                 self._note_refusal(exc)
             if isinstance(exc, IdentityConflictError):
                 request = cast(C_STORE, event.request)
-                DICOM_EVENTS.quarantined(_peer(event), str(request.AffectedSOPInstanceUID))
+                self._events.quarantined(_peer(event), str(request.AffectedSOPInstanceUID))
             return status
         except Exception as exc:  # thread boundary: never let pynetdicom see a crash
             status = status_for_error(exc)

@@ -1,18 +1,21 @@
 """Settings of DICOM networking: the listener, allowed peers, destinations, retries.
 
-Environment variables ``LLMCTV_DICOM_*``; list settings are comma-separated.
+Environment variables ``LLMCTV_DICOM_*``; list settings are comma-separated. Where received
+instances are stored is the storage section's (:class:`workers.settings.StorageSettings`).
 """
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.settings import CommaList, load_settings, split_commas
-from workers.settings import StorageSettings
 
 
-class DicomSettings(StorageSettings):
+class DicomSettings(BaseSettings):
     """The DICOM listener (C-ECHO, C-STORE SCP) and the C-STORE sender."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMCTV_", extra="ignore")
 
     dicom_listener: bool = True
     dicom_host: str = "127.0.0.1"

@@ -1,29 +1,28 @@
 """The review station: browser pages under ``/ui/`` (worklist, review page, decision).
 
-:func:`install` adds the routes, the session store and the two error mappings of the pages
-(no session: back to the login form; a POST without its CSRF token: 403).
+Modules: :mod:`~service.ui.routes` (the pages and their data), :mod:`~service.ui.pages`
+(HTML), :mod:`~service.ui.cookies` (the session cookie and CSRF), ``static/`` (script and
+style sheet). What the pages keep between requests (sessions, loaded CT series, parsed
+structures) is :mod:`service.review_station`, built by the composition root. :func:`install`
+adds the routes and the two error mappings of the pages (no session: back to the login form;
+a POST without its CSRF token: 403).
 """
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from starlette.responses import Response
 
 from service.problems import problem
-from service.settings import Settings
-from service.ui.routes import ReviewStation, router
-from service.ui.session import CsrfError, LoginRequiredError, SessionStore
+from service.ui.cookies import CsrfError, LoginRequiredError
+from service.ui.routes import router
 
 __all__ = ["install"]
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI) -> None:
     """Serve the review station from ``app``."""
-    sessions = SessionStore(timedelta(hours=settings.ui_session_hours))
-    app.state.llmctv_ui = ReviewStation(sessions)
     app.include_router(router)
 
     @app.exception_handler(LoginRequiredError)

@@ -2,49 +2,42 @@
 
 Every route but the login form and the static assets needs a live session (or a Bearer
 token); pages without one redirect to ``/ui/login``, data endpoints answer 401. POSTs from
-pages need the session's CSRF token. Unknown jobs give a 404 page, never a stack trace.
+pages need the session's CSRF token. Unknown jobs give a 404 page, never a stack trace. What
+the pages keep between requests is the application's
+:class:`~service.review_station.state.ReviewStation` (``StationDep``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import pydicom
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
-from pydicom.errors import InvalidDicomError
 from starlette.responses import Response
 
-from model.errors import LlmctvError
 from model.text.clinical import parse_clinical
-from service.api import JobView, ServiceState
+from service.api import JobView
 from service.api_review import (
     CounterfactualRequest,
     ReviewRequest,
-    audit_of,
     decide,
-    poke_desk,
     start_counterfactual,
 )
 from service.auth import Identity, Role, identify
+from service.deps import AuditDep, DeskDep, ServiceState, StateDep, StationDep
 from service.errors import ForbiddenError, JobNotFinishedError
-from service.settings import Settings
+from service.orders import Order
+from service.review_station.state import ReviewStation
 from service.ui import pages
-from service.ui.overlays import StructureView, structure_view
-from service.ui.session import (
-    SessionStore,
+from service.ui.cookies import (
     check_csrf,
     clear_cookie,
     current_session,
     request_identity,
     set_cookie,
 )
-from service.ui.slices import CtCache, CtView, load_ct_view
 from workers.audit import AuditKind
 from workers.errors import JobNotFoundError
 from workers.job_events import ACTOR
@@ -54,7 +47,6 @@ from workers.review import ReviewStatus
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
 STATIC = Path(__file__).resolve().parent / "static"
-_PATIENT_TAGS = ["PatientName", "PatientID"]
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -67,104 +59,6 @@ SECURITY_HEADERS = {
 }
 
 
-class ReviewStation:
-    """What the pages keep between requests: sessions, loaded CT series, parsed structures."""
-
-    def __init__(self, sessions: SessionStore, ct_cache_size: int = 3) -> None:
-        self.sessions = sessions
-        self.ct_cache_size = ct_cache_size
-        self.ct = CtCache(ct_cache_size)
-        self._structures: OrderedDict[tuple[str, int], StructureView] = OrderedDict()
-        self._building: dict[str, threading.Lock] = {}
-        self._patients: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def patient_of(self, service: ServiceState, job: Job) -> str:
-        """``NAME (ID)`` from one stored CT slice of the job (cached), or ``""``."""
-        if job.job_id not in self._patients:
-            self._patients[job.job_id] = _patient_line(service.files.input_dir(job.job_id))
-        return self._patients[job.job_id]
-
-    def forget(self) -> None:
-        """Drop every loaded series and structure set (memory pressure; timing tests)."""
-        with self._lock:
-            self.ct = CtCache(self.ct_cache_size)
-            self._structures.clear()
-
-    def ct_view(self, service: ServiceState, job: Job) -> CtView:
-        """The job's CT (cached per job, see :meth:`_ct_loader`)."""
-        return self.ct.get(*self._ct_loader(service, job))
-
-    def prefetch(self, service: ServiceState, job: Job) -> None:
-        """Load the job's CT and structures in a thread (its page is on its way)."""
-
-        def load() -> None:
-            try:
-                self.structures(service, job)
-            except (LlmctvError, OSError, ValueError):
-                return  # the page's own requests report it
-
-        threading.Thread(target=load, name="llmctv-ui-prefetch", daemon=True).start()
-
-    def _ct_loader(self, service: ServiceState, job: Job) -> tuple[str, Callable[[], CtView]]:
-        """The cache key and loader of the job's CT: keyed by the job's own stored input.
-
-        Never by SeriesInstanceUID: two patients' series can share one (a reused or forged
-        UID), and a superseded partial series shares it with the full one. Each job holds
-        the files it was accepted with, so the job id names exactly one patient's CT; a
-        counterfactual holds hard links to its original's files and shares its entry.
-        """
-        folder = service.files.input_dir(job.job_id)
-        owner = job.counterfactual_of or job.job_id
-        return f"job:{owner}", lambda: load_ct_view(folder, job.series_instance_uid)
-
-    def structures(self, service: ServiceState, job: Job) -> StructureView:
-        """The ROIs of a succeeded job on its CT (re-read when the file is replaced)."""
-        path = service.files.rtstruct(job.job_id)
-        try:
-            key = (job.job_id, path.stat().st_mtime_ns)
-        except OSError as exc:
-            raise JobNotFinishedError(f"job {job.job_id} has no structure set") from exc
-        with self._lock:
-            building = self._building.setdefault(job.job_id, threading.Lock())
-        with building:  # one parse per job, however many requests ask at once
-            with self._lock:
-                if key in self._structures:
-                    self._structures.move_to_end(key)
-                    return self._structures[key]
-            view = structure_view(path, self.ct_view(service, job))
-            with self._lock:
-                self._structures[key] = view
-                while len(self._structures) > 8:
-                    self._structures.popitem(last=False)
-        return view
-
-
-def _patient_line(folder: Path) -> str:
-    """Patient name and ID of the first readable DICOM file under ``folder`` (headers only)."""
-    for path in sorted(folder.rglob("*"))[:20]:
-        if not path.is_file():
-            continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PATIENT_TAGS)
-        except (InvalidDicomError, OSError, EOFError, ValueError):
-            continue
-        name = str(ds.get("PatientName", "") or "").replace("^", " ").strip()
-        return f"{name or '(no name)'} ({ds.get('PatientID', '') or '?'})"
-    return ""
-
-
-def _service(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.llmctv
-    return state
-
-
-def station_of(request: Request) -> ReviewStation:
-    """The application's review station."""
-    station: ReviewStation = request.app.state.llmctv_ui
-    return station
-
-
 def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers=SECURITY_HEADERS)
 
@@ -174,8 +68,8 @@ def _csrf(request: Request) -> str:
     return session.csrf if session is not None else ""
 
 
-def _finished_job(request: Request, job_id: str) -> Job:
-    job = _service(request).store.get(job_id)
+def _finished_job(service: ServiceState, job_id: str) -> Job:
+    job = service.store.get(job_id)
     if job.status is not JobStatus.SUCCEEDED:
         raise JobNotFinishedError(f"job {job_id} is {job.status.value}; it has no structures yet")
     return job
@@ -196,36 +90,43 @@ def login_form(request: Request) -> Response:
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, token: Annotated[str, Form(max_length=4096)]) -> Response:
+def login(
+    request: Request,
+    token: Annotated[str, Form(max_length=4096)],
+    service: StateDep,
+    station: StationDep,
+    audit: AuditDep,
+) -> Response:
     """Check the token once and open a session (303 to the worklist)."""
-    settings: Settings = _service(request).settings
-    identity = identify(settings, token)
-    audit = audit_of(request)
+    settings = service.settings
+    identity = identify(settings.auth, token)
     if identity is None:
         log.info("review station: a login with an unknown token was refused")
-        if audit is not None:
-            audit.record(AuditKind.LOGIN_FAILED, "unknown", address=_address(request))
+        audit.record(AuditKind.LOGIN_FAILED, "unknown", address=_address(request))
         return _html(pages.login_page("That token is not accepted."), status=401)
-    if audit is not None:
-        audit.record(AuditKind.LOGIN, identity.name, address=_address(request))
-    session = station_of(request).sessions.open(identity)
+    audit.record(AuditKind.LOGIN, identity.name, address=_address(request))
+    session = station.sessions.open(identity)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
-    set_cookie(response, session, settings)
+    set_cookie(response, session, settings.review)
     log.info("review station: %s logged in", identity.name)
     return response
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form(max_length=256)] = "") -> Response:
+def logout(
+    request: Request,
+    service: StateDep,
+    station: StationDep,
+    audit: AuditDep,
+    csrf: Annotated[str, Form(max_length=256)] = "",
+) -> Response:
     """End the session and forget the cookie."""
     identity = check_csrf(request, csrf)
     session = current_session(request)
-    station_of(request).sessions.close(session.session_id if session else None)
-    audit = audit_of(request)
-    if audit is not None:
-        audit.record(AuditKind.LOGOUT, identity.name, address=_address(request))
+    station.sessions.close(session.session_id if session else None)
+    audit.record(AuditKind.LOGOUT, identity.name, address=_address(request))
     response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
-    clear_cookie(response, _service(request).settings)
+    clear_cookie(response, service.settings.review)
     return response
 
 
@@ -246,9 +147,10 @@ def static(name: str) -> Response:
 
 
 # --- pages ------------------------------------------------------------------------------------
-def _work_rows(service: ServiceState, request: Request, needs_review: bool) -> list[pages.WorkRow]:
-    desk = getattr(request.app.state, "llmctv_orders", None)
-    orders = {o.job_id or o.order_id: o for o in (desk.orders.all() if desk else [])}
+def _work_rows(
+    service: ServiceState, station: ReviewStation, orders_now: list[Order], needs_review: bool
+) -> list[pages.WorkRow]:
+    orders = {o.job_id or o.order_id: o for o in orders_now}
     rows = []
     for job in iter_jobs(service.store):
         pending = (
@@ -267,8 +169,8 @@ def _work_rows(service: ServiceState, request: Request, needs_review: bool) -> l
                 order.destination if order else None,
                 order.send.status.value if order else None,
                 order.order_id if order else None,
-                service.settings.require_review,
-                station_of(request).patient_of(service, job),
+                service.settings.review.require_review,
+                station.patient_of(service.files, job),
             )
         )
     if not needs_review:
@@ -286,59 +188,62 @@ def _work_rows(service: ServiceState, request: Request, needs_review: bool) -> l
     return sorted(rows, key=lambda r: r.created_at, reverse=True)
 
 
-def _warm_next(request: Request, service: ServiceState, rows: list[pages.WorkRow]) -> None:
+def _warm_next(station: ReviewStation, service: ServiceState, rows: list[pages.WorkRow]) -> None:
     """Load the CT of the newest job awaiting review: the one a reviewer opens next."""
     for row in rows:
         job = row.job
         if job is None or job.status is not JobStatus.SUCCEEDED or job.counterfactual_of:
             continue
         if job.review.status is ReviewStatus.PENDING:
-            station_of(request).prefetch(service, job)
+            station.prefetch(service.files, job)
             return
 
 
 @router.get("/", response_class=HTMLResponse)
-def worklist(request: Request, filter: str | None = None) -> Response:
+def worklist(
+    request: Request,
+    service: StateDep,
+    station: StationDep,
+    desk: DeskDep,
+    filter: str | None = None,
+) -> Response:
     """Jobs and orders, newest first (``?filter=needs-review``: pending reviews only)."""
     identity = request_identity(request)
     needs_review = filter == "needs-review"
-    service = _service(request)
-    rows = _work_rows(service, request, needs_review)
-    _warm_next(request, service, rows)
+    rows = _work_rows(service, station, desk.orders.all(), needs_review)
+    _warm_next(station, service, rows)
     return _html(pages.worklist_page(rows, needs_review, identity, _csrf(request)))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def review_page(request: Request, job_id: str) -> Response:
+def review_page(request: Request, job_id: str, service: StateDep, station: StationDep) -> Response:
     """The review page of a job (404 page for an unknown one)."""
     identity = request_identity(request)
-    service = _service(request)
     try:
         job = service.store.get(job_id)
     except JobNotFoundError:
         return _html(pages.not_found_page("There is no such job.", identity, _csrf(request)), 404)
     if job.status is JobStatus.SUCCEEDED:
-        station_of(request).prefetch(service, job)
+        station.prefetch(service.files, job)
     note = parse_clinical(job.clinical).prompt_text() if job.clinical else ""
     return _html(pages.review_page(job, note, identity, _csrf(request)))
 
 
 # --- data for the page's script ---------------------------------------------------------------
 @router.get("/jobs/{job_id}/state.json")
-def job_state(request: Request, job_id: str) -> JSONResponse:
+def job_state(request: Request, job_id: str, service: StateDep) -> JSONResponse:
     """The job's status, review and volumes (polled while a counterfactual runs)."""
     request_identity(request)
-    view = JobView.of(_service(request).store.get(job_id))
+    view = JobView.of(service.store.get(job_id))
     return JSONResponse(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/jobs/{job_id}/view.json")
-def job_view(request: Request, job_id: str) -> JSONResponse:
+def job_view(request: Request, job_id: str, service: StateDep, station: StationDep) -> JSONResponse:
     """Slice counts and pixel aspect per plane, and the ROIs (number, name, colour, cc)."""
     request_identity(request)
-    service = _service(request)
-    job = _finished_job(request, job_id)
-    structures = station_of(request).structures(service, job)
+    job = _finished_job(service, job_id)
+    structures = station.structures(service.files, job)
     ct = structures.ct
     planes = {
         plane: {
@@ -366,23 +271,29 @@ def job_view(request: Request, job_id: str) -> JSONResponse:
 
 @router.get("/jobs/{job_id}/slices/{plane}/{index}.png")
 def slice_png(
-    request: Request, job_id: str, plane: str, index: int, window: str = "soft"
+    request: Request,
+    job_id: str,
+    plane: str,
+    index: int,
+    service: StateDep,
+    station: StationDep,
+    window: str = "soft",
 ) -> Response:
     """Slice ``index`` of ``plane`` (axial, coronal, sagittal) through a window preset."""
     request_identity(request)
-    service = _service(request)
     job = service.store.get(job_id)
-    png = station_of(request).ct_view(service, job).png(plane, index, window)
+    png = station.ct_view(service.files, job).png(plane, index, window)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
 
 @router.get("/jobs/{job_id}/contours/{plane}/{index}.json")
-def contours(request: Request, job_id: str, plane: str, index: int) -> JSONResponse:
+def contours(
+    request: Request, job_id: str, plane: str, index: int, service: StateDep, station: StationDep
+) -> JSONResponse:
     """Polygons of every ROI on one slice, in display pixels of that slice's PNG."""
     request_identity(request)
-    service = _service(request)
-    job = _finished_job(request, job_id)
-    found = station_of(request).structures(service, job).contours(plane, index)
+    job = _finished_job(service, job_id)
+    found = station.structures(service.files, job).contours(plane, index)
     return JSONResponse(found, headers={"Cache-Control": "private, max-age=600"})
 
 
@@ -394,21 +305,30 @@ def _reviewer(identity: Identity) -> Identity:
 
 
 @router.post("/jobs/{job_id}/review")
-def review(request: Request, job_id: str, body: ReviewRequest) -> JSONResponse:
+def review(
+    request: Request,
+    job_id: str,
+    body: ReviewRequest,
+    service: StateDep,
+    audit: AuditDep,
+    desk: DeskDep,
+) -> JSONResponse:
     """Approve or reject, as the logged-in reviewer (CSRF header needed)."""
     identity = _reviewer(check_csrf(request, None))
-    job = decide(_service(request), job_id, body, identity, audit_of(request))
-    poke_desk(request)
+    job = decide(service, job_id, body, identity, audit)
+    desk.poke()  # an approval may release an order's send-back
     return JSONResponse(JobView.of(job).model_dump(mode="json"))
 
 
 @router.post("/jobs/{job_id}/counterfactual", status_code=202)
-def counterfactual(request: Request, job_id: str, body: CounterfactualRequest) -> JSONResponse:
+def counterfactual(
+    request: Request, job_id: str, body: CounterfactualRequest, service: StateDep
+) -> JSONResponse:
     """Contour the same CT with one field changed; answers the new job's id."""
     identity = check_csrf(request, None)
     acting = ACTOR.set(identity.name)  # the session's person submits it (audit)
     try:
-        job = start_counterfactual(_service(request), job_id, body)
+        job = start_counterfactual(service, job_id, body)
     finally:
         ACTOR.reset(acting)
     return JSONResponse({"job_id": job.job_id, "status": job.status.value}, status_code=202)

@@ -9,8 +9,8 @@ column), exactly as :func:`model.dicom.series.read_ct_series` returns it. Displa
 
 In the coronal and sagittal planes the patient's head is at the top: the display row of slice
 ``k`` is ``nk - 1 - k`` when ``k`` grows toward the head (the slice normal's LPS ``z`` is
-positive), else ``k``. :mod:`service.ui.overlays` uses the same rule, so contours and image
-always agree. Pixel ``(x, y)`` of a displayed image covers ``[x, x + 1) x [y, y + 1)``.
+positive), else ``k``. :mod:`service.review_station.overlays` uses the same rule, so contours
+and image always agree. Pixel ``(x, y)`` of a displayed image covers ``[x, x + 1) x [y, y + 1)``.
 
 Volumes are cached per job, never per series UID alone (least recently used first out), so
 the first slice of a job that was opened a moment ago costs one PNG encoding, and a neighbour

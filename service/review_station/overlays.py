@@ -2,10 +2,11 @@
 
 Every ROI of the file is shown, whatever its name. Axial polygons are the file's own contours
 (LPS mm), each mapped to pixels through the ImagePositionPatient, ImageOrientationPatient and
-PixelSpacing of the CT slice it references (:meth:`~service.ui.slices.SliceGeometry.to_pixels`).
-Coronal and sagittal polygons are the outlines (voxel corners) of the ROI rasterised on the CT
-grid by :func:`model.dicom.rtstruct.reader.rasterize`, in the display orientation of
-:mod:`service.ui.slices`.
+PixelSpacing of the CT slice it references
+(:meth:`~service.review_station.slices.SliceGeometry.to_pixels`). Coronal and sagittal polygons
+are the outlines (voxel corners) of the ROI rasterised on the CT grid by
+:func:`model.dicom.rtstruct.reader.rasterize`, in the display orientation of
+:mod:`service.review_station.slices`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy.typing as npt
 
 from model.dicom.rtstruct.polygons import corner_loops
 from model.dicom.rtstruct.reader import Roi, StructureSet, rasterize, read_structure_set
-from service.ui.slices import CtView, UnknownSliceError
+from service.review_station.slices import CtView, UnknownSliceError
 
 #: Colours of ROIs that do not state one (RGB), in ROI order.
 _FALLBACK_COLOURS = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (160, 255, 96), (255, 96, 255))
