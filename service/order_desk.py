@@ -43,7 +43,7 @@ from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.dicomnet.sender import send_instances
 from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus, SupersededRun
-from service.received_series import Manifest, ManifestIndex, write_manifest
+from service.received_series import Manifest, ManifestIndex, absorb_non_ct_cycle, write_manifest
 from service.settings import OrderSettings, Settings
 from workers.dispatch import JobDispatcher
 from workers.errors import JobNotFoundError
@@ -68,7 +68,8 @@ def record_series(series: ReceivedSeries) -> bool:
     Returns whether the series was recorded (non-CT series, e.g. RTSTRUCT, are not).
     """
     if series.modality != "CT":
-        log.info("ignoring a completed %s series (not CT)", series.modality)
+        if not absorb_non_ct_cycle(series):
+            log.info("ignoring a completed %s series (not CT)", series.modality)
         return False
     write_manifest(series)
     log.info(

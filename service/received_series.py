@@ -69,6 +69,34 @@ def write_manifest(series: ReceivedSeries) -> None:
     touch_change_marker(series.folder.parent.parent)
 
 
+def absorb_non_ct_cycle(series: ReceivedSeries) -> bool:
+    """A non-CT object (an RTSTRUCT, a report) stored under a completed CT series' UIDs.
+
+    It never blocks the series: the CT manifest is rewritten to count it (so the series is
+    not taken as still receiving, and no order waits for it until expiry) and it is noted,
+    without a new cycle (nothing is contoured again for it). The job's reader ignores it with
+    a warning (:mod:`model.dicom.series`). Returns whether a CT manifest was there.
+    """
+    path = series.folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("modality") != "CT":
+        return False
+    manifest["instance_count"] = instance_count(series.folder)
+    manifest["non_ct_objects"] = int(manifest.get("non_ct_objects", 0)) + series.instance_count
+    write_atomically(path, json.dumps(manifest).encode())
+    touch_change_marker(series.folder.parent.parent)
+    log.warning(
+        "%d %s object(s) stored inside CT series %s: counted, ignored for contouring",
+        series.instance_count,
+        series.modality,
+        series.series_instance_uid,
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Instances of a study refused by the listener for a reason its orders should report."""

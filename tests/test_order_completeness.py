@@ -332,3 +332,39 @@ def test_another_study_reusing_the_series_uid_never_supersedes(
     assert after.job_id == matched.job_id and after.superseded == [], "A's order untouched"
     assert after.send.status is SendStatus.SENT
     assert holding.submitted == [matched.job_id], "no job on patient B's CT"
+
+
+def test_rtstruct_stored_inside_the_ct_series_never_blocks_its_order(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    """An RTSTRUCT pushed under the CT's SeriesInstanceUID after the series completed: the
+    order still matches (it waited until expiry before), and the reader ignores the object
+    with a warning instead of refusing the series as not CT."""
+    desk, holding = _desk(tmp_path)
+    files = sorted(phantoms[0].ct_files)
+    series = _arrive(desk, files, cycle=1)
+    rtstruct = pydicom.dcmread(phantoms[0].rtstruct)
+    rtstruct.SeriesInstanceUID = series.series_instance_uid
+    rtstruct.StudyInstanceUID = series.study_instance_uid
+    rtstruct.save_as(series.folder / f"{rtstruct.SOPInstanceUID}.dcm")
+    record_series(
+        ReceivedSeries(
+            series.study_instance_uid,
+            series.series_instance_uid,
+            None,
+            "RTSTRUCT",
+            "PACS",
+            series.folder,
+            1,
+            2,
+        )
+    )
+    order = _order(series.study_instance_uid)
+    desk.orders.create(order)
+    desk.run_once()
+    matched = desk.orders.get(order.order_id)
+    assert matched.status is OrderStatus.MATCHED, matched.error
+    assert holding.submitted == [matched.job_id]
+    summary = inspect_ct_series(desk.files.input_dir(matched.job_id or ""))
+    assert summary.shape[0] == len(files)
+    assert any("non-image object(s) (RTSTRUCT)" in w for w in summary.warnings)

@@ -136,7 +136,8 @@ def read_ct_series(
     InconsistentGeometryError, MissingSlicesError, TooFewSlicesError,
     UnreadableDicomError, UnsupportedTransferSyntaxError, DicomError
     """
-    slices, _ = _accepted_slices(source, series_instance_uid, policy)
+    accepted = _accepted_slices(source, series_instance_uid, policy)
+    slices = accepted.slices
     geometry = build_grid(slices, policy)
     grid = geometry.grid
     ordered = [slices[n] for n in geometry.order]
@@ -153,7 +154,7 @@ def read_ct_series(
     return CtSeries(
         volume=Volume(array=array, grid=grid),
         datasets=tuple(ordered),
-        warnings=geometry.position_warnings,
+        warnings=(*accepted.notes, *geometry.position_warnings),
     )
 
 
@@ -194,7 +195,8 @@ def inspect_ct_series(
     Raises the same errors as :func:`read_ct_series`, except those found while decoding pixel
     data (a file truncated inside its pixel data passes here and fails at reading).
     """
-    slices, skipped = _accepted_slices(source, series_instance_uid, policy)
+    accepted = _accepted_slices(source, series_instance_uid, policy)
+    slices = accepted.slices
     geometry = build_grid(slices, policy)
     grid = geometry.grid
     return SeriesSummary(
@@ -202,23 +204,34 @@ def inspect_ct_series(
         study_instance_uid=str(slices[0].StudyInstanceUID),
         shape=grid.shape,
         spacing=tuple(float(v) for v in grid.spacing),  # type: ignore[arg-type]
-        skipped_files=skipped,
-        warnings=geometry.position_warnings,
+        skipped_files=accepted.skipped_files,
+        warnings=(*accepted.notes, *geometry.position_warnings),
     )
+
+
+@dataclass(frozen=True)
+class AcceptedSlices:
+    """The chosen series' slice headers after every header check, the files skipped, and
+    what was ignored inside the series (warnings)."""
+
+    slices: list[Dataset]
+    skipped_files: int
+    notes: tuple[str, ...]
 
 
 def _accepted_slices(
     source: Path | Iterable[Path], series_uid: str | None, policy: IngestPolicy
-) -> tuple[list[Dataset], int]:
+) -> AcceptedSlices:
     """The chosen series' slice headers after every header check, and the files skipped."""
     paths = _list_files(source)
     headers = _read_headers(paths, policy)
-    slices = _check_series(_choose_series(headers, series_uid))
+    images, notes = _without_non_images(_choose_series(headers, series_uid))
+    slices = _check_series(images)
     if len(slices) < policy.min_slices:
         raise TooFewSlicesError(
             f"series has {len(slices)} slices; at least {policy.min_slices} are needed"
         )
-    return slices, len(paths) - len(headers)
+    return AcceptedSlices(slices, len(paths) - len(headers), notes)
 
 
 # --- files and headers -------------------------------------------------------------------------
@@ -297,7 +310,7 @@ def _choose_series(headers: Sequence[Dataset], wanted: str | None) -> list[Datas
             raise NoSeriesError(f"series {wanted} is not among the {len(groups)} series received")
         return groups[wanted]
     images = {uid: g for uid, g in groups.items() if any("PixelData" in ds for ds in g)}
-    ct = {uid: g for uid, g in images.items() if str(g[0].get("Modality", "")) == "CT"}
+    ct = {uid: g for uid, g in images.items() if any(_is_ct_image(ds) for ds in g)}
     if len(ct) == 1:
         (chosen,) = ct.values()
         if len(groups) > 1:
@@ -306,15 +319,45 @@ def _choose_series(headers: Sequence[Dataset], wanted: str | None) -> list[Datas
     if len(ct) > 1:
         raise MixedSeriesError(f"{len(ct)} CT series received ({', '.join(sorted(ct))}); name one")
     if images:
-        found = sorted({str(g[0].get("Modality", "unknown")) for g in images.values()})
+        found = sorted(
+            {
+                str(ds.get("Modality", "unknown"))
+                for g in images.values()
+                for ds in g
+                if "PixelData" in ds
+            }
+        )
         raise NotCtError(f"no CT series received; image modalities found: {', '.join(found)}")
     raise NoSeriesError(f"no image series among the {len(groups)} series received")
+
+
+def _is_ct_image(ds: Dataset) -> bool:
+    return "PixelData" in ds and str(ds.get("Modality", "")) == "CT"
 
 
 def _unique(values: Iterable[object], what: str) -> None:
     distinct = {str(v) for v in values}
     if len(distinct) > 1:
         raise MixedSeriesError(f"one series holds instances of {len(distinct)} different {what}")
+
+
+def _without_non_images(slices: Sequence[Dataset]) -> tuple[list[Dataset], tuple[str, ...]]:
+    """The series without objects that hold no image and are not CT (an RTSTRUCT, a report, a
+    presentation state stored under the CT's SeriesInstanceUID), and a warning naming them.
+
+    Such an object never blocks the series: it is not part of the volume. A CT object without
+    pixel data stays (it is a truncated slice, refused by :func:`_check_series`).
+    """
+    image = [("PixelData" in ds or str(ds.get("Modality", "")) == "CT") for ds in slices]
+    if all(image):
+        return list(slices), ()
+    kept = [ds for ds, keep in zip(slices, image, strict=True) if keep]
+    others = [ds for ds, keep in zip(slices, image, strict=True) if not keep]
+    dropped = sorted({str(ds.get("Modality", "unknown")) for ds in others})
+    count = len(others)
+    note = f"ignored {count} non-image object(s) ({', '.join(dropped)}) stored in the CT series"
+    logger.warning("%s", note)
+    return kept, (note,)
 
 
 def _check_series(slices: Sequence[Dataset]) -> list[Dataset]:
