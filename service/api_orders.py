@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 from fastapi import APIRouter
@@ -20,11 +21,14 @@ from service.orders import (
     SendState,
     SendStatus,
     SupersededRun,
+    check_not_duplicate,
 )
 from workers.errors import JobNotFoundError
 from workers.jobs import is_valid_id, utcnow
 
 router = APIRouter()
+#: Serialises the duplicate check and the write of a new order (one gateway owns the orders).
+_CREATING = threading.Lock()
 
 
 class OrderView(BaseModel):
@@ -80,7 +84,7 @@ def _view(order: Order, state: ServiceState) -> OrderView:
     status_code=201,
     response_model=OrderView,
     summary="Clinical fields for a study that arrives (or arrived) over DICOM",
-    responses=problem_responses(401, 422),
+    responses=problem_responses(401, 409, 422),
 )
 def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
     """Store the order; the job starts when the study's CT series is complete."""
@@ -94,7 +98,9 @@ def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authoriz
         expires_at=utcnow() + order_expiry(state.settings.orders),
         send=send,
     )
-    desk.orders.create(order)
+    with _CREATING:  # the check and the write as one step: two requests cannot both pass
+        check_not_duplicate(order, desk.orders.all())
+        desk.orders.create(order)
     desk.poke()
     return _view(order, state)
 

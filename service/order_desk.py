@@ -42,7 +42,15 @@ from model.errors import LlmctvError
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
 from service.dicomnet.sender import send_instances
-from service.orders import Order, OrderStatus, OrderStore, SendState, SendStatus, SupersededRun
+from service.orders import (
+    ACCESSION_AMBIGUOUS,
+    Order,
+    OrderStatus,
+    OrderStore,
+    SendState,
+    SendStatus,
+    SupersededRun,
+)
 from service.received_series import Manifest, ManifestIndex, absorb_non_ct_cycle, write_manifest
 from service.settings import OrderSettings, Settings
 from workers.dispatch import JobDispatcher
@@ -200,6 +208,9 @@ class OrderDesk:
         found = self.manifests.candidates(
             order.study_instance_uid, order.accession_number, order.series_instance_uid
         )
+        if not order.study_instance_uid and len({m.patient for m in found}) > 1:
+            self._fail_ambiguous_accession(order, found)
+            return
         candidates = [m for m in found if _usable_for(order, m)]
         if not found:
             self._fail_if_refused(order)
@@ -213,6 +224,17 @@ class OrderDesk:
                 f"{manifest.series_instance_uid} (name one in the order to choose)"
             )
         self._start_job(order, manifest, warnings, order.order_id)
+
+    def _fail_ambiguous_accession(self, order: Order, found: list[Manifest]) -> None:
+        """An accession number that names studies of several patients: contour none of them."""
+        patients = len({m.patient for m in found})
+        detail = (
+            f"accession number {order.accession_number!r} names studies of {patients} patients; "
+            "name the StudyInstanceUID in the order"
+        )
+        error = {"code": ACCESSION_AMBIGUOUS, "detail": detail}
+        self.orders.update(order.order_id, status=OrderStatus.FAILED, error=error)
+        log.warning("order %s: its accession number names %d patients", order.order_id, patients)
 
     def _fail_if_refused(self, order: Order) -> None:
         """Fail a waiting order whose study was refused by the listener and has no CT series."""

@@ -41,6 +41,19 @@ class OrderNotFoundError(LlmctvError):
     code = "order_not_found"
 
 
+class DuplicateOrderError(LlmctvError):
+    """An open order already names this study and side (and the same series, or none).
+
+    Two orders for one study and side would both send an RTSTRUCT to the planning system; the
+    second is refused unless it names another series."""
+
+    code = "duplicate_order"
+
+
+#: The order's failure code when its accession number names studies of several patients.
+ACCESSION_AMBIGUOUS = "accession_ambiguous"
+
+
 class OrderStatus(StrEnum):
     """Where an order stands (its job has its own status)."""
 
@@ -76,6 +89,41 @@ class OrderRequest(BaseModel):
         if not self.study_instance_uid and not self.accession_number:
             raise ValueError("give study_instance_uid or accession_number")
         return self
+
+
+def order_sides(clinical: dict[str, Any]) -> set[str]:
+    """The sides an order's clinical fields treat (``left``/``right``)."""
+    diagnoses = clinical.get("diagnoses") or []
+    return {str(d.get("side", "")) for d in diagnoses if isinstance(d, dict)}
+
+
+def check_not_duplicate(order: Order, orders: list[Order]) -> None:
+    """Refuse ``order`` when another order, waiting, matched or already sent (not failed or
+    expired), names the same study (by UID, else accession), one of its sides, and the same
+    series (or neither names one).
+
+    Raises
+    ------
+    DuplicateOrderError
+        Naming the open order, so the caller can cancel or correct it.
+    """
+    sides = order_sides(order.clinical)
+    for other in orders:
+        if other.status in (OrderStatus.FAILED, OrderStatus.EXPIRED):
+            continue
+        same_study = (
+            order.study_instance_uid == other.study_instance_uid
+            if order.study_instance_uid or other.study_instance_uid
+            else order.accession_number == other.accession_number
+        )
+        if not same_study or other.series_instance_uid != order.series_instance_uid:
+            continue
+        shared = sides & order_sides(other.clinical)
+        if shared:
+            raise DuplicateOrderError(
+                f"order {other.order_id} already asks for this study, side "
+                f"{', '.join(sorted(shared))}; name another series or cancel that order"
+            )
 
 
 class SendState(BaseModel):

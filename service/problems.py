@@ -32,10 +32,11 @@ from service.errors import (
     MalformedMultipartError,
     ServiceUnavailableError,
     StorageFullError,
+    TooManyAttemptsError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from service.orders import OrderNotFoundError
+from service.orders import DuplicateOrderError, OrderNotFoundError
 from workers.errors import StorageUnavailableError, storage_error
 from workers.review import AlreadyReviewedError, ReviewRequiredError, StructureSetRejectedError
 
@@ -46,6 +47,7 @@ TYPE_ROOT = "urn:llmctv:problem:"
 # Most specific first: the first class an error is an instance of decides its status.
 _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (UnauthorizedError, 401),
+    (TooManyAttemptsError, 429),
     (ForbiddenError, 403),
     (JobNotFoundError, 404),
     (OrderNotFoundError, 404),
@@ -56,6 +58,7 @@ _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (AlreadyReviewedError, 409),
     (ReviewRequiredError, 409),
     (StructureSetRejectedError, 409),
+    (DuplicateOrderError, 409),
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (MalformedMultipartError, 400),
@@ -74,6 +77,7 @@ _TITLES = {
     413: "Payload Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -102,6 +106,17 @@ def problem(status: int, code: str, detail: str, instance: str, **extra: Any) ->
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def problem_for(exc: LlmctvError, instance: str) -> JSONResponse:
+    """The problem+json response of an llmctv error (with ``Retry-After`` where it has one)."""
+    status = status_for(exc)
+    if status >= 500:
+        log.error("request failed: [%s] %s", exc.code, exc.detail)
+    response = problem(status, exc.code, exc.detail, instance)
+    if isinstance(exc, StorageFullError | TooManyAttemptsError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
 def _field_name(location: tuple[Any, ...]) -> str:
     parts = [str(p) for p in location if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "request"
@@ -112,13 +127,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(LlmctvError)
     async def _llmctv(request: Request, exc: LlmctvError) -> JSONResponse:
-        status = status_for(exc)
-        if status >= 500:
-            log.error("request failed: [%s] %s", exc.code, exc.detail)
-        response = problem(status, exc.code, exc.detail, request.url.path)
-        if isinstance(exc, StorageFullError):
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-        return response
+        return problem_for(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

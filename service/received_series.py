@@ -21,7 +21,12 @@ from datetime import datetime
 from pathlib import Path
 
 from service.dicomnet.assembly import ReceivedSeries
-from service.dicomnet.storage import CHANGE_MARKER, REFUSAL_NOTE, touch_change_marker
+from service.dicomnet.storage import (
+    CHANGE_MARKER,
+    REFUSAL_NOTE,
+    identity_marker,
+    touch_change_marker,
+)
 from workers.atomic_write import write_atomically
 from workers.jobs import utcnow
 
@@ -43,6 +48,7 @@ class Manifest:
     instance_count: int
     cycle: int
     completed_at: datetime
+    patient: str = ""
 
     def still_receiving(self) -> bool:
         """Whether more instances were stored since the manifest (a new cycle is under way)."""
@@ -52,6 +58,17 @@ class Manifest:
 def instance_count(folder: Path) -> int:
     """Instances (``*.dcm``) in a series folder."""
     return sum(1 for _ in folder.glob("*.dcm"))
+
+
+def _patient_of(series: ReceivedSeries) -> str:
+    """The series' patient as the listener recorded it (a hash of PatientID, shortened), or
+    ``""`` when unknown: enough to tell two patients apart, never the ID itself."""
+    root = series.folder.parent.parent
+    marker = identity_marker(root, series.study_instance_uid, series.series_instance_uid)
+    try:
+        return marker.read_text().strip()[:16]
+    except OSError:
+        return ""
 
 
 def write_manifest(series: ReceivedSeries) -> None:
@@ -64,6 +81,7 @@ def write_manifest(series: ReceivedSeries) -> None:
         "instance_count": max(instance_count(series.folder), series.instance_count),
         "cycle": series.cycle,
         "completed_at": utcnow().isoformat(),
+        "patient": _patient_of(series),
     }
     write_atomically(series.folder / MANIFEST, json.dumps(manifest).encode())
     touch_change_marker(series.folder.parent.parent)
@@ -132,6 +150,7 @@ def _read(path: Path) -> Manifest | None:
             instance_count=int(data.get("instance_count", 0)),
             cycle=int(data.get("cycle", 1)),
             completed_at=datetime.fromisoformat(data["completed_at"]),
+            patient=str(data.get("patient", "")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

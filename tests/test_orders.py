@@ -276,3 +276,65 @@ def test_retention_purges_received_series_with_the_jobs(tmp_path: Path) -> None:
     assert not (received / "1.2.3").exists()  # the series and its emptied study folder
     assert (new_series / "1.2.3.1.1.dcm").is_file()
     assert purge_received(received, retention_hours=5) == 0
+
+
+def _store_received(desk: OrderDesk, case: WrittenCase, accession: str) -> ReceivedSeries:
+    """The case's CT as the listener stores it (with its patient's identity), then complete."""
+    import pydicom
+
+    from service.dicomnet.storage import store_instance
+
+    root = received_root(desk.settings.storage)
+    for path in case.ct_files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        study, series_uid = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+        store_instance(
+            root,
+            study,
+            series_uid,
+            str(ds.SOPInstanceUID),
+            path.read_bytes(),
+            patient_id=str(ds.PatientID),
+        )
+    series = ReceivedSeries(
+        study, series_uid, accession, "CT", "PACS", root / study / series_uid, len(case.ct_files)
+    )
+    record_series(series)
+    return series
+
+
+def test_an_accession_number_of_two_patients_matches_neither(
+    tmp_path: Path, phantoms: list[WrittenCase]
+) -> None:
+    """Two patients' studies share an accession number (two RIS, a typo): before, the order
+    contoured one of them, possibly the other patient's CT; now it fails with a code."""
+    desk, holding = _desk(tmp_path)
+    for case in phantoms[:2]:
+        _store_received(desk, case, "ACC77")
+    order = Order(
+        accession_number="ACC77", clinical=CLINICAL, expires_at=utcnow() + timedelta(hours=1)
+    )
+    desk.orders.create(order)
+    desk.run_once()
+    failed = desk.orders.get(order.order_id)
+    assert failed.status is OrderStatus.FAILED
+    assert failed.error is not None and failed.error["code"] == "accession_ambiguous"
+    assert "2 patients" in failed.error["detail"]
+    assert holding.submitted == []
+
+
+def test_a_second_order_for_the_same_study_and_side_is_refused(orders_gateway: str) -> None:
+    """Before, both orders were accepted and both RTSTRUCTs went to the planning system."""
+    body = {"study_instance_uid": "1.2.3.77", "clinical": CLINICAL}
+    assert httpx.post(f"{orders_gateway}/orders", json=body, headers=AUTH).status_code == 201
+    again = httpx.post(f"{orders_gateway}/orders", json=body, headers=AUTH)
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "duplicate_order"
+    other_series = {**body, "series_instance_uid": "1.2.3.77.5"}
+    assert (
+        httpx.post(f"{orders_gateway}/orders", json=other_series, headers=AUTH).status_code == 201
+    )
+    right = [{**d, "side": "right"} for d in CLINICAL["diagnoses"]]
+    other_side = {"study_instance_uid": "1.2.3.77", "clinical": {**CLINICAL, "diagnoses": right}}
+    answer = httpx.post(f"{orders_gateway}/orders", json=other_side, headers=AUTH)
+    assert answer.status_code == 201, answer.text

@@ -13,13 +13,23 @@ before they are used as path components.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
 import time
 from pathlib import Path
 
-from service.dicomnet.errors import DicomStorageError, IdentityConflictError, InvalidUidError
+import numpy as np
+import pydicom
+
+from model.dicom.series import PARSE_ERRORS
+from service.dicomnet.errors import (
+    DicomStorageError,
+    IdentityConflictError,
+    InstanceConflictError,
+    InvalidUidError,
+)
 from workers.atomic_write import TEMP_SUFFIX, write_atomically
 
 logger = logging.getLogger(__name__)
@@ -31,6 +41,10 @@ INSTANCE_SUFFIX = ".dcm"
 REFUSAL_NOTE = "refused.json"
 #: Touched at the storage root whenever a manifest or refusal note is written.
 CHANGE_MARKER = ".manifests"
+#: The Pixel Data tag, compared as decoded values rather than bytes.
+PIXEL_DATA = 0x7FE00010
+#: What reading or decoding a stored or received instance may raise (then: not the same).
+_READ_ERRORS = (*PARSE_ERRORS, RuntimeError, NotImplementedError)
 #: Beside the received tree: per series, a hash of the PatientID of its first instance.
 IDENTITY = "identity"
 #: Beside the received tree: instances refused for an identity conflict, kept for admins.
@@ -111,11 +125,16 @@ def store_instance(
         When the file system refuses (full disk, permissions); no partial file remains.
     IdentityConflictError
         The series folder holds another patient's instances.
+    InstanceConflictError
+        The SOPInstanceUID is already stored with other content (a reused UID). The same
+        instance sent again (same content, in any transfer syntax) is stored again.
     """
     final = instance_path(root, study_uid, series_uid, sop_uid)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         _check_identity(root, final, patient_id, data)
+        if final.exists():
+            _check_same_content(root, final, data)
         write_atomically(final, data)
     except OSError as exc:
         raise DicomStorageError(
@@ -149,13 +168,56 @@ def _check_identity(root: Path, final: Path, patient_id: str, data: bytes) -> No
         return
     if known == identity:
         return
-    kept = root.parent / QUARANTINE / f"{time.time_ns()}-{final.name}"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(kept, data)
+    _quarantine(root, final, data)
     raise IdentityConflictError(
         f"instance {final.stem}: series {final.parent.name} of study {final.parent.parent.name} "
         "already holds another patient's instances; kept aside (quarantine), not merged"
     )
+
+
+def _quarantine(root: Path, final: Path, data: bytes) -> None:
+    """Keep a refused instance aside for an administrator: ``<root>/../quarantine/``."""
+    kept = root.parent / QUARANTINE / f"{time.time_ns()}-{final.name}"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(kept, data)
+
+
+def _check_same_content(root: Path, final: Path, data: bytes) -> None:
+    """Refuse (and keep aside) another object stored under an existing SOPInstanceUID."""
+    if same_instance_content(final.read_bytes(), data):
+        return
+    _quarantine(root, final, data)
+    raise InstanceConflictError(
+        f"instance {final.stem} of series {final.parent.name} is already stored with other "
+        "content (a reused SOPInstanceUID); kept aside (quarantine), not overwritten"
+    )
+
+
+def same_instance_content(stored: bytes, received: bytes) -> bool:
+    """Whether two encodings hold the same instance: the same attributes (file meta aside)
+    and the same pixel values, whatever the transfer syntax. Unreadable means different."""
+    if stored == received:
+        return True
+    try:
+        a = pydicom.dcmread(io.BytesIO(stored))
+        b = pydicom.dcmread(io.BytesIO(received))
+    except _READ_ERRORS:
+        return False
+    if _attributes(a) != _attributes(b):
+        return False
+    if ("PixelData" in a) != ("PixelData" in b):
+        return False
+    if "PixelData" not in a or a.PixelData == b.PixelData:
+        return True
+    try:
+        return bool(np.array_equal(a.pixel_array, b.pixel_array))
+    except _READ_ERRORS:
+        return False
+
+
+def _attributes(ds: pydicom.Dataset) -> dict[int, object]:
+    """Every element but the pixel data, by tag, with values as read (encoding aside)."""
+    return {int(e.tag): e.value for e in ds if e.tag != PIXEL_DATA}
 
 
 def quarantined(root: Path) -> list[Path]:
