@@ -33,7 +33,10 @@ from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
 from service.settings import Settings
 
-MEASURED: dict[str, Any] = {}
+
+def _report(name: str, measured: dict[str, Any]) -> None:
+    """Print what a test measured (shown with ``pytest -s``; quoted in the README)."""
+    print(f"\nload and fault measurements, {name}:", json.dumps(measured, indent=1))
 
 
 def _settings(storage: Path, **changes: Any) -> Settings:
@@ -80,13 +83,16 @@ def test_fifty_concurrent_submissions_all_finish(
     assert [r["status"] for r in results] == ["succeeded"] * 50
     assert all(r["attempts"] == 1 for r in results)
     assert probe.seen and all(s == 200 for _, s in probe.seen), "ready throughout"
-    MEASURED["fifty"] = {
-        "accepted": 50,
-        "finished": len(results),
-        "all_accepted_s": round(accepted_s, 1),
-        "wall_s": round(wall, 1),
-        "ready_slowest_ms": round(1000 * probe.slowest, 1),
-    }
+    _report(
+        "fifty",
+        {
+            "accepted": 50,
+            "finished": len(results),
+            "all_accepted_s": round(accepted_s, 1),
+            "wall_s": round(wall, 1),
+            "ready_slowest_ms": round(1000 * probe.slowest, 1),
+        },
+    )
 
 
 @contextmanager
@@ -140,13 +146,16 @@ def test_storage_turned_read_only_mid_job(tmp_path: Path, phantoms: list[Written
     assert stored["status"] == "failed" and stored["error"]["code"] == "storage_unavailable"
     assert left == ["input", "job.json"], "no RTSTRUCT, preview or temporary file"
     assert after_status == "succeeded"
-    MEASURED["read_only"] = {
-        "job": f"failed [{status['error']['code']}]",
-        "submission_while_read_only": f"{refused.status_code} [{refused.json()['code']}]",
-        "not_ready_after_s": round(not_ready_after, 2),
-        "ready_again_after_s": round(ready_again, 2),
-        "next_job": after_status,
-    }
+    _report(
+        "read_only",
+        {
+            "job": f"failed [{status['error']['code']}]",
+            "submission_while_read_only": f"{refused.status_code} [{refused.json()['code']}]",
+            "not_ready_after_s": round(not_ready_after, 2),
+            "ready_again_after_s": round(ready_again, 2),
+            "next_job": after_status,
+        },
+    )
 
 
 def _job(url: str, job_id: str) -> dict[str, Any]:
@@ -194,18 +203,17 @@ def test_redis_down_for_30_seconds_loses_no_job(
         (r["status"], r["attempts"], r["error"]) for r in results
     ]
     assert probe.slowest < 1.0, "readiness answered fast while Redis was down"
-    MEASURED["redis_down"] = {
-        "down_s": 30,
-        "ready_503_after_s": round(turned_503, 2),
-        "ready_503_for_s": round(probe.not_ready_seconds(), 1),
-        "ready_200_after_restart_s": round(back, 1),
-        "submission_while_down": f"{during.status_code} [{during.json()['code']}]",
-        "jobs_submitted_before": len(ids),
-        "jobs_succeeded": sum(r["status"] == "succeeded" for r in results),
-        "attempts": [r["attempts"] for r in results],
-        "ready_slowest_ms": round(1000 * probe.slowest, 1),
-    }
-
-
-def test_print_measurements() -> None:
-    print("\nload and fault measurements:", json.dumps(MEASURED, indent=1))
+    _report(
+        "redis_down",
+        {
+            "down_s": 30,
+            "ready_503_after_s": round(turned_503, 2),
+            "ready_503_for_s": round(probe.not_ready_seconds(), 1),
+            "ready_200_after_restart_s": round(back, 1),
+            "submission_while_down": f"{during.status_code} [{during.json()['code']}]",
+            "jobs_submitted_before": len(ids),
+            "jobs_succeeded": sum(r["status"] == "succeeded" for r in results),
+            "attempts": [r["attempts"] for r in results],
+            "ready_slowest_ms": round(1000 * probe.slowest, 1),
+        },
+    )
