@@ -27,7 +27,7 @@ from workers.cli import check_worker
 from workers.errors import JobNotFoundError, ServiceUnavailableError
 from workers.facts import WorkerFacts, publish
 from workers.jobs import Job, JobFiles, JobStatus, new_job_id, utcnow
-from workers.pipeline import _progress_writer
+from workers.pipeline import progress_writer
 from workers.redis_store import RedisJobStore, connect
 from workers.runtime import fail_unfinished
 from workers.settings import WorkerSettings
@@ -141,7 +141,7 @@ def test_concurrent_writers_never_move_each_others_fields_back(
 def test_progress_written_by_the_pipeline_is_visible(store: RedisJobStore) -> None:
     job = _job(status=JobStatus.RUNNING)
     store.create(job)
-    report = _progress_writer(store, job.job_id, 0.5, 0.5)
+    report = progress_writer(store, job.job_id, 0.5, 0.5)
     report(0.5)
     assert store.get(job.job_id).progress == 0.75
 

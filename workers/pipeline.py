@@ -106,7 +106,7 @@ class JobControl:
         self.store.update(self.job_id, lease_until=utcnow() + timedelta(seconds=self.lease_s))
 
 
-def _progress_writer(
+def progress_writer(
     store: JobStore, job_id: str, start: float, share: float, control: JobControl | None = None
 ) -> Callable[[float], None]:
     """A callback that records ``start + share * fraction`` at most every 0.5 s.
@@ -231,7 +231,7 @@ def _execute(
         StructureSetRequest(files.input_dir(job_id), clinical, series_uid),
         settings.contouring.contouring_policy(),
         StructureSetFiles(files.rtstruct(job_id), files.preview(job_id)),
-        _progress_writer(store, job_id, 0.0, 1.0, control),
+        progress_writer(store, job_id, 0.0, 1.0, control),
     )
     control.check(force=True)
     store.update(
