@@ -84,3 +84,46 @@ def test_nothing_inside_the_lungs_below_the_diaphragm_or_in_bone(
         assert below == 0.0, name
         assert bone < 1.0, name
     assert "CTVp_Breast_R" not in names and "CTVp_ChestWall_L" not in names
+
+
+def test_a_structure_cut_by_the_field_of_view_needs_attention() -> None:
+    """A patient wider than the field of view: the right breast CTV reaches the image edge
+    and may go on outside it. Before, nothing said so; now the job needs attention."""
+    from model.contouring.attention import attention_findings
+    from model.imaging.geometry import Grid, Volume
+    from model.imaging.plausibility import check_structures, find_landmarks
+    from model.imaging.postprocessing import midline_x
+    from model.text.clinical import parse_clinical
+
+    shape = (12, 40, 40)
+    grid = Grid(shape, (-80.0, -80.0, 0.0), (3.0, 4.0, 4.0), ((1, 0, 0), (0, 1, 0), (0, 0, 1)))
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[:, 1:38, :] = 40.0  # the body fills the image from side to side: cut by the FOV
+    hu[:, 15:30, 5:16] = -800.0  # right lung (i grows toward the patient's left)
+    hu[:, 15:30, 25:36] = -800.0  # left lung
+    volume = Volume(hu, grid)
+    body = hu > -400.0
+    body[:, 15:30, 5:16] = body[:, 15:30, 25:36] = True
+    mid = midline_x(body, grid)
+    right, left = np.zeros(shape, bool), np.zeros(shape, bool)
+    right[2:10, 2:7, 0:6] = True  # reaches the image edge (i = 0)
+    left[2:10, 2:7, 24:30] = True
+    kept, report = check_structures(
+        volume,
+        {("breast", "R"): right, ("breast", "L"): left},
+        find_landmarks(volume, body, mid),
+        mid,
+    )
+    assert set(kept) == {("breast", "R"), ("breast", "L")}
+    assert report.fov_edge_slices == {("breast", "R"): 8}
+    record = parse_clinical(
+        {
+            "diagnoses": [
+                {"side": side, "surgery": "breast_conserving", "t_stage": "2", "n_stage": "0"}
+                for side in ("left", "right")
+            ]
+        }
+    )
+    found = attention_findings(record, kept, report, 0.048, 1.0)
+    edge = [f for f in found if "field of view" in f]
+    assert len(edge) == 1 and "breast CTV on the right side" in edge[0] and "8 slice" in edge[0]

@@ -44,15 +44,25 @@ def attention_findings(
     * the CT shows no lungs: the anatomical rules could not check anything;
     * a structure the note requires is missing (under ``min_cc``) after the rules;
     * more than ``implausible_share`` of a required structure was implausible (removed);
+    * a structure reaches the edge of the field of view (the CT cuts the patient there);
     * a structure's confidence (:mod:`model.imaging.confidence`) is below ``flag_below``.
 
-    A single-CTV network has no sub-volumes to check: only the first finding applies.
+    A single-CTV network has no sub-volumes to check: only the lungs and the field of view
+    apply.
     """
     found: list[str] = []
     if plausibility is not None and not plausibility.lungs_found:
         found.append(
             "no lungs on this CT: the anatomy of the structures could not be checked (is this "
             "a thoracic CT?)"
+        )
+    edges = plausibility.fov_edge_slices if plausibility is not None else {}
+    for (name, side), slices in sorted(edges.items()):
+        label = f"{name.replace('_', ' ')} CTV on the {SIDE_WORD[side]} side"
+        found.append(
+            f"the {label} reaches the edge of the CT's field of view on {slices} slice(s): the "
+            "patient is cut by the field of view there and the target may go on outside the "
+            "image"
         )
     if any(name == "ctv" for name, _ in structures):
         return found

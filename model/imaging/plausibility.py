@@ -71,6 +71,9 @@ class PlausibilityReport:
 
     removed: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     lungs_found: bool = True
+    #: Per kept (structure, side): slices on which it reaches the edge of the image (the
+    #: field of view cuts the patient there; the structure may go on outside the image).
+    fov_edge_slices: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, key: tuple[str, str], reason: str, voxels: int, voxel_cc: float) -> None:
         """Record ``voxels`` removed from ``key`` for ``reason``."""
@@ -99,6 +102,9 @@ class PlausibilityReport:
         merged = cls(lungs_found=all(r.lungs_found for r in reports))
         for report, side in zip(reports, sides, strict=True):
             merged.removed.update({k: dict(v) for k, v in report.removed.items() if k[1] == side})
+            merged.fov_edge_slices.update(
+                {k: n for k, n in report.fov_edge_slices.items() if k[1] == side}
+            )
         return merged
 
 
@@ -204,15 +210,27 @@ def check_structures(
         bad = _implausible(key, points, volume, marks, mid_x, report, voxel_cc)
         if not bad.any():
             kept[key] = mask
+            _note_fov_edge(report, key, points, grid.shape)
             continue
         cleaned = mask.copy()
         cleaned[tuple(points[bad].T)] = False
         left = int(len(points) - bad.sum())
         if left * voxel_cc >= min_cc:
             kept[key] = cleaned
+            _note_fov_edge(report, key, points[~bad], grid.shape)
         elif left:
             report.add(key, "a remnant too small to keep", left, voxel_cc)
     return kept, report
+
+
+def _note_fov_edge(
+    report: PlausibilityReport, key: tuple[str, str], points: IntArray, shape: tuple[int, ...]
+) -> None:
+    """Record the slices on which the kept ``points`` touch the image's in-plane border."""
+    j, i = points[:, 1], points[:, 2]
+    edge = (j == 0) | (j == shape[1] - 1) | (i == 0) | (i == shape[2] - 1)
+    if edge.any():
+        report.fov_edge_slices[key] = len(np.unique(points[edge, 0]))
 
 
 def _points(mask: BoolArray) -> IntArray:
