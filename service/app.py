@@ -36,6 +36,7 @@ from service.deps import (
 )
 from service.dicomnet.events import DicomEvents
 from service.dicomnet.listener import DicomListener
+from service.dicomnet.tls import check_sender_tls
 from service.dicomweb import router as dicomweb_router
 from service.health import router as health_router
 from service.limits import BodySizeLimit
@@ -183,6 +184,7 @@ class Gateway:
         self.service.dispatcher.start()
         self.retention.start()
         self.desk.start()
+        check_sender_tls(self.settings.dicom)  # a missing TLS file stops the start here
         listener = start_listener(self.settings, self.desk, self.events)
         self.readiness.listener_running = lambda: listener is not None and listener.running
         self.readiness.start()
@@ -237,7 +239,7 @@ def _install_routes(app: FastAPI) -> None:
     ui.install(app)  # the review station under /ui/ (own sessions)
 
 
-def _install_middleware(app: FastAPI, settings: Settings) -> None:
+def _install_middleware(app: FastAPI, settings: Settings, audit: AuditLog) -> None:
     # A full disk refuses uploads and STOW-RS before their bodies (inside authentication).
     app.add_middleware(StorageBackpressure, settings=settings.storage)
     # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
@@ -247,7 +249,8 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
         json_limit=settings.uploads.max_json_bytes,
     )
     # Added last, so outermost: the token is checked before any body is read.
-    app.add_middleware(AuthenticateFirst, settings=settings.auth)
+    # It also counts failed authentications (the lockout) and audits them.
+    app.add_middleware(AuthenticateFirst, settings=settings.auth, audit=audit)
 
 
 def create_app(
@@ -289,5 +292,5 @@ def create_app(
     )
     gateway.publish(app)
     _install_routes(app)
-    _install_middleware(app, settings)
+    _install_middleware(app, settings, gateway.observed.audit)
     return app

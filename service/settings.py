@@ -85,6 +85,12 @@ class AuthSettings(BaseSettings):
     api_tokens: CommaList = Field(default_factory=list)
     api_tokens_file: Path | None = None
     allow_no_auth: bool = False
+    # Lockout (per gateway process): this many failed authentications (bearer tokens, the
+    # review station's login form) from one client address, or naming one identity at the
+    # login form, within auth_failure_window_s lock it out (429 with Retry-After, even with
+    # the right token) until the oldest of them is that old. 0 switches the lockout off.
+    auth_max_failures: int = Field(default=10, ge=0)
+    auth_failure_window_s: float = Field(default=300.0, gt=0)
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -137,6 +143,8 @@ class Settings(Sections):
 
 
 _SECRET_WORDS = ("token", "secret", "password", "key")
+#: Settings whose names hold a secret word but whose values are file paths, not secrets.
+_PATH_SETTINGS = ("api_tokens_file", "dicom_tls_key", "dicom_tls_cert", "dicom_tls_ca")
 
 
 def _without_credentials(url: str) -> str:
@@ -155,7 +163,7 @@ def public_settings(settings: Settings) -> dict[str, Any]:
     """
     public: dict[str, Any] = {}
     for name, value in flat_dump(settings, mode="json").items():
-        if any(word in name for word in _SECRET_WORDS) and name != "api_tokens_file":
+        if any(word in name for word in _SECRET_WORDS) and name not in _PATH_SETTINGS:
             continue
         public[name] = _without_credentials(value) if name.endswith("_url") and value else value
     public["api_identities"] = len(settings.auth.api_tokens)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,3 +95,73 @@ def running_listener(
         yield listener, recorder
     finally:
         listener.stop()
+
+
+# --- a throw-away PKI for DICOM TLS tests ---------------------------------------------------------
+@dataclass(frozen=True)
+class Pki:
+    """PEM files made by :func:`make_pki`: a CA, a server and a client it issued, and a client
+    certificate from another (untrusted) CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_cert: Path
+    rogue_key: Path
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    openssl = require_tool("openssl")
+    done = subprocess.run(
+        [openssl, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {done.stderr[-1000:]}")
+
+
+def _authority(folder: Path, name: str) -> tuple[Path, Path]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+        "-days", "2", "-subj", f"/CN=llmctv test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )  # fmt: skip
+    return cert, key
+
+
+def _issue(folder: Path, name: str, ca: tuple[Path, Path], usage: str) -> tuple[Path, Path]:
+    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
+    ext = folder / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        f"extendedKeyUsage={usage}\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", f"/CN=llmctv test {name}", cwd=folder,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext, cwd=folder,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
+
+
+def make_pki(folder: Path) -> Pki:
+    """A CA with a server (``127.0.0.1``, ``localhost``) and a client certificate, and a
+    client certificate of another CA, in ``folder`` (openssl, RSA 2048, valid two days)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca = _authority(folder, "ca")
+    server = _issue(folder, "server", ca, "serverAuth")
+    client = _issue(folder, "client", ca, "clientAuth")
+    rogue = _issue(folder, "rogue", _authority(folder, "rogue-ca"), "clientAuth")
+    return Pki(ca[0], *server, *client, *rogue)

@@ -33,6 +33,7 @@ from service.dicomnet.assembly import ReceivedInstance, SeriesAssembler
 from service.dicomnet.errors import (
     DicomStorageError,
     IncompleteInstanceError,
+    InstanceConflictError,
     InvalidUidError,
     SopClassMismatchError,
 )
@@ -274,11 +275,13 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
-def test_store_replaces_atomically_and_refuses_bad_uids(tmp_path: Path) -> None:
+def test_store_is_atomic_idempotent_and_refuses_bad_uids(tmp_path: Path) -> None:
     path = store_instance(tmp_path, "1.2", "1.2.3", "1.2.3.4", b"first")
-    assert store_instance(tmp_path, "1.2", "1.2.3", "1.2.3.4", b"second") == path
-    assert path.read_bytes() == b"second"
+    assert store_instance(tmp_path, "1.2", "1.2.3", "1.2.3.4", b"first") == path  # sent again
     assert [p.name for p in path.parent.iterdir()] == ["1.2.3.4.dcm"]
+    with pytest.raises(InstanceConflictError):  # other content under the same SOPInstanceUID
+        store_instance(tmp_path, "1.2", "1.2.3", "1.2.3.4", b"second")
+    assert path.read_bytes() == b"first"
     for bad in ("..", "1.2/3", "", "1." + "2" * 70, "1.2a"):
         with pytest.raises(InvalidUidError):
             store_instance(tmp_path, "1.2", bad, "1.2.3.4", b"x")

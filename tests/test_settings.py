@@ -21,14 +21,14 @@ from workers.settings import WorkerSettings
 SECTIONS = {
     "http": 10,
     "uploads": 5,
-    "auth": 3,
+    "auth": 5,
     "review": 4,
     "orders": 1,
-    "dicom": 16,
+    "dicom": 24,
     "contouring": 15,
     "jobs": 12,
     "storage": 6,
-    "model": 6,
+    "model": 7,
 }
 
 

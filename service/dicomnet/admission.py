@@ -10,8 +10,17 @@ told apart:
   (:mod:`service.dicomnet.pdu_stream`);
 - an *association* takes a slot when its A-ASSOCIATE-RQ is admitted (the listener's
   ``EVT_REQUESTED`` handler calls :meth:`Admission.admit_association`); at most
-  ``max_associations`` in all and ``max_per_peer`` per address, so one address can never take
-  every slot. A refused request gets A-ASSOCIATE-RJ, transient, local limit exceeded.
+  ``max_associations`` in all, ``max_per_peer`` per address and ``max_per_ae`` per calling AE
+  title (whatever the address), so neither one address nor one AE title reaching us from
+  several addresses can take every slot. A refused request gets A-ASSOCIATE-RJ, transient,
+  local limit exceeded;
+- an association that received no data set (nothing stored, only C-ECHO or silence) for
+  ``idle_timeout_s`` is listed by :meth:`Admission.idle`; the listener releases it, so
+  keep-alive echoes cannot hold a slot for ever.
+
+Over DICOM TLS (``tls`` given) each accepted connection is wrapped as a
+:class:`~service.dicomnet.pdu_stream.GuardedTlsSocket` whose handshake runs later, in the
+association's thread: the accepting thread never waits for a peer.
 
 The server class is handed to pynetdicom's public ``AE.make_server(server_class=...)``.
 """
@@ -21,7 +30,9 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +41,7 @@ from typing import Any
 from pynetdicom.transport import ThreadedAssociationServer
 
 from model.errors import ConfigurationError
-from service.dicomnet.pdu_stream import GuardedSocket, PduLimits
+from service.dicomnet.pdu_stream import GuardedSocket, GuardedTlsSocket, PduLimits
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +51,16 @@ MAX_PENDING_TOTAL = 64
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    """Slots per listener and per peer address."""
+    """Slots per listener, per peer address and per calling AE title; the idle timeout.
+
+    ``max_per_ae`` ``None`` means ``max_per_peer``.
+    """
 
     max_associations: int = 10
     max_per_peer: int = 4
     max_pending_per_peer: int = 16
+    max_per_ae: int | None = None
+    idle_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_per_peer <= self.max_associations:
@@ -52,25 +68,65 @@ class AdmissionLimits:
                 "dicom_max_associations_per_peer must be 1 to dicom_max_associations, got "
                 f"{self.max_per_peer} (of {self.max_associations})"
             )
+        if self.max_per_ae is None:
+            object.__setattr__(self, "max_per_ae", self.max_per_peer)
+        if not 1 <= self.per_ae <= self.max_associations:
+            raise ConfigurationError(
+                "dicom_max_associations_per_ae must be 1 to dicom_max_associations, got "
+                f"{self.per_ae} (of {self.max_associations})"
+            )
+        if not self.idle_timeout_s > 0:
+            raise ConfigurationError(
+                f"dicom_idle_timeout_s must be positive, got {self.idle_timeout_s}"
+            )
         if not 1 <= self.max_pending_per_peer <= MAX_PENDING_TOTAL:
             raise ConfigurationError(
                 f"dicom_max_pending_per_peer must be 1 to {MAX_PENDING_TOTAL}, got "
                 f"{self.max_pending_per_peer}"
             )
 
+    @property
+    def per_ae(self) -> int:
+        """Associations one calling AE title may hold (``max_per_ae``, resolved)."""
+        return self.max_per_ae if self.max_per_ae is not None else self.max_per_peer
+
 
 class Admission:
-    """Book-keeping of open connections by peer address (thread-safe)."""
+    """Book-keeping of open connections by peer address and AE title (thread-safe).
 
-    def __init__(self, limits: AdmissionLimits, pdu_limits: PduLimits) -> None:
+    Parameters
+    ----------
+    limits, pdu_limits
+        Slots, idle timeout, and what one connection may send.
+    tls
+        The listener's TLS context: connections are then TLS only.
+    """
+
+    def __init__(
+        self,
+        limits: AdmissionLimits,
+        pdu_limits: PduLimits,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.limits = limits
         self.pdu_limits = pdu_limits
+        self.tls = tls
         self._lock = threading.Lock()
         # Weak: a socket pynetdicom dropped without closing it must not hold a slot forever.
         self._open: weakref.WeakSet[GuardedSocket] = weakref.WeakSet()
 
     def wrap(self, accepted: socket.socket) -> GuardedSocket:
-        """The guarded socket for a just-accepted connection (not yet counted)."""
+        """The guarded socket for a just-accepted connection (not yet counted).
+
+        Raises
+        ------
+        OSError
+            When a TLS connection is gone before it could be wrapped.
+        """
+        if self.tls is not None:
+            return GuardedTlsSocket.wrap_accepted(
+                accepted, self.tls, self.pdu_limits, on_close=self._closed
+            )
         return GuardedSocket(accepted, self.pdu_limits, on_close=self._closed)
 
     def _closed(self, sock: GuardedSocket) -> None:
@@ -96,11 +152,16 @@ class Admission:
         logger.warning("DICOM connection from %s closed at once: %s", sock.peer, reason)
         return False
 
-    def admit_association(self, sock: GuardedSocket) -> str | None:
-        """Give a requested association a slot; the reason it gets none, or ``None``."""
+    def admit_association(self, sock: GuardedSocket, calling_ae: str = "") -> str | None:
+        """Give a requested association a slot; the reason it gets none, or ``None``.
+
+        ``calling_ae`` is the requestor's AE title (stripped); its associations from every
+        address together are capped at ``max_per_ae``.
+        """
         with self._lock:
             admitted = [s for s in self._open if s.admitted and s is not sock and not s.refused]
             from_host = sum(s.peer_host == sock.peer_host for s in admitted)
+            from_ae = sum(s.calling_ae == calling_ae for s in admitted)
             if len(admitted) >= self.limits.max_associations:
                 return f"all {self.limits.max_associations} association slots are in use"
             if from_host >= self.limits.max_per_peer:
@@ -108,9 +169,27 @@ class Admission:
                     f"{from_host} associations from this address already "
                     f"(dicom_max_associations_per_peer {self.limits.max_per_peer})"
                 )
+            if from_ae >= self.limits.per_ae:
+                return (
+                    f"{from_ae} associations of this calling AE title already "
+                    f"(dicom_max_associations_per_ae {self.limits.per_ae})"
+                )
+            sock.calling_ae = calling_ae
+            sock.admitted_at = time.monotonic()
             sock.admitted = True
             self._open.add(sock)
         return None
+
+    def admitted(self) -> list[GuardedSocket]:
+        """The connections holding an association slot now."""
+        with self._lock:
+            return [s for s in self._open if s.admitted and not s.refused]
+
+    def idle(self, now: float | None = None) -> list[GuardedSocket]:
+        """Admitted associations that received no data set for ``idle_timeout_s``."""
+        now = time.monotonic() if now is None else now
+        limit = self.limits.idle_timeout_s
+        return [s for s in self.admitted() if now - s.last_activity() > limit]
 
     def open_count(self) -> int:
         """Connections open now (pending and admitted)."""

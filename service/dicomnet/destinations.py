@@ -1,4 +1,10 @@
-"""Configured C-STORE destinations (``dicom_destinations``: ``NAME=AET@host:port``)."""
+"""Configured C-STORE destinations (``dicom_destinations``: ``NAME=AET@host:port[/tls]``).
+
+A destination ending in ``/tls`` is reached over DICOM TLS with the credentials of the
+``dicom_tls_*`` settings (:class:`~service.dicomnet.tls.TlsCredentials`): its certificate is
+verified against ``dicom_tls_ca`` (or the system's authorities), and our certificate is
+presented as the client certificate when one is configured.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from dataclasses import dataclass
 from model.errors import ConfigurationError
 from service.dicomnet.errors import InvalidDestinationError, UnknownDestinationError
 from service.dicomnet.settings import DicomSettings, get_settings
+from service.dicomnet.tls import TLS_SUFFIX, TlsCredentials
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)$")
@@ -62,29 +69,39 @@ class DicomDestination:
         Host name or IP address (IPv6 in brackets in the setting, stored without them).
     port
         TCP port, 1 to 65535.
+    tls
+        The credentials of DICOM TLS when the destination is marked ``/tls``; ``None``: plain
+        TCP.
     """
 
     name: str
     ae_title: str
     host: str
     port: int
+    tls: TlsCredentials | None = None
 
     def __str__(self) -> str:
-        return f"{self.name}={self.ae_title}@{self.host}:{self.port}"
+        suffix = TLS_SUFFIX if self.tls is not None else ""
+        return f"{self.name}={self.ae_title}@{self.host}:{self.port}{suffix}"
 
     @property
     def address(self) -> str:
-        """``AET@host:port`` for messages."""
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        """``AET@host:port`` for messages (``(TLS)`` appended for a TLS destination)."""
+        suffix = " (TLS)" if self.tls is not None else ""
+        return f"{self.ae_title}@{self.host}:{self.port}{suffix}"
 
 
-def parse_destination(text: str) -> DicomDestination:
-    """Parse one ``NAME=AET@host:port`` setting value.
+def parse_destination(text: str, tls: TlsCredentials | None = None) -> DicomDestination:
+    """Parse one ``NAME=AET@host:port[/tls]`` setting value.
 
     Parameters
     ----------
     text
-        E.g. ``TPS=ECLIPSE@10.0.0.5:104`` or ``PACS=ORTHANC@[::1]:4242``.
+        E.g. ``TPS=ECLIPSE@10.0.0.5:104``, ``PACS=ORTHANC@[::1]:4242`` or, over DICOM TLS,
+        ``TPS=ECLIPSE@tps.example.org:2762/tls``.
+    tls
+        The credentials a ``/tls`` destination uses (default: no client certificate, the
+        system's certificate authorities).
 
     Returns
     -------
@@ -96,8 +113,12 @@ def parse_destination(text: str) -> DicomDestination:
     InvalidDestinationError
         With the expected form and the part that is wrong.
     """
-    form = "expected NAME=AET@host:port"
-    name, sep, rest = text.strip().partition("=")
+    form = "expected NAME=AET@host:port or NAME=AET@host:port/tls"
+    stripped = text.strip()
+    secure = stripped.lower().endswith(TLS_SUFFIX)
+    if secure:
+        stripped = stripped[: -len(TLS_SUFFIX)]
+    name, sep, rest = stripped.partition("=")
     if not sep or not _NAME.match(name):
         raise InvalidDestinationError(f"destination {text!r}: bad or missing NAME ({form})")
     ae_title, sep, address = rest.rpartition("@")
@@ -113,11 +134,16 @@ def parse_destination(text: str) -> DicomDestination:
         raise InvalidDestinationError(
             f"destination {text!r}: port must be a number from 1 to 65535 ({form})"
         )
-    return DicomDestination(name, ae_title, host.strip("[]"), int(port_text))
+    credentials = (tls or TlsCredentials()) if secure else None
+    return DicomDestination(name, ae_title, host.strip("[]"), int(port_text), credentials)
 
 
-def parse_destinations(values: Iterable[str]) -> dict[str, DicomDestination]:
+def parse_destinations(
+    values: Iterable[str], tls: TlsCredentials | None = None
+) -> dict[str, DicomDestination]:
     """Parse several settings values into a mapping by name; duplicate names are refused.
+
+    ``tls`` is what the ``/tls`` destinations use (see :func:`parse_destination`).
 
     Raises
     ------
@@ -126,7 +152,7 @@ def parse_destinations(values: Iterable[str]) -> dict[str, DicomDestination]:
     """
     result: dict[str, DicomDestination] = {}
     for text in values:
-        destination = parse_destination(text)
+        destination = parse_destination(text, tls)
         if destination.name in result:
             raise InvalidDestinationError(f"destination name {destination.name!r} is repeated")
         result[destination.name] = destination
@@ -136,8 +162,10 @@ def parse_destinations(values: Iterable[str]) -> dict[str, DicomDestination]:
 def destinations_from_settings(
     settings: DicomSettings | None = None,
 ) -> dict[str, DicomDestination]:
-    """The configured ``dicom_destinations`` by name (process settings by default)."""
-    return parse_destinations((settings or get_settings()).dicom_destinations)
+    """The configured ``dicom_destinations`` by name (process settings by default); the
+    ``/tls`` ones carry the ``dicom_tls_*`` credentials."""
+    settings = settings or get_settings()
+    return parse_destinations(settings.dicom_destinations, TlsCredentials.from_settings(settings))
 
 
 def resolve_destination(name: str, destinations: dict[str, DicomDestination]) -> DicomDestination:

@@ -19,6 +19,7 @@ SendFailure = Literal[
     "no_presentation_context",
     "status_failure",
     "unreadable_file",
+    "tls_failed",
 ]
 
 
@@ -26,6 +27,15 @@ class InvalidDestinationError(ConfigurationError):
     """A ``NAME=AET@host:port`` destination setting is malformed."""
 
     code = "invalid_dicom_destination"
+
+
+class DicomTlsError(ConfigurationError):
+    """DICOM TLS cannot be set up: a certificate, key or CA file is missing, unreadable, not
+    PEM, or the key does not belong to the certificate; or the TLS settings contradict each
+    other (e.g. client certificates required without a CA to verify them). The listener
+    refuses to start; a send to a TLS destination fails at once."""
+
+    code = "dicom_tls_invalid"
 
 
 class UnknownDestinationError(LlmctvError):
@@ -52,6 +62,15 @@ class IdentityConflictError(IncompleteInstanceError):
     administrator and refused (C-STORE status 0xC000)."""
 
     code = "dicom_identity_conflict"
+
+
+class InstanceConflictError(IdentityConflictError):
+    """An instance whose SOPInstanceUID is already stored in its series with other content (a
+    reused UID: another image under the same identifier). Never overwritten: it is kept aside
+    (quarantine) and refused like an identity conflict (C-STORE status 0xC000, STOW-RS
+    FailureReason 0xC000)."""
+
+    code = "dicom_instance_conflict"
 
 
 class SopClassMismatchError(IncompleteInstanceError):

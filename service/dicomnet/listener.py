@@ -5,9 +5,11 @@ recorded with a :class:`~service.dicomnet.assembly.SeriesAssembler`, which repor
 series once it has been quiet for the series timeout. The conformance statement is
 ``docs/dicom-conformance.md``.
 
-Limits on peers (maximum PDU and instance size, the ARTIM timer, slots per address) are
-enforced before pynetdicom buffers anything: see :mod:`service.dicomnet.pdu_stream` and
-:mod:`service.dicomnet.admission`.
+Limits on peers (maximum PDU and instance size, the ARTIM timer, slots per address and per
+calling AE title) are enforced before pynetdicom buffers anything: see
+:mod:`service.dicomnet.pdu_stream` and :mod:`service.dicomnet.admission`. Associations that
+store nothing for the idle timeout are released by :mod:`service.dicomnet.idle`. With a TLS
+context (:mod:`service.dicomnet.tls`) the listener speaks DICOM TLS only.
 
 Logs name associations by AE titles and addresses and instances by UIDs and counts; they
 never contain patient names or IDs. AE titles are peer-controlled, so they are logged escaped
@@ -16,8 +18,10 @@ never contain patient names or IDs. AE titles are peer-controlled, so they are l
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +30,7 @@ from typing import Any, cast
 
 from pydicom.uid import UID, CTImageStorage, RTStructureSetStorage
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.transport import AssociationSocket
@@ -55,6 +60,7 @@ from service.dicomnet.errors import (
     SopClassMismatchError,
 )
 from service.dicomnet.events import DicomEvents
+from service.dicomnet.idle import IdleWatch
 from service.dicomnet.pdu_stream import GuardedSocket, PduLimits
 from service.dicomnet.settings import DicomSettings
 from service.dicomnet.storage import (
@@ -63,6 +69,8 @@ from service.dicomnet.storage import (
     store_instance,
 )
 from service.dicomnet.store_request import describe_store
+from service.dicomnet.tls import describe as describe_tls
+from service.dicomnet.tls import listener_context
 from workers.settings import StorageSettings
 from workers.storage_space import StorageWatermark
 
@@ -187,6 +195,9 @@ class DicomListener:
     events
         Where accepted and rejected associations and quarantined instances are reported
         (default: nowhere but counters in memory).
+    tls
+        A server TLS context (:func:`service.dicomnet.tls.server_context`): the listener then
+        accepts DICOM TLS connections only. ``None``: plain TCP.
 
     Raises
     ------
@@ -210,6 +221,7 @@ class DicomListener:
         pdu_limits: PduLimits | None = None,
         watermark: StorageWatermark | None = None,
         events: DicomEvents | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._ae_title = check_ae_title(ae_title, "dicom_ae_title").strip()
         self._allowed = tuple(
@@ -224,10 +236,13 @@ class DicomListener:
         limits = admission or AdmissionLimits(
             max_associations=max_associations, max_per_peer=max(1, max_associations // 2)
         )
-        self._admission = Admission(limits, pdu_limits or PduLimits())
+        self._admission = Admission(limits, pdu_limits or PduLimits(), tls)
         self._assembler = SeriesAssembler(series_timeout_s, on_complete)
         self._watermark = watermark
         self._events = events if events is not None else DicomEvents()
+        self._watch = IdleWatch(
+            self._admission, self._events, grace_s=self._admission.pdu_limits.artim_timeout_s
+        )
         self._server: GuardedAssociationServer | None = None
         self._ae: AE | None = None
 
@@ -243,6 +258,12 @@ class DicomListener:
 
         Instances are stored under ``<storage_dir>/dicom/received``; the storage settings'
         watermark refuses associations while the disk is full.
+
+        Raises
+        ------
+        DicomTlsError
+            With ``dicom_tls`` on, when a certificate, key or CA file is missing, unreadable
+            or malformed (the listener is not built).
         """
         return cls(
             ae_title=settings.dicom_ae_title,
@@ -257,6 +278,8 @@ class DicomListener:
                 max_associations=settings.dicom_max_associations,
                 max_per_peer=settings.dicom_max_associations_per_peer,
                 max_pending_per_peer=settings.dicom_max_pending_per_peer,
+                max_per_ae=settings.dicom_max_associations_per_ae,
+                idle_timeout_s=settings.dicom_idle_timeout_s,
             ),
             pdu_limits=PduLimits(
                 max_pdu_bytes=settings.dicom_max_pdu_bytes,
@@ -266,6 +289,7 @@ class DicomListener:
             ),
             watermark=StorageWatermark.from_settings(storage),
             events=events,
+            tls=listener_context(settings),
         )
 
     # --- properties -----------------------------------------------------------------------------
@@ -307,6 +331,11 @@ class DicomListener:
         return self._admission
 
     @property
+    def tls(self) -> bool:
+        """Whether the listener speaks DICOM TLS."""
+        return self._admission.tls is not None
+
+    @property
     def running(self) -> bool:
         """Whether the listener accepts associations."""
         return self._server is not None
@@ -340,6 +369,7 @@ class DicomListener:
         serve_in_thread(server, f"dicom-listener-{self._ae_title}")
         self._ae, self._server = ae, server
         self._assembler.start()
+        self._watch.start(f"dicom-listener-watch-{self._ae_title}")
         self._log_started()
 
     def stop(self, *, flush: bool = False) -> None:
@@ -356,6 +386,7 @@ class DicomListener:
         if self._ae is not None:
             self._ae.shutdown()
         self._ae = self._server = None
+        self._watch.stop()
         self._assembler.stop(flush=flush)
         logger.info("DICOM listener %s stopped", self._ae_title)
 
@@ -397,10 +428,11 @@ class DicomListener:
 
     def _log_started(self) -> None:
         logger.info(
-            "DICOM listener %s on %s:%d (storage classes %d, transfer syntaxes %d)",
+            "DICOM listener %s on %s:%d%s (storage classes %d, transfer syntaxes %d)",
             self._ae_title,
             self._host,
             self.port,
+            " over TLS" if self.tls else "",
             len(STORAGE_SOP_CLASSES),
             len(self._syntaxes),
         )
@@ -416,9 +448,15 @@ class DicomListener:
         return STATUS_SUCCESS
 
     def _handle_accepted(self, event: Event) -> None:
-        logger.info("association accepted from %s", _peer(event))
         requestor = event.assoc.requestor
-        self._events.association_accepted(str(requestor.ae_title), str(requestor.address))
+        sock = cast(AssociationSocket, event.assoc.dul.socket).socket
+        if isinstance(sock, ssl.SSLSocket):
+            logger.info("association accepted from %s (%s)", _peer(event), describe_tls(sock))
+        else:
+            logger.info("association accepted from %s", _peer(event))
+        self._events.association_accepted(
+            str(requestor.ae_title), str(requestor.address), tls=isinstance(sock, ssl.SSLSocket)
+        )
 
     def _handle_requested(self, event: Event) -> None:
         """A-ASSOCIATE-RQ decoded: check the calling AE and give the association a slot.
@@ -437,8 +475,9 @@ class DicomListener:
         elif not isinstance(sock, GuardedSocket):
             return
         else:
-            refusal = self._admission.admit_association(sock)
+            refusal = self._admission.admit_association(sock, calling)
             if refusal is None:
+                sock.on_idle = functools.partial(_abort, assoc)
                 return
             reason, rsd = f"local limit exceeded: {refusal}", _RJ_LOCAL_LIMIT_EXCEEDED
         peer = f"{printable(calling)}@{assoc.requestor.address}:{assoc.requestor.port}"
@@ -514,3 +553,8 @@ def _peer(event: Event) -> str:
     """``AET@address:port`` of the association's requestor."""
     requestor = event.assoc.requestor
     return f"{printable(str(requestor.ae_title).strip())}@{requestor.address}:{requestor.port}"
+
+
+def _abort(assoc: Association) -> None:
+    """A-ABORT queued for the association's own thread (called by the idle watch)."""
+    assoc.abort(block=False)

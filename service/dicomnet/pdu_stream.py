@@ -21,6 +21,16 @@ A refused connection gets an A-ABORT (source: service provider) and is shut down
 then reads end-of-stream and ends the association as a closed transport. The hook is a
 ``socket.socket`` subclass handed to pynetdicom by the server's ``get_request`` (see
 :mod:`service.dicomnet.admission`); nothing in pynetdicom is patched.
+
+Over DICOM TLS the same guard reads the decrypted stream: :class:`GuardedTlsSocket` is an
+``ssl.SSLSocket`` (so pynetdicom sees TLS-buffered bytes as ready) whose handshake runs on the
+first read, in the association's thread and inside the ARTIM timer; a failed handshake (a
+plain-TCP client, a client without an accepted certificate) refuses the connection like any
+other violation, without an A-ABORT (there is no TLS session to carry one).
+
+The socket also notes when the peer last sent data-set bytes (:attr:`GuardedSocket.last_data`):
+the listener releases associations that only keep themselves alive (C-ECHO, nothing stored)
+for longer than the idle timeout.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -115,6 +126,15 @@ class GuardedSocket(socket.socket):
             peer = None
         host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 0)
         super().__init__(family, kind, proto, fileno=accepted.detach())
+        self._setup(limits, on_close, host, port)
+
+    def _setup(
+        self,
+        limits: PduLimits,
+        on_close: Callable[[GuardedSocket], None] | None,
+        host: str,
+        port: int,
+    ) -> None:
         self.settimeout(limits.pdu_timeout_s)
         self.limits = limits
         self.peer_host = host
@@ -123,6 +143,12 @@ class GuardedSocket(socket.socket):
         self.requested = False  # a complete A-ASSOCIATE-RQ was read
         self.admitted = False  # the association holds a slot (set by admission)
         self.refused = False
+        self.calling_ae = ""  # set by admission with the slot
+        self.admitted_at = 0.0
+        self.last_data = 0.0  # monotonic time of the last data-set fragment received
+        #: Ends the association politely (set by the listener: pynetdicom's abort).
+        self.on_idle: Callable[[], None] | None = None
+        self.idle_since: float | None = None  # when the idle release was asked for
         self._on_close = on_close
         self._opened = time.monotonic()
         self._pdu_started = self._opened
@@ -145,11 +171,14 @@ class GuardedSocket(socket.socket):
             return self._refuse(self._late_reason())
         self.settimeout(remaining)
         try:
+            self._before_read()
             data = super().recv(bufsize, flags)
         except TimeoutError:
             return self._refuse(self._late_reason())
         except ConnectionError:  # reset by the peer: end-of-stream, without a traceback
             return b""
+        except ssl.SSLError as exc:  # only a TLS socket raises it
+            return self._refuse(f"TLS: {exc.reason or type(exc).__name__}")
         finally:
             if not self.refused:
                 self.settimeout(self.limits.pdu_timeout_s)
@@ -177,9 +206,21 @@ class GuardedSocket(socket.socket):
         super().close()
 
     def _release(self) -> None:
-        callback, self._on_close = self._on_close, None
+        callback = getattr(self, "_on_close", None)
+        self._on_close = None
         if callback is not None:
             callback(self)
+
+    def _before_read(self) -> None:
+        """Hook run before each read (the TLS handshake)."""
+
+    def _can_abort(self) -> bool:
+        """Whether an A-ABORT can be sent (a TLS socket needs its session first)."""
+        return True
+
+    def last_activity(self) -> float:
+        """When the association was admitted or last received data-set bytes (monotonic)."""
+        return max(self.admitted_at, self.last_data)
 
     # --- deadlines ---------------------------------------------------------------------------
     def _in_pdu(self) -> bool:
@@ -291,6 +332,7 @@ class GuardedSocket(socket.socket):
                 return f"a command set of more than {MAX_COMMAND_BYTES} bytes"
             self._command_bytes = 0 if last else total
             return None
+        self.last_data = time.monotonic()
         total = self._data_set_bytes + size
         if total > self.limits.max_instance_bytes:
             return (
@@ -306,9 +348,61 @@ class GuardedSocket(socket.socket):
         with self.lock:
             self.refused = True
         logger.warning("DICOM connection from %s aborted: %s", self.peer, reason)
-        with contextlib.suppress(OSError):
-            self.settimeout(1.0)
-            self.sendall(A_ABORT_BY_PROVIDER)
+        if self._can_abort():
+            with contextlib.suppress(OSError):
+                self.settimeout(1.0)
+                self.sendall(A_ABORT_BY_PROVIDER)
         with contextlib.suppress(OSError):
             self.shutdown(socket.SHUT_RDWR)
         return b""
+
+
+class GuardedTlsSocket(GuardedSocket, ssl.SSLSocket):
+    """A :class:`GuardedSocket` over TLS: the guard reads the decrypted stream.
+
+    Made only by :meth:`wrap_accepted` (``ssl.SSLSocket`` cannot be instantiated directly); the
+    handshake is deferred to the first read, so it runs in the association's thread, bounded
+    by the ARTIM deadline of the connection.
+    """
+
+    _handshake_done: bool = False
+
+    @classmethod
+    def wrap_accepted(
+        cls,
+        accepted: socket.socket,
+        context: ssl.SSLContext,
+        limits: PduLimits,
+        on_close: Callable[[GuardedSocket], None] | None = None,
+    ) -> GuardedTlsSocket:
+        """Wrap a just-accepted connection (server side, handshake not yet done).
+
+        Raises
+        ------
+        OSError
+            When the connection is already gone.
+        """
+        try:
+            peer = accepted.getpeername()
+        except OSError:
+            peer = None
+        host, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("?", 0)
+        context.sslsocket_class = cls
+        wrapped = context.wrap_socket(accepted, server_side=True, do_handshake_on_connect=False)
+        if not isinstance(wrapped, GuardedTlsSocket):  # pragma: no cover - set just above
+            wrapped.close()
+            raise OSError("the TLS context made another socket class")
+        wrapped._setup(limits, on_close, host, port)
+        return wrapped
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        """Read decrypted bytes through the guard (see :meth:`GuardedSocket.recv`)."""
+        return GuardedSocket.recv(self, buflen, flags)
+
+    def _before_read(self) -> None:
+        if not self._handshake_done:
+            self.do_handshake()
+            self._handshake_done = True
+
+    def _can_abort(self) -> bool:
+        return self._handshake_done

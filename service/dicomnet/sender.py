@@ -14,12 +14,20 @@ Files are streamed from disk as they are (never decoded) when the peer accepted 
 transfer syntax: this switches pynetdicom's ``STORE_SEND_CHUNKED_DATASET`` on, process-wide,
 which only changes how ``send_c_store`` treats *file paths*. When the peer accepted another
 uncompressed transfer syntax only, the file is decoded and pynetdicom converts it.
+
+A destination marked ``/tls`` is reached over DICOM TLS (:mod:`service.dicomnet.tls`, TLS 1.2
+or later, its certificate verified, ours presented when configured). The TLS context is built
+before the first attempt: a missing or malformed certificate, key or CA file fails the send at
+once (``dicom_tls_invalid``, no retries); a failed handshake is a ``tls_failed`` attempt, with
+the TLS library's reason (e.g. the certificate is not trusted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,11 +47,14 @@ from pynetdicom.presentation import PresentationContext
 from model.errors import ConfigurationError
 from service.dicomnet.destinations import DicomDestination, check_ae_title
 from service.dicomnet.errors import DicomSendError, SendFailure
+from service.dicomnet.tls import client_context
 
 logger = logging.getLogger(__name__)
 
 MAX_PDU_BYTES = 262_144
 CONNECT_TIMEOUT_S = 10.0
+#: How long the failure probe waits for a TLS alert after the handshake.
+TLS_PROBE_READ_S = 1.0
 ACSE_TIMEOUT_S = 30.0
 DIMSE_TIMEOUT_S = 120.0
 NETWORK_TIMEOUT_S = 120.0
@@ -151,10 +162,43 @@ def _build_ae(calling_ae: str, contexts: list[PresentationContext]) -> AE:
     return ae
 
 
-def _connection_problem(host: str, port: int) -> str:
-    """Why a TCP connection to ``host:port`` fails (probed again, for a precise reason)."""
+def _tls_problem(sock: socket.socket, host: str, context: ssl.SSLContext) -> str | None:
+    """Why a TLS session over ``sock`` fails, or ``None`` when it holds.
+
+    With TLS 1.3 the server checks our certificate after the client's handshake has ended, so
+    the first read is tried too: a refused client certificate arrives there as an alert.
+    """
     try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+        with context.wrap_socket(sock, server_hostname=host) as secure:
+            secure.settimeout(TLS_PROBE_READ_S)
+            with contextlib.suppress(TimeoutError):
+                secure.recv(1)
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"TLS: the peer's certificate was not accepted ({exc.verify_message})"
+    except ssl.SSLError as exc:
+        return f"TLS handshake failed ({exc.reason or type(exc).__name__})"
+    except OSError as exc:
+        return f"TLS handshake failed ({exc.strerror or type(exc).__name__})"
+
+
+def _connection_problem(
+    host: str, port: int, tls: ssl.SSLContext | None = None
+) -> tuple[SendFailure, str]:
+    """Why a connection to ``host:port`` fails (probed again, for a precise reason)."""
+    problem = _tcp_problem(host, port, tls)
+    if problem.startswith("TLS"):
+        return "tls_failed", problem
+    return "connection_failed", problem
+
+
+def _tcp_problem(host: str, port: int, tls: ssl.SSLContext | None) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S) as sock:
+            if tls is not None:
+                problem = _tls_problem(sock, host, tls)
+                if problem is not None:
+                    return problem
             return "connection failed (the port accepted a later probe)"
     except ConnectionRefusedError:
         return "connection refused (nothing listens on that port)"
@@ -167,13 +211,16 @@ def _connection_problem(host: str, port: int) -> str:
 
 
 def _association_failure(
-    assoc: Association, connected: bool, destination: DicomDestination
+    assoc: Association,
+    connected: bool,
+    destination: DicomDestination,
+    tls: ssl.SSLContext | None = None,
 ) -> _Failure:
     """Describe an association that was not established."""
     where = destination.address
     if not connected:
-        problem = _connection_problem(destination.host, destination.port)
-        return _Failure("connection_failed", f"cannot connect to {where}: {problem}")
+        kind, problem = _connection_problem(destination.host, destination.port, tls)
+        return _Failure(kind, f"cannot connect to {where}: {problem}")
     if assoc.is_rejected:
         rsp = assoc.acceptor.primitive
         detail = (
@@ -182,6 +229,10 @@ def _association_failure(
             else "no reason given"
         )
         return _Failure("association_rejected", f"association rejected by {where}: {detail}")
+    if tls is not None:
+        kind, problem = _connection_problem(destination.host, destination.port, tls)
+        if kind == "tls_failed":
+            return _Failure(kind, f"association with {where} failed: {problem}")
     if not assoc.accepted_contexts:
         return _Failure(
             "association_aborted",
@@ -252,9 +303,12 @@ def _send_over(assoc: Association, items: Sequence[_Instance], where: str) -> _A
 
 
 def _attempt(
-    items: Sequence[_Instance], destination: DicomDestination, calling_ae: str
+    items: Sequence[_Instance],
+    destination: DicomDestination,
+    calling_ae: str,
+    tls: ssl.SSLContext | None = None,
 ) -> _Attempt:
-    """One association: connect, send what is left, release."""
+    """One association: connect (over TLS with ``tls``), send what is left, release."""
     ae = _build_ae(calling_ae, _contexts(items))
     opened: list[bool] = []
 
@@ -266,9 +320,11 @@ def _attempt(
         destination.port,
         ae_title=destination.ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)],
+        tls_args=(tls, destination.host) if tls is not None else None,
     )
     if not assoc.is_established:
-        return _Attempt([], failure=_association_failure(assoc, bool(opened), destination))
+        failure = _association_failure(assoc, bool(opened), destination, tls)
+        return _Attempt([], failure=failure)
     return _send_over(assoc, items, destination.address)
 
 
@@ -311,17 +367,21 @@ def send_instances(
         (``attempts`` 0) when a file cannot be read or needs too many contexts.
     ConfigurationError
         When ``calling_ae``, ``retries`` or ``backoff_s`` is invalid.
+    DicomTlsError
+        At once, for a TLS destination whose certificate, key or CA file is missing,
+        unreadable or malformed.
     """
     _check_options(calling_ae, retries, backoff_s)
     items = [_read_instance(Path(p)) for p in paths]
     if not items:
         return SendResult(destination, 0, 0, ())
+    tls = client_context(destination.tls) if destination.tls is not None else None
     delivered: dict[str, None] = {}
     warning = 0
     failure = _Failure("connection_failed", "nothing was tried")
     for number in range(1, retries + 2):
         remaining = [i for i in items if i.sop_instance not in delivered]
-        outcome = _attempt(remaining, destination, calling_ae) if remaining else _Attempt([])
+        outcome = _attempt(remaining, destination, calling_ae, tls) if remaining else _Attempt([])
         delivered.update(dict.fromkeys(outcome.delivered))
         warning = outcome.warning or warning
         if outcome.failure is None:

@@ -6,6 +6,8 @@ instances are stored is the storage section's (:class:`workers.settings.StorageS
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,7 +35,21 @@ class DicomSettings(BaseSettings):
     dicom_artim_timeout_s: float = 5.0
     dicom_max_associations: int = 10
     dicom_max_associations_per_peer: int = 4
+    dicom_max_associations_per_ae: int = 4
     dicom_max_pending_per_peer: int = 16
+    dicom_idle_timeout_s: float = 60.0
+    # DICOM TLS (docs/dicom-conformance.md, "Security"); off by default.
+    dicom_tls: bool = False
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    dicom_tls_require_client_cert: bool = False
+    dicom_tls_check_hostname: bool = True
+
+    @field_validator("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
         "dicom_allowed_aets", "dicom_transfer_syntaxes", "dicom_destinations", mode="before"
