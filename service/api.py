@@ -1,4 +1,10 @@
-"""The HTTP endpoints of the service contract (``../shared/specs/service-contract.md``)."""
+"""The HTTP endpoints of the service contract (``../shared/specs/service-contract.md``).
+
+A job belongs to the identity that submitted it (``submitted_by``). Submitters list, read,
+cancel and download their own jobs only; another submitter's job answers 404
+``job_not_found`` exactly like an unknown one. Reviewers and admins reach every job
+(:func:`service.auth.visible_job`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
@@ -16,7 +22,7 @@ from model.dicom.rtstruct.approval import rejected_bytes
 from model.dicom.series import inspect_ct_series
 from model.errors import LlmctvError
 from model.text.clinical import ClinicalRecord, parse_clinical
-from service.auth import Role
+from service.auth import Identity, Role, may_see, visible_job
 from service.deps import Authorized, ServiceState, StateDep
 from service.errors import (
     EmptyUploadError,
@@ -27,7 +33,7 @@ from service.errors import (
 from service.intake import IntakeReport, UploadLimits, extract_archive, store_files
 from service.problems import PROBLEM_JSON
 from service.settings import UploadSettings
-from workers.jobs import Job, JobError, JobStatus, new_job_id, utcnow
+from workers.jobs import Job, JobError, JobStatus, iter_jobs, new_job_id, utcnow
 from workers.pipeline import fail_job
 from workers.review import Review, ReviewStatus, StructureSetRejectedError
 
@@ -76,11 +82,22 @@ class JobView(BaseModel):
     superseded_by: str | None = Field(
         default=None, description="the job that re-ran this order on the complete series"
     )
+    submitted_by: str | None = Field(
+        default=None,
+        description="the identity that submitted the job over HTTP; null for orders and "
+        "DICOM (the system)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobView:
         """The public view of a job record."""
         return cls.model_validate(job.model_dump(), from_attributes=False)
+
+
+class JobList(BaseModel):
+    """``GET /jobs``: the jobs the caller may see, newest first."""
+
+    jobs: list[JobView]
 
 
 class Health(BaseModel):
@@ -139,7 +156,7 @@ def submit_or_fail(state: ServiceState, job_id: str) -> None:
 )
 def submit_contour(
     state: StateDep,
-    _: Authorized,
+    who: Authorized,
     clinical: Annotated[str, Form(description="clinical fields (JSON text, service contract)")],
     files: Annotated[
         list[UploadFile] | None, File(description="DICOM files of one CT series")
@@ -171,6 +188,7 @@ def submit_contour(
         clinical=record.model_dump(mode="json"),
         series_instance_uid=summary.series_instance_uid,
         warnings=warnings,
+        submitted_by=who.name,
     )
     try:
         state.store.create(job)
@@ -189,14 +207,36 @@ def submit_contour(
 
 
 @router.get(
+    "/jobs",
+    response_model=JobList,
+    summary="The caller's jobs (a submitter's own; every job for reviewers and admins)",
+    responses=problem_responses(401, 422),
+)
+def list_jobs(
+    state: StateDep,
+    who: Authorized,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")] = 100,
+) -> JobList:
+    """Jobs the caller may see, newest first."""
+    jobs = [
+        job
+        for job in iter_jobs(state.store)
+        if may_see(who, job) and (status is None or job.status is status)
+    ]
+    jobs.sort(key=lambda job: job.created_at, reverse=True)
+    return JobList(jobs=[JobView.of(job) for job in jobs[:limit]])
+
+
+@router.get(
     "/jobs/{job_id}",
     response_model=JobView,
     summary="Job status",
     responses=problem_responses(401, 404),
 )
-def job_status(job_id: str, state: StateDep, _: Authorized) -> JobView:
-    """Status, progress, warnings and error of a job."""
-    return JobView.of(state.store.get(job_id))
+def job_status(job_id: str, state: StateDep, who: Authorized) -> JobView:
+    """Status, progress, warnings and error of a job (another submitter's job is 404)."""
+    return JobView.of(visible_job(state.store, job_id, who))
 
 
 @router.delete(
@@ -205,27 +245,28 @@ def job_status(job_id: str, state: StateDep, _: Authorized) -> JobView:
     summary="Cancel a queued or running job",
     responses=problem_responses(401, 404, 409),
 )
-def cancel_job(job_id: str, state: StateDep, _: Authorized) -> JobView:
+def cancel_job(job_id: str, state: StateDep, who: Authorized) -> JobView:
     """End a queued or running job as ``cancelled``.
 
     A queued job never starts; a running one stops at its next sliding-window step or stage
-    boundary (within seconds). A finished job gives 409 ``job_finished``.
+    boundary (within seconds). A finished job gives 409 ``job_finished``; another
+    submitter's job 404. The audit trail names the caller (``job.cancelled``, ``who``).
     """
-    job = state.store.get(job_id)
+    job = visible_job(state.store, job_id, who)
     if job.status.finished:
         raise JobAlreadyFinishedError(f"job {job_id} is {job.status.value}; nothing to cancel")
     job = state.store.update(
         job_id,
         status=JobStatus.CANCELLED,
         finished_at=utcnow(),
-        error=JobError(code="job_cancelled", detail="the job was cancelled by a client"),
+        error=JobError(code="job_cancelled", detail=f"the job was cancelled by {who.name}"),
     )
-    log.info("job %s cancelled", job_id)
+    log.info("job %s cancelled by %s", job_id, who.name)
     return JobView.of(job)
 
 
-def _finished(state: ServiceState, job_id: str) -> Job:
-    job = state.store.get(job_id)
+def _finished(state: ServiceState, job_id: str, who: Identity) -> Job:
+    job = visible_job(state.store, job_id, who)
     if job.status is JobStatus.CANCELLED:
         raise JobFailedError(f"job {job_id} was cancelled; it has no result")
     if job.status is JobStatus.FAILED:
@@ -253,7 +294,7 @@ def job_rtstruct(job_id: str, state: StateDep, who: Authorized) -> Response:
     set is refused (409 ``structure_set_rejected``) to all but reviewers, who get it marked
     REJECTED.
     """
-    job = _finished(state, job_id)
+    job = _finished(state, job_id, who)
     review = job.review.status
     headers = {"X-LLMCTV-Review": review.value}
     name = f"RS.{job_id}.dcm"
@@ -279,9 +320,9 @@ def job_rtstruct(job_id: str, state: StateDep, who: Authorized) -> Response:
         **problem_responses(401, 404, 409),
     },
 )
-def job_preview(job_id: str, state: StateDep, _: Authorized) -> FileResponse:
+def job_preview(job_id: str, state: StateDep, who: Authorized) -> FileResponse:
     """A PNG for a quick visual check of a succeeded job."""
-    _finished(state, job_id)
+    _finished(state, job_id, who)
     return FileResponse(state.files.preview(job_id), media_type="image/png")
 
 

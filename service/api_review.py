@@ -30,7 +30,7 @@ from service.api import (
     problem_responses,
     submit_or_fail,
 )
-from service.auth import Identity
+from service.auth import Identity, visible_job
 from service.deps import AuditDep, Authorized, DeskDep, Reviewer, ServiceState, StateDep
 from service.errors import JobNotFinishedError
 from workers.audit import AuditKind, AuditLog
@@ -190,17 +190,23 @@ def _link_inputs(state: ServiceState, source_id: str, target_id: str) -> None:
             shutil.copy2(path, destination)
 
 
-def start_counterfactual(state: ServiceState, job_id: str, request: CounterfactualRequest) -> Job:
-    """Queue a job on the same stored CT with one clinical field changed.
+def start_counterfactual(
+    state: ServiceState, job_id: str, request: CounterfactualRequest, identity: Identity
+) -> Job:
+    """Queue a job on the same stored CT with one clinical field changed, for ``identity``.
+
+    The new job is ``identity``'s (``submitted_by``).
 
     Raises
     ------
+    JobNotFoundError
+        No such job, or another submitter's.
     JobNotFinishedError
         The original job has not succeeded.
     InvalidCounterfactualError, InvalidClinicalError
         See :func:`counterfactual_clinical`.
     """
-    original = state.store.get(job_id)
+    original = visible_job(state.store, job_id, identity)
     if original.status is not JobStatus.SUCCEEDED:
         raise JobNotFinishedError(f"job {job_id} is {original.status.value}; compare after success")
     clinical = counterfactual_clinical(original, request)
@@ -216,6 +222,7 @@ def start_counterfactual(state: ServiceState, job_id: str, request: Counterfactu
         series_instance_uid=original.series_instance_uid,
         source="counterfactual",
         counterfactual_of=job_id,
+        submitted_by=identity.name,
     )
     state.store.create(job)
     submit_or_fail(state, new_id)
@@ -251,10 +258,10 @@ def review_job(
     responses=problem_responses(401, 404, 409, 422),
 )
 def counterfactual(
-    job_id: str, body: CounterfactualRequest, state: StateDep, _: Authorized
+    job_id: str, body: CounterfactualRequest, state: StateDep, who: Authorized
 ) -> ContourAccepted:
     """The new job's ``counterfactual_of`` names ``job_id``; compare ``roi_volumes_cc``."""
-    job = start_counterfactual(state, job_id, body)
+    job = start_counterfactual(state, job_id, body, who)
     base = f"/jobs/{job.job_id}"
     return ContourAccepted(
         job_id=job.job_id,

@@ -5,8 +5,8 @@
 deployments keep working. Roles are ordered: ``submitter`` < ``reviewer`` < ``admin``; each has
 the rights of the roles below it.
 
-- ``submitter``: contour, orders, read jobs;
-- ``reviewer``: submitter rights plus review decisions;
+- ``submitter``: contour, orders, its own jobs (read, cancel, download);
+- ``reviewer``: submitter rights on every job, plus review decisions;
 - ``admin``: everything, plus ``/metrics`` and ``/audit``.
 
 Entries may also be kept in a file (setting ``api_tokens_file``, ``LLMCTV_API_TOKENS_FILE``):
@@ -19,6 +19,20 @@ request body; only the health endpoints (:data:`OPEN_PATHS`) are open, and the r
 station's pages (:data:`SESSION_PREFIX`) check their session cookie themselves. Routes take
 the caller through the dependencies of :mod:`service.deps` (``Authorized``, ``Reviewer``,
 ``Admin``).
+
+Every authentication goes through one :class:`AuthGate` (bearer tokens in the middleware and
+on the review pages, the review station's login form): failures are counted per client
+address, and at the login form also per identity name (:mod:`service.attempts`); past
+``auth_max_failures`` within ``auth_failure_window_s`` the address or name is locked out (429
+``too_many_attempts`` with ``Retry-After``, even with the right token). Every failure and
+every lockout is audited, with the client address and the identity name, never a token. The
+counts are per gateway process.
+
+Jobs belong to the identity that submitted them (``Job.submitted_by``): a submitter sees and
+acts on its own jobs only, reviewers and admins on all (:func:`may_see`, :func:`visible_job`).
+Another submitter's job answers exactly like an unknown one (404 ``job_not_found``), so a
+submitter cannot learn that it exists. Jobs from orders and DICOM have no submitter (the
+system): reviewers and admins see them.
 """
 
 from __future__ import annotations
@@ -30,14 +44,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from model.errors import ConfigurationError
-from service.errors import UnauthorizedError
-from service.problems import problem
+from model.errors import ConfigurationError, LlmctvError
+from service.attempts import AttemptLimiter, address_key, identity_key
+from service.errors import TooManyAttemptsError, UnauthorizedError
+from service.problems import problem_for
 from service.settings import AuthSettings
+from workers.audit import AuditKind, AuditLog
+from workers.errors import JobNotFoundError
 from workers.job_events import ACTOR
+from workers.jobs import Job, JobStore
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
@@ -47,6 +66,12 @@ OPEN_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
 SESSION_PREFIX = "/ui"
 IDENTITY_KEY = "llmctv_identity"
 """Where :class:`AuthenticateFirst` leaves the caller in the ASGI scope's ``state``."""
+GATE_KEY = "llmctv_auth_gate"
+"""Where :class:`AuthenticateFirst` leaves its :class:`AuthGate` (every HTTP request)."""
+BEARER_FAILED = "auth.bearer_failed"
+"""Audit kind: a wrong bearer token (the review station's form: ``ui.login_failed``)."""
+LOCKED_OUT = "auth.locked_out"
+"""Audit kind: an address or an identity name was locked out."""
 
 
 class Role(StrEnum):
@@ -169,16 +194,6 @@ def identify_among(
     return found
 
 
-def identify(settings: AuthSettings, presented: str | None) -> Identity | None:
-    """The identity whose secret is ``presented`` (constant time over all entries), or None."""
-    return identify_among(configured_entries(settings), settings.allow_no_auth, presented)
-
-
-def token_accepted(settings: AuthSettings, presented: str | None) -> bool:
-    """Whether ``presented`` is the secret of a configured identity."""
-    return identify(settings, presented) is not None
-
-
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, or None."""
     for name, value in headers:
@@ -188,41 +203,186 @@ def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+class AuthGate:
+    """Every authentication of the gateway, with the lockout and its audit entries.
+
+    Parameters
+    ----------
+    settings
+        The identities, the development flag and the lockout's limits.
+    audit
+        Where failures and lockouts are recorded (none: not recorded).
+    """
+
+    def __init__(self, settings: AuthSettings, audit: AuditLog | None = None) -> None:
+        self.entries = configured_entries(settings)
+        self.allow_no_auth = settings.allow_no_auth
+        self.names = frozenset(e.identity.name for e in self.entries)
+        # The failure counts, in this process's memory.
+        self.limiter = AttemptLimiter(settings.auth_max_failures, settings.auth_failure_window_s)
+        self.audit = audit
+
+    def bearer(self, presented: str | None, client: str, where: str) -> Identity:
+        """The identity of a bearer token presented from address ``client`` to path ``where``.
+
+        Raises
+        ------
+        TooManyAttemptsError
+            The address is locked out (the token is not even checked).
+        UnauthorizedError
+            No token, or a wrong one (a wrong one counts as a failure of the address).
+        """
+        keys = [address_key(client)]
+        self._admit(keys)
+        identity: Identity | None = None
+        try:
+            identity = identify_among(self.entries, self.allow_no_auth, presented)
+        finally:
+            failed = identity is None and bool(presented)
+            self._settle(keys, failed, BEARER_FAILED, "unknown", client, path=where)
+        if identity is None:
+            raise UnauthorizedError("a valid 'Authorization: Bearer <token>' header is required")
+        return identity
+
+    def login(self, name: str | None, token: str, client: str) -> Identity:
+        """The identity of the review station's login form, from address ``client``.
+
+        ``name`` is optional; given, the token must be that identity's, and a failure also
+        counts for the name (when it is a configured one; other names are not remembered).
+        A name that is locked out refuses even its right token, with or without the name.
+
+        Raises
+        ------
+        TooManyAttemptsError
+            The address, or the named or identified identity, is locked out.
+        UnauthorizedError
+            A wrong token, or the token of another identity than ``name``.
+        """
+        name = (name or "").strip() or None
+        known = name if name in self.names else None
+        keys = [address_key(client)] + ([identity_key(known)] if known else [])
+        self._admit(keys)
+        identity: Identity | None = None
+        try:
+            found = identify_among(self.entries, self.allow_no_auth, token)
+            identity = found if found is not None and name in (None, found.name) else None
+        finally:
+            facts = {"name_given": name is not None, "name_known": known is not None}
+            who = known or "unknown"
+            self._settle(keys, identity is None, AuditKind.LOGIN_FAILED, who, client, **facts)
+        if identity is None:
+            raise UnauthorizedError("that token is not accepted")
+        wait = self.limiter.locked_for(identity_key(identity.name))
+        if wait:
+            raise _locked_out("identity", wait)
+        return identity
+
+    def _admit(self, keys: Sequence[str]) -> None:
+        refused = self.limiter.admit(keys)
+        if refused is not None:
+            key, wait = refused
+            raise _locked_out(key.partition(":")[0], wait)
+
+    def _settle(
+        self, keys: Sequence[str], failed: bool, kind: str, who: str, client: str, **facts: Any
+    ) -> None:
+        locked = self.limiter.settle(keys, failed)
+        if not failed:
+            return
+        log.info("authentication failed from %s (%s)", client, kind)
+        if self.audit is not None:
+            self.audit.record(kind, who, client=client, **facts)
+        for key, seconds in locked.items():
+            scope, _, value = key.partition(":")
+            log.warning(
+                "authentication locked out for %s %s: %d failures, %d s",
+                scope,
+                value,
+                self.limiter.max_failures,
+                seconds,
+            )
+            if self.audit is not None:
+                self.audit.record(
+                    LOCKED_OUT,
+                    value if scope == "identity" else who,
+                    client=client,
+                    locked=scope,
+                    via=kind,
+                    failures=self.limiter.max_failures,
+                    window_s=self.limiter.window_s,
+                    retry_after_s=seconds,
+                )
+
+
+def _locked_out(kind: str, seconds: int) -> TooManyAttemptsError:
+    return TooManyAttemptsError(
+        f"too many failed authentications for this {kind}; try again in {seconds} s",
+        retry_after_s=seconds,
+    )
+
+
+def may_see(identity: Identity, job: Job) -> bool:
+    """Whether ``identity`` may see and act on ``job``: its own, or any for reviewers."""
+    if identity.may(Role.REVIEWER):
+        return True
+    return job.submitted_by is not None and job.submitted_by == identity.name
+
+
+def visible_job(store: JobStore, job_id: str, identity: Identity) -> Job:
+    """The job, if ``identity`` may see it (:func:`may_see`).
+
+    Raises
+    ------
+    JobNotFoundError
+        No such job, or another submitter's (the same answer: its existence is not told).
+    """
+    job = store.get(job_id)
+    if not may_see(identity, job):
+        raise JobNotFoundError(f"no job {job_id}")
+    return job
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address of an ASGI request (after uvicorn's trusted proxy headers)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class AuthenticateFirst:
     """ASGI middleware: 401 before the body is read, for every path but :data:`OPEN_PATHS`.
 
     The caller's :class:`Identity` is left in the scope's ``state`` for the route's
     dependencies (:func:`service.deps.current_identity`), so the token is checked once per
-    request. The 401 closes the connection; the unread body is never received, spooled or
-    parsed.
+    request; so is the :class:`AuthGate`, for the review pages' own authentication. The 401,
+    and the 429 of a locked-out address, close the connection; the unread body is never
+    received, spooled or parsed.
     """
 
-    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: AuthSettings, audit: AuditLog | None = None) -> None:
         self.app = app
-        self.entries = configured_entries(settings)
-        self.allow_no_auth = settings.allow_no_auth
+        self.gate = AuthGate(settings, audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
-        path = str(scope.get("path", ""))
-        own_auth = path == SESSION_PREFIX or path.startswith(SESSION_PREFIX + "/")
-        if scope["type"] != "http" or path in OPEN_PATHS or own_auth:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        identity = identify_among(
-            self.entries, self.allow_no_auth, bearer_token(scope.get("headers") or [])
-        )
-        if identity is None:
-            response = problem(
-                401,
-                UnauthorizedError.code,
-                "a valid 'Authorization: Bearer <token>' header is required",
-                str(scope.get("path", "")),
-            )
+        state = scope.setdefault("state", {})
+        state[GATE_KEY] = self.gate
+        path = str(scope.get("path", ""))
+        own_auth = path == SESSION_PREFIX or path.startswith(SESSION_PREFIX + "/")
+        if path in OPEN_PATHS or own_auth:
+            await self.app(scope, receive, send)
+            return
+        presented = bearer_token(scope.get("headers") or [])
+        try:
+            identity = self.gate.bearer(presented, client_address(scope), path)
+        except LlmctvError as exc:
+            response = problem_for(exc, path)
             response.headers["connection"] = "close"
             await response(scope, receive, send)
             return
-        scope.setdefault("state", {})[IDENTITY_KEY] = identity
+        state[IDENTITY_KEY] = identity
         acting = ACTOR.set(identity.name)
         try:
             await self.app(scope, receive, send)

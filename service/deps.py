@@ -19,10 +19,15 @@ dependency        object                                               slot
 ``MetricsDep``    the Prometheus registry (:mod:`service.prometheus`)  :data:`METRICS`
 ``StationDep``    the review station's sessions and caches             :data:`STATION`
 ``StowDep``       the STOW-RS receiver (:mod:`service.stow`)           :data:`STOW`
+``GateDep``       every authentication and its lockout                 (the request)
+                  (:class:`~service.auth.AuthGate`)
 ``Authorized``,   the caller, with at least the role submitter,        (the request)
 ``Reviewer``,     reviewer, admin (:mod:`service.auth`), else 401/403
 ``Admin``
 ================= ==================================================== ====================
+
+A submitter sees its own jobs only: routes read a job for the caller through
+:func:`service.auth.visible_job` (another submitter's job is 404, like an unknown one).
 
 Code that holds only the request (the review pages' cookie helpers) asks a slot directly:
 ``STATION.of(request.app)``.
@@ -38,8 +43,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CollectorRegistry
 
-from service.auth import IDENTITY_KEY, Identity, Role, identify
-from service.errors import ForbiddenError, UnauthorizedError
+from service.auth import GATE_KEY, IDENTITY_KEY, AuthGate, Identity, Role, client_address
+from service.errors import ForbiddenError
 from service.order_desk import OrderDesk
 from service.readiness import Readiness
 from service.review_station.state import ReviewStation
@@ -138,20 +143,39 @@ SettingsDep = Annotated[Settings, Depends(get_settings_from_app)]
 bearer = HTTPBearer(auto_error=False, description="a secret of LLMCTV_API_TOKENS")
 
 
+def auth_gate(request: Request) -> AuthGate:
+    """The gateway's :class:`~service.auth.AuthGate`, left in the request by its middleware.
+
+    Raises
+    ------
+    RuntimeError
+        The application has no :class:`~service.auth.AuthenticateFirst` middleware.
+    """
+    gate = request.scope.get("state", {}).get(GATE_KEY)
+    if not isinstance(gate, AuthGate):
+        raise RuntimeError("the application has no AuthenticateFirst middleware")
+    return gate
+
+
+async def _gate_dependency(request: Request) -> AuthGate:
+    return auth_gate(request)  # async: never waits for a thread-pool slot
+
+
+GateDep = Annotated[AuthGate, Depends(_gate_dependency)]
+"""Bearer tokens and the login form, with the lockout (per gateway process)."""
+
+
 async def current_identity(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    settings: SettingsDep,
+    gate: GateDep,
 ) -> Identity:
-    """The caller (found by :class:`~service.auth.AuthenticateFirst`), or 401."""
+    """The caller (found by :class:`~service.auth.AuthenticateFirst`), or 401 / 429."""
     known = request.scope.get("state", {}).get(IDENTITY_KEY)
     if isinstance(known, Identity):
         return known
     token = credentials.credentials if credentials is not None else None
-    identity = identify(settings.auth, token)
-    if identity is None:
-        raise UnauthorizedError("a valid 'Authorization: Bearer <token>' header is required")
-    return identity
+    return gate.bearer(token, client_address(request.scope), request.url.path)
 
 
 def require_role(needed: Role) -> Callable[..., Awaitable[Identity]]:

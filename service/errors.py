@@ -20,6 +20,7 @@ __all__ = [
     "MalformedMultipartError",
     "ServiceUnavailableError",
     "StorageFullError",
+    "TooManyAttemptsError",
     "UnauthorizedError",
     "UnsafeArchiveError",
     "UnsupportedMediaTypeError",
@@ -30,6 +31,20 @@ class UnauthorizedError(LlmctvError):
     """A request without a valid bearer token."""
 
     code = "unauthorized"
+
+
+class TooManyAttemptsError(LlmctvError):
+    """Too many failed authentications from this address or for this identity: locked out.
+
+    Answered 429 with ``Retry-After: retry_after_s`` (:mod:`service.auth`); while locked, even
+    the right token is refused.
+    """
+
+    code = "too_many_attempts"
+
+    def __init__(self, detail: str, *, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class ForbiddenError(LlmctvError):

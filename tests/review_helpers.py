@@ -25,7 +25,8 @@ SUBMITTER_TOKEN = "submitter-token-0123456789"
 TOKENS = [
     f"alice:reviewer:{REVIEWER_TOKEN}",
     f"bob:submitter:{SUBMITTER_TOKEN}",
-    f"carol:submitter:{TOKEN}",  # gateway_client's polling helpers
+    # gateway_client's polling helpers: a reviewer, since a submitter sees only its own jobs
+    f"carol:reviewer:{TOKEN}",
 ]
 
 

@@ -65,6 +65,7 @@ N0_RIGHT = {
     "diagnoses": [{"side": "right", "surgery": "total_mastectomy", "t_stage": "1c", "n_stage": "0"}]
 }
 API = bearer(SUBMITTER_TOKEN)
+READER = bearer(REVIEWER_TOKEN)  # an order's job has no submitter: reviewers read it
 COLD_OPENS = 5
 VIEW_MS: list[float] = []  # when view.json (CT and structures loaded) arrived, per open
 WARM_OPENS = 3
@@ -171,7 +172,7 @@ def _browser_part(url: str, app: Any, job_id: str, shots: Path) -> dict[str, Any
         warm = [_open_job(driver, url, job_id) for _ in range(WARM_OPENS)]
         report["first_slice_ms"] = {"cold": cold, "from_worklist": from_worklist, "warm": warm}
         report["view_json_ms"] = list(VIEW_MS)
-        view = httpx.get(f"{url}/ui/jobs/{job_id}/view.json", headers=API).json()
+        view = httpx.get(f"{url}/ui/jobs/{job_id}/view.json", headers=READER).json()
         colours = [tuple(r["color"]) for r in view["rois"]]
         report["rois"] = [r["name"] for r in view["rois"]]
         report["canvas"] = _canvas_check(driver, colours)
@@ -227,11 +228,13 @@ def _browser_part(url: str, app: Any, job_id: str, shots: Path) -> dict[str, Any
 
 def _slice_where(url: str, job_id: str, prefix: str) -> int:
     """The middle axial slice holding a contour of an ROI whose name starts with ``prefix``."""
-    view = httpx.get(f"{url}/ui/jobs/{job_id}/view.json", headers=API).json()
+    view = httpx.get(f"{url}/ui/jobs/{job_id}/view.json", headers=READER).json()
     numbers = {r["number"] for r in view["rois"] if r["name"].startswith(prefix)}
     found = []
     for k in range(view["planes"]["axial"]["count"]):
-        entries = httpx.get(f"{url}/ui/jobs/{job_id}/contours/axial/{k}.json", headers=API).json()
+        entries = httpx.get(
+            f"{url}/ui/jobs/{job_id}/contours/axial/{k}.json", headers=READER
+        ).json()
         if any(e["roi"] in numbers for e in entries):
             found.append(k)
     return found[len(found) // 2] if found else int(view["start"]["axial"])

@@ -565,7 +565,9 @@ def test_the_page_of_an_unfinished_or_failed_job_explains_itself(
 ) -> None:
     url, app = review_gateway
     job_id = new_job_id()
-    app.state.llmctv.store.create(Job(job_id=job_id, status=JobStatus.FAILED, clinical=N1_LEFT))
+    app.state.llmctv.store.create(
+        Job(job_id=job_id, status=JobStatus.FAILED, clinical=N1_LEFT, submitted_by="bob")
+    )
     client = _login(url, REVIEWER_TOKEN)
     page = client.get(f"/ui/jobs/{job_id}", headers=HTML)
     assert page.status_code == 200 and '"status": "failed"' in page.text
@@ -590,6 +592,7 @@ def test_the_worklist_filters_jobs_that_need_review(
             status=JobStatus.SUCCEEDED,
             clinical=N1_LEFT,
             review=Review(status=ReviewStatus.APPROVED, by="alice"),
+            submitted_by="bob",
         )
     )
     client = _login(url, SUBMITTER_TOKEN)
@@ -657,7 +660,7 @@ def test_who_did_it_is_audited(
         headers={"X-CSRF-Token": csrf},
     )
     assert twin.status_code == 202, twin.text
-    queued = Job(job_id=new_job_id(), clinical=N1_LEFT)
+    queued = Job(job_id=new_job_id(), clinical=N1_LEFT, submitted_by="bob")
     app.state.llmctv.store.create(queued)
     cancel = httpx.delete(f"{url}/jobs/{queued.job_id}", headers=SUBMITTER, timeout=30)
     assert cancel.status_code == 200, cancel.text

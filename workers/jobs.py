@@ -82,9 +82,15 @@ class Job(BaseModel):
     clinical: dict[str, Any] = Field(default_factory=dict)
     series_instance_uid: str | None = None
     source: str = "http"
+    # The identity (its name) that submitted the job over HTTP, a counterfactual included;
+    # None for jobs of the system (orders, DICOM). A submitter sees only its own jobs.
+    submitted_by: str | None = None
     attempts: int = 0
     timings: dict[str, float] = Field(default_factory=dict)
     checkpoint: str | None = None
+    # The registered model version that contoured it (``model <name> v<n> <hash>``); None for
+    # a checkpoint outside the models folder (model.registry).
+    model_version: str | None = None
     rtstruct_sop_instance_uid: str | None = None
     roi_volumes_cc: dict[str, float] = Field(default_factory=dict)
     structure_confidence: dict[str, float] = Field(default_factory=dict)  # by ROI name

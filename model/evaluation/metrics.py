@@ -52,9 +52,16 @@ class CaseMetrics:
 
 
 # --- validation --------------------------------------------------------------------------------
-def _masks(
+def mask_pair(
     pred: npt.NDArray[np.generic], truth: npt.NDArray[np.generic]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Two ``(k, j, i)`` masks of one shape, as bool (``!= 0``).
+
+    Raises
+    ------
+    ConfigurationError
+        Not 3-D, or not of one shape.
+    """
     p, t = np.asarray(pred), np.asarray(truth)
     if p.ndim != 3 or p.shape != t.shape:
         raise ConfigurationError(
@@ -63,8 +70,9 @@ def _masks(
     return (p if p.dtype == np.bool_ else p != 0), (t if t.dtype == np.bool_ else t != 0)
 
 
-def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+def checked_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """``(dk, dj, di)`` in mm: three finite positive values (else ConfigurationError)."""
+    if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
         raise ConfigurationError(f"spacing must be three positive mm values, got {spacing}")
     return float(spacing[0]), float(spacing[1]), float(spacing[2])
 
@@ -88,7 +96,7 @@ def dice(pred: npt.NDArray[np.generic], truth: npt.NDArray[np.generic]) -> float
     ConfigurationError
         If the masks are not 3-D or differ in shape.
     """
-    p, t = _masks(pred, truth)
+    p, t = mask_pair(pred, truth)
     total = np.count_nonzero(p) + np.count_nonzero(t)
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(p & t) / total
 
@@ -106,7 +114,7 @@ def iou(pred: npt.NDArray[np.generic], truth: npt.NDArray[np.generic]) -> float:
     ConfigurationError
         If the masks are not 3-D or differ in shape.
     """
-    p, t = _masks(pred, truth)
+    p, t = mask_pair(pred, truth)
     union = np.count_nonzero(p | t)
     return 1.0 if union == 0 else np.count_nonzero(p & t) / union
 
@@ -160,8 +168,8 @@ def surface_distances(
     ConfigurationError
         On shape or spacing errors, or if either mask is empty.
     """
-    p, t = _masks(pred, truth)
-    sampling = _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    sampling = checked_spacing(spacing)
     if not p.any() or not t.any():
         raise ConfigurationError("surface distances need two non-empty masks")
     surf_p, surf_t = (_surface(m) for m in _union_crop(p, t))
@@ -209,8 +217,8 @@ def hd95(
     """
     if pooling not in ("pooled", "max"):
         raise ConfigurationError(f"pooling must be 'pooled' or 'max', got {pooling!r}")
-    p, t = _masks(pred, truth)
-    _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    checked_spacing(spacing)
     has_p, has_t = bool(p.any()), bool(t.any())
     if not (has_p and has_t):
         return 0.0 if has_p == has_t else math.inf
@@ -310,7 +318,7 @@ def evaluate_case(
     ConfigurationError
         On shape or spacing errors.
     """
-    p, t = _masks(pred, truth)
+    p, t = mask_pair(pred, truth)
     return CaseMetrics(dice=dice(p, t), iou=iou(p, t), hd95_mm=hd95(p, t, spacing))
 
 

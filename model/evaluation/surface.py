@@ -44,7 +44,7 @@ from scipy.spatial import cKDTree
 from skimage.measure import find_contours
 
 from model.errors import ConfigurationError
-from model.evaluation.metrics import surface_distances
+from model.evaluation.metrics import checked_spacing, mask_pair, surface_distances
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -56,23 +56,6 @@ APL_TOLERANCE_MM = 1.0
 
 
 # --- validation --------------------------------------------------------------------------------
-def _pair(
-    pred: npt.NDArray[np.generic], truth: npt.NDArray[np.generic]
-) -> tuple[BoolArray, BoolArray]:
-    p, t = np.asarray(pred), np.asarray(truth)
-    if p.ndim != 3 or p.shape != t.shape:
-        raise ConfigurationError(
-            f"pred and truth must be 3-D (k, j, i) masks of one shape, got {p.shape}, {t.shape}"
-        )
-    return (p if p.dtype == np.bool_ else p != 0), (t if t.dtype == np.bool_ else t != 0)
-
-
-def _spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
-    if len(spacing) != 3 or not all(math.isfinite(float(s)) and float(s) > 0 for s in spacing):
-        raise ConfigurationError(f"spacing must be three positive mm values, got {spacing}")
-    return float(spacing[0]), float(spacing[1]), float(spacing[2])
-
-
 def _tolerance(value: float, what: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ConfigurationError(f"{what} must be a finite tolerance >= 0 mm, got {value}")
@@ -240,8 +223,8 @@ def face_distances(
     ConfigurationError
         On shape, spacing or tolerance errors, or if either mask is empty.
     """
-    p, t = _pair(pred, truth)
-    sampling = _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    sampling = checked_spacing(spacing)
     if not p.any() or not t.any():
         raise ConfigurationError("face distances need two non-empty masks")
     box = _union_box(p, t)
@@ -270,8 +253,8 @@ def surface_dices(
     tolerances_mm: Sequence[float],
 ) -> tuple[float, ...]:
     """:func:`surface_dice` at several tolerances, sharing one surface extraction."""
-    p, t = _pair(pred, truth)
-    _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    checked_spacing(spacing)
     limits = tuple(_tolerance(float(x), "tolerance_mm") for x in tolerances_mm)
     has_p, has_t = bool(p.any()), bool(t.any())
     if not (has_p and has_t):
@@ -347,8 +330,8 @@ def mean_surface_distance(
     ConfigurationError
         On shape or spacing errors.
     """
-    p, t = _pair(pred, truth)
-    _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    checked_spacing(spacing)
     has_p, has_t = bool(p.any()), bool(t.any())
     if not (has_p and has_t):
         return 0.0 if has_p == has_t else math.inf
@@ -427,8 +410,8 @@ def path_lengths(
 ) -> PathLength:
     """Added path length and total reference contour length, both in mm (see
     :func:`added_path_length` for the definition)."""
-    p, t = _pair(pred, truth)
-    _, dj, di = _spacing(spacing)
+    p, t = mask_pair(pred, truth)
+    _, dj, di = checked_spacing(spacing)
     limit = _tolerance(tolerance_mm, "tolerance_mm") + TOLERANCE_SLACK_MM
     step = min(dj, di) / 10.0
     added = total = 0.0

@@ -15,8 +15,9 @@ from fastapi import Request
 from starlette.responses import Response
 
 from model.errors import LlmctvError
-from service.auth import Identity, bearer_token, identify
-from service.deps import SERVICE, STATION
+from service.auth import Identity, bearer_token, client_address
+from service.deps import STATION, auth_gate
+from service.errors import UnauthorizedError
 from service.review_station.sessions import Session
 from service.settings import ReviewSettings
 from workers.jobs import utcnow
@@ -46,19 +47,26 @@ def current_session(request: Request) -> Session | None:
 def request_identity(request: Request) -> Identity:
     """Who is asking: the session's identity, or a Bearer token's (scripts, tests).
 
+    A Bearer token goes through the gateway's :class:`~service.auth.AuthGate` like any other:
+    a wrong one counts toward the address's lockout.
+
     Raises
     ------
     LoginRequiredError
         Neither a live session nor a valid Bearer token.
+    TooManyAttemptsError
+        A Bearer token from a locked-out address.
     """
     session = current_session(request)
     if session is not None:
         return session.identity
     token = bearer_token(request.scope.get("headers") or [])
-    identity = identify(SERVICE.of(request.app).settings.auth, token) if token else None
-    if identity is None:
+    if not token:
         raise LoginRequiredError("log in at /ui/login")
-    return identity
+    try:
+        return auth_gate(request).bearer(token, client_address(request.scope), request.url.path)
+    except UnauthorizedError as exc:
+        raise LoginRequiredError("log in at /ui/login") from exc
 
 
 def check_csrf(request: Request, presented: str | None) -> Identity:

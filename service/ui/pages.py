@@ -66,9 +66,12 @@ def login_page(error: str | None = None) -> str:
     body = (
         '<section class="login"><h1>Log in</h1>'
         "<p>Paste your API token. It is checked once; the browser keeps only a session "
-        "cookie.</p>"
+        "cookie. Repeated failures lock the address or the name out for a while.</p>"
         f"{message}"
         '<form method="post" action="/ui/login" autocomplete="off">'
+        '<label for="name">Name (optional)</label>'
+        '<input id="name" name="name" type="text" maxlength="128" autocomplete="username" '
+        'data-testid="login-name">'
         '<label for="token">API token</label>'
         '<input id="token" name="token" type="password" required autofocus '
         'data-testid="login-token">'

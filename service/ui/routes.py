@@ -5,6 +5,11 @@ token); pages without one redirect to ``/ui/login``, data endpoints answer 401. 
 pages need the session's CSRF token. Unknown jobs give a 404 page, never a stack trace. What
 the pages keep between requests is the application's
 :class:`~service.review_station.state.ReviewStation` (``StationDep``).
+
+The login form goes through the gateway's :class:`~service.auth.AuthGate`: failures are
+counted per address and per named identity, and past the limit the form answers 429 with
+``Retry-After``. A submitter's worklist holds its own jobs only, and another submitter's job
+is "no such job" on every page and data endpoint (:func:`service.auth.visible_job`).
 """
 
 from __future__ import annotations
@@ -25,9 +30,14 @@ from service.api_review import (
     decide,
     start_counterfactual,
 )
-from service.auth import Identity, Role, identify
-from service.deps import AuditDep, DeskDep, ServiceState, StateDep, StationDep
-from service.errors import ForbiddenError, JobNotFinishedError
+from service.auth import Identity, Role, client_address, may_see, visible_job
+from service.deps import AuditDep, DeskDep, GateDep, ServiceState, StateDep, StationDep
+from service.errors import (
+    ForbiddenError,
+    JobNotFinishedError,
+    TooManyAttemptsError,
+    UnauthorizedError,
+)
 from service.orders import Order
 from service.review_station.state import ReviewStation
 from service.ui import pages
@@ -68,19 +78,14 @@ def _csrf(request: Request) -> str:
     return session.csrf if session is not None else ""
 
 
-def _finished_job(service: ServiceState, job_id: str) -> Job:
-    job = service.store.get(job_id)
+def _finished_job(service: ServiceState, job_id: str, identity: Identity) -> Job:
+    job = visible_job(service.store, job_id, identity)
     if job.status is not JobStatus.SUCCEEDED:
         raise JobNotFinishedError(f"job {job_id} is {job.status.value}; it has no structures yet")
     return job
 
 
 # --- login ----------------------------------------------------------------------------------
-def _address(request: Request) -> str:
-    """The caller's network address (never a patient's data)."""
-    return request.client.host if request.client is not None else "unknown"
-
-
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request) -> Response:
     """The token form (or the worklist, for a live session)."""
@@ -96,15 +101,26 @@ def login(
     service: StateDep,
     station: StationDep,
     audit: AuditDep,
+    gate: GateDep,
+    name: Annotated[str, Form(max_length=128)] = "",
 ) -> Response:
-    """Check the token once and open a session (303 to the worklist)."""
+    """Check the token once and open a session (303 to the worklist).
+
+    A wrong token is 401, a locked-out address or identity 429 with ``Retry-After`` (even
+    with the right token); the gate audits both.
+    """
     settings = service.settings
-    identity = identify(settings.auth, token)
-    if identity is None:
-        log.info("review station: a login with an unknown token was refused")
-        audit.record(AuditKind.LOGIN_FAILED, "unknown", address=_address(request))
+    client = client_address(request.scope)
+    try:
+        identity = gate.login(name, token, client)
+    except TooManyAttemptsError as exc:
+        wait = exc.retry_after_s
+        page = _html(pages.login_page(f"Too many failed attempts: try again in {wait} s."), 429)
+        page.headers["Retry-After"] = str(wait)
+        return page
+    except UnauthorizedError:
         return _html(pages.login_page("That token is not accepted."), status=401)
-    audit.record(AuditKind.LOGIN, identity.name, address=_address(request))
+    audit.record(AuditKind.LOGIN, identity.name, client=client)
     session = station.sessions.open(identity)
     response = RedirectResponse("/ui/", status_code=303, headers=SECURITY_HEADERS)
     set_cookie(response, session, settings.review)
@@ -124,7 +140,7 @@ def logout(
     identity = check_csrf(request, csrf)
     session = current_session(request)
     station.sessions.close(session.session_id if session else None)
-    audit.record(AuditKind.LOGOUT, identity.name, address=_address(request))
+    audit.record(AuditKind.LOGOUT, identity.name, client=client_address(request.scope))
     response = RedirectResponse("/ui/login", status_code=303, headers=SECURITY_HEADERS)
     clear_cookie(response, service.settings.review)
     return response
@@ -148,11 +164,20 @@ def static(name: str) -> Response:
 
 # --- pages ------------------------------------------------------------------------------------
 def _work_rows(
-    service: ServiceState, station: ReviewStation, orders_now: list[Order], needs_review: bool
+    service: ServiceState,
+    station: ReviewStation,
+    orders_now: list[Order],
+    needs_review: bool,
+    identity: Identity,
 ) -> list[pages.WorkRow]:
-    orders = {o.job_id or o.order_id: o for o in orders_now}
+    """The worklist of ``identity``: a submitter's own jobs only (orders have no submitter:
+    reviewers and admins see them)."""
+    everything = identity.may(Role.REVIEWER)
+    orders = {o.job_id or o.order_id: o for o in orders_now} if everything else {}
     rows = []
     for job in iter_jobs(service.store):
+        if not may_see(identity, job):
+            continue
         pending = (
             job.status is JobStatus.SUCCEEDED
             and job.review.status is ReviewStatus.PENDING
@@ -173,7 +198,7 @@ def _work_rows(
                 station.patient_of(service.files, job),
             )
         )
-    if not needs_review:
+    if not needs_review and everything:
         for order in orders.values():
             rows.append(
                 pages.WorkRow(
@@ -210,7 +235,7 @@ def worklist(
     """Jobs and orders, newest first (``?filter=needs-review``: pending reviews only)."""
     identity = request_identity(request)
     needs_review = filter == "needs-review"
-    rows = _work_rows(service, station, desk.orders.all(), needs_review)
+    rows = _work_rows(service, station, desk.orders.all(), needs_review, identity)
     _warm_next(station, service, rows)
     return _html(pages.worklist_page(rows, needs_review, identity, _csrf(request)))
 
@@ -220,7 +245,7 @@ def review_page(request: Request, job_id: str, service: StateDep, station: Stati
     """The review page of a job (404 page for an unknown one)."""
     identity = request_identity(request)
     try:
-        job = service.store.get(job_id)
+        job = visible_job(service.store, job_id, identity)
     except JobNotFoundError:
         return _html(pages.not_found_page("There is no such job.", identity, _csrf(request)), 404)
     if job.status is JobStatus.SUCCEEDED:
@@ -233,16 +258,16 @@ def review_page(request: Request, job_id: str, service: StateDep, station: Stati
 @router.get("/jobs/{job_id}/state.json")
 def job_state(request: Request, job_id: str, service: StateDep) -> JSONResponse:
     """The job's status, review and volumes (polled while a counterfactual runs)."""
-    request_identity(request)
-    view = JobView.of(service.store.get(job_id))
+    identity = request_identity(request)
+    view = JobView.of(visible_job(service.store, job_id, identity))
     return JSONResponse(view.model_dump(mode="json"), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/jobs/{job_id}/view.json")
 def job_view(request: Request, job_id: str, service: StateDep, station: StationDep) -> JSONResponse:
     """Slice counts and pixel aspect per plane, and the ROIs (number, name, colour, cc)."""
-    request_identity(request)
-    job = _finished_job(service, job_id)
+    identity = request_identity(request)
+    job = _finished_job(service, job_id, identity)
     structures = station.structures(service.files, job)
     ct = structures.ct
     planes = {
@@ -263,7 +288,9 @@ def job_view(request: Request, job_id: str, service: StateDep, station: StationD
         "volumes_cc": job.roi_volumes_cc,
         "counterfactual_of": job.counterfactual_of,
         "counterfactuals": [
-            j.job_id for j in iter_jobs(service.store) if j.counterfactual_of == job.job_id
+            j.job_id
+            for j in iter_jobs(service.store)
+            if j.counterfactual_of == job.job_id and may_see(identity, j)
         ],
     }
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
@@ -280,8 +307,8 @@ def slice_png(
     window: str = "soft",
 ) -> Response:
     """Slice ``index`` of ``plane`` (axial, coronal, sagittal) through a window preset."""
-    request_identity(request)
-    job = service.store.get(job_id)
+    identity = request_identity(request)
+    job = visible_job(service.store, job_id, identity)
     png = station.ct_view(service.files, job).png(plane, index, window)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
@@ -291,8 +318,8 @@ def contours(
     request: Request, job_id: str, plane: str, index: int, service: StateDep, station: StationDep
 ) -> JSONResponse:
     """Polygons of every ROI on one slice, in display pixels of that slice's PNG."""
-    request_identity(request)
-    job = _finished_job(service, job_id)
+    identity = request_identity(request)
+    job = _finished_job(service, job_id, identity)
     found = station.structures(service.files, job).contours(plane, index)
     return JSONResponse(found, headers={"Cache-Control": "private, max-age=600"})
 
@@ -328,7 +355,7 @@ def counterfactual(
     identity = check_csrf(request, None)
     acting = ACTOR.set(identity.name)  # the session's person submits it (audit)
     try:
-        job = start_counterfactual(service, job_id, body)
+        job = start_counterfactual(service, job_id, body, identity)
     finally:
         ACTOR.reset(acting)
     return JSONResponse({"job_id": job.job_id, "status": job.status.value}, status_code=202)
