@@ -27,7 +27,11 @@ from workers.audit import AuditLog
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdef0"
 TOKENS = [f"alice:reviewer:{ALICE}", f"bob:submitter:{BOB}"]
 LIMIT, WINDOW_S = 10, 300.0
-MEASURED: dict[str, Any] = {}
+
+
+def _report(name: str, measured: object) -> None:
+    """Print what a test measured (shown with ``pytest -s``; quoted in the closing notes)."""
+    print(f"\nauthentication lockout, {name}:", measured)
 
 
 def _from(url: str, address: str) -> httpx.Client:
@@ -140,15 +144,18 @@ def test_a_login_burst_is_locked_out_and_another_address_is_not(
     assert "set-cookie" not in right.headers
     other = colleague.post("/ui/login", data={"token": ALICE})
     assert other.status_code == 303, "another address is not locked out"
-    MEASURED["login_burst"] = {
-        "tries": 50,
-        "per_second": round(50 / seconds),
-        "checked": statuses.count(401),
-        "refused_429": statuses.count(429),
-        "retry_after_s": max(retry_after),
-        "right_token_same_address": right.status_code,
-        "right_token_other_address": other.status_code,
-    }
+    _report(
+        "login_burst",
+        {
+            "tries": 50,
+            "per_second": round(50 / seconds),
+            "checked": statuses.count(401),
+            "refused_429": statuses.count(429),
+            "retry_after_s": max(retry_after),
+            "right_token_same_address": right.status_code,
+            "right_token_other_address": other.status_code,
+        },
+    )
     entries = _audit(app).read()
     failed = [e for e in entries if e["kind"] == "ui.login_failed" and e["client"] == "127.0.0.2"]
     assert len(failed) == LIMIT and all(e["who"] == "unknown" for e in failed)
@@ -187,7 +194,7 @@ def test_a_named_identity_is_locked_out_across_addresses(gateway: tuple[str, Any
         e for e in _audit(app).read(kind="ui.login_failed") if e.get("name_known") is True
     ]
     assert len(named_failures) == LIMIT + 1  # ten naming alice, one naming bob with alice's token
-    MEASURED["identity_lockout"] = {"statuses": statuses, "fresh_address_alice": 429}
+    _report("identity_lockout", {"statuses": statuses, "fresh_address_alice": 429})
 
 
 # --- bearer tokens -------------------------------------------------------------------------------
@@ -213,13 +220,16 @@ def test_a_bearer_burst_is_locked_out_and_another_address_is_not(
     assert upload.status_code == 429, "refused before the body"
     assert attacker.get("/health").status_code == 200, "health stays open"
     assert router.get("/jobs", headers=good).status_code == 200, "another address is not locked"
-    MEASURED["bearer_burst"] = {
-        "tries": 40,
-        "per_second": round(40 / seconds),
-        "checked": statuses.count(401),
-        "refused_429": statuses.count(429),
-        "retry_after_s": max(retry_after),
-    }
+    _report(
+        "bearer_burst",
+        {
+            "tries": 40,
+            "per_second": round(40 / seconds),
+            "checked": statuses.count(401),
+            "refused_429": statuses.count(429),
+            "retry_after_s": max(retry_after),
+        },
+    )
     entries = [e for e in _audit(app).read() if e.get("client") == "127.0.0.4"]
     failed = [e for e in entries if e["kind"] == "auth.bearer_failed"]
     assert len(failed) == LIMIT and {e["path"] for e in failed} == {"/jobs"}
@@ -262,7 +272,3 @@ def test_the_lockout_ends_when_the_window_passes(tmp_path: Path) -> None:
         assert locked.status_code == 429 and locked.headers["retry-after"] == "1"
         time.sleep(1.1)
         assert client.post("/ui/login", data={"token": BOB}).status_code == 303
-
-
-def test_print_measurements() -> None:
-    print("\nauthentication lockout:", MEASURED)
