@@ -137,6 +137,10 @@ def server_config(app: FastAPI, settings: HttpSettings, log_level: str = "info")
         timeout_graceful_shutdown=settings.http_graceful_shutdown_timeout,
         limit_concurrency=settings.http_limit_concurrency or None,
         h11_max_incomplete_event_size=settings.http_max_header_bytes,
+        # Forwarded headers only from configured proxies: otherwise a client on the gateway's
+        # own host could name any address and escape the per-address lockout.
+        proxy_headers=bool(settings.http_trusted_proxies),
+        forwarded_allow_ips=list(settings.http_trusted_proxies) or None,
     )
     access = logging.getLogger(ACCESS_LOGGER)
     if not any(isinstance(f, QueryStringFilter) for f in access.filters):

@@ -63,6 +63,14 @@ class HttpSettings(BaseSettings):
     http_limit_concurrency: int = 100
     http_max_header_bytes: int = 16_384
     api_docs: bool = False
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (addresses);
+    # empty: none, the client address is the socket's (the lockout counts it).
+    http_trusted_proxies: CommaList = Field(default_factory=list)
+
+    @field_validator("http_trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        return split_commas(value)
 
 
 class UploadSettings(BaseSettings):

@@ -203,3 +203,32 @@ def test_llmctv_serve_runs_the_guarded_server(
     assert any(
         isinstance(f, QueryStringFilter) for f in logging.getLogger("uvicorn.access").filters
     )
+
+
+def test_a_forged_forwarded_address_does_not_escape_the_lockout(tmp_path: Path) -> None:
+    """A client on the gateway's host naming a new X-Forwarded-For each try: before, uvicorn
+    believed loopback's forwarded headers, so every guess came from "another address" and the
+    lockout never started. Now forwarded headers count only from configured proxies."""
+    with _serving(tmp_path, auth_max_failures=5) as (url, _, _):
+        statuses = [
+            httpx.get(
+                f"{url}/jobs",
+                headers={"Authorization": f"Bearer guess-{n}", "X-Forwarded-For": f"10.0.0.{n}"},
+            ).status_code
+            for n in range(8)
+        ]
+    assert statuses == [401] * 5 + [429] * 3, statuses
+
+
+def test_forwarded_headers_are_believed_from_configured_proxies_only() -> None:
+    assert server_config(create_app_for_config(), Settings.from_env().http).proxy_headers is False
+    trusted = Settings.from_env(http_trusted_proxies=["10.1.2.3"]).http
+    config = server_config(create_app_for_config(), trusted)
+    assert config.proxy_headers is True and config.forwarded_allow_ips == ["10.1.2.3"]
+
+
+def create_app_for_config() -> Any:
+    """An app object for building a configuration (never served)."""
+    from fastapi import FastAPI
+
+    return FastAPI()

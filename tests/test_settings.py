@@ -19,7 +19,7 @@ from workers.settings import WorkerSettings
 
 #: The gateway's sections and how many settings each holds (README, docs/architecture.md).
 SECTIONS = {
-    "http": 10,
+    "http": 11,
     "uploads": 5,
     "auth": 5,
     "review": 4,
