@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 
 from model.text.clinical import parse_clinical
 from service.api import JobView, problem_responses
+from service.auth import Identity, Role
 from service.deps import Authorized, DeskDep, ServiceState, StateDep
 from service.dicomnet.destinations import destinations_from_settings, resolve_destination
-from service.order_desk import order_expiry
+from service.order_desk import OrderDesk, order_expiry
 from service.orders import (
     Order,
     OrderNotFoundError,
@@ -69,6 +70,14 @@ def _known_id(order_id: str) -> str:
     return order_id
 
 
+def _visible_order(desk: OrderDesk, order_id: str, identity: Identity) -> Order:
+    """The order, if ``identity`` placed it or reviews; else 404 like an unknown id."""
+    order = desk.orders.get(_known_id(order_id))
+    if not identity.may(Role.REVIEWER) and order.created_by != identity.name:
+        raise OrderNotFoundError(f"no order {order_id[:64]!r}")
+    return order
+
+
 def _view(order: Order, state: ServiceState) -> OrderView:
     job = None
     if order.job_id:
@@ -86,7 +95,9 @@ def _view(order: Order, state: ServiceState) -> OrderView:
     summary="Clinical fields for a study that arrives (or arrived) over DICOM",
     responses=problem_responses(401, 409, 422),
 )
-def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
+def create_order(
+    body: OrderRequest, state: StateDep, desk: DeskDep, identity: Authorized
+) -> OrderView:
     """Store the order; the job starts when the study's CT series is complete."""
     record = parse_clinical(body.clinical)
     if body.destination is not None:
@@ -97,6 +108,7 @@ def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authoriz
         clinical=record.model_dump(mode="json"),
         expires_at=utcnow() + order_expiry(state.settings.orders),
         send=send,
+        created_by=identity.name,
     )
     with _CREATING:  # the check and the write as one step: two requests cannot both pass
         check_not_duplicate(order, desk.orders.all())
@@ -111,9 +123,9 @@ def create_order(body: OrderRequest, state: StateDep, desk: DeskDep, _: Authoriz
     summary="Order state, its job, and the send-back",
     responses=problem_responses(401, 404),
 )
-def order_status(order_id: str, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
+def order_status(order_id: str, state: StateDep, desk: DeskDep, identity: Authorized) -> OrderView:
     """The order with its job's status and the delivery of the RTSTRUCT."""
-    return _view(desk.orders.get(_known_id(order_id)), state)
+    return _view(_visible_order(desk, order_id, identity), state)
 
 
 @router.post(
@@ -123,9 +135,9 @@ def order_status(order_id: str, state: StateDep, desk: DeskDep, _: Authorized) -
     summary="Send the RTSTRUCT (again) to the order's destination",
     responses=problem_responses(401, 404, 422),
 )
-def retry_send(order_id: str, state: StateDep, desk: DeskDep, _: Authorized) -> OrderView:
+def retry_send(order_id: str, state: StateDep, desk: DeskDep, identity: Authorized) -> OrderView:
     """Queue the send-back again (after a failure, or to send once more)."""
-    order = desk.orders.get(_known_id(order_id))
+    order = _visible_order(desk, order_id, identity)
     desk.require_approval(order)  # 409 review_required (setting require_review)
     resolve_destination(order.destination or "", destinations_from_settings(state.settings.dicom))
     order = desk.orders.update(

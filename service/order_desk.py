@@ -255,6 +255,7 @@ class OrderDesk:
             series_instance_uid=manifest.series_instance_uid,
             source="dicom",
             warnings=warnings,
+            submitted_by=order.created_by,
         )
         target = self.files.input_dir(job.job_id)
         _link_or_copy(manifest.folder, target)

@@ -165,6 +165,9 @@ class Order(BaseModel):
     expires_at: datetime
     matched_at: datetime | None = None
     send: SendState = Field(default_factory=SendState)
+    created_by: str | None = Field(
+        default=None, description="the identity that placed the order (its job is theirs)"
+    )
     matched_series_instance_uid: str | None = None
     matched_study_instance_uid: str | None = None
     matched_instances: int | None = None

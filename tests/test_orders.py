@@ -132,7 +132,10 @@ def test_study_first_order_matches_by_accession(
     desk, holding = _desk(tmp_path)
     series = _receive(desk, phantoms[0])
     late = Order(
-        accession_number="ACC42", clinical=CLINICAL, expires_at=utcnow() + timedelta(hours=1)
+        accession_number="ACC42",
+        clinical=CLINICAL,
+        expires_at=utcnow() + timedelta(hours=1),
+        created_by="bob",
     )
     early = Order(
         study_instance_uid="1.2.826.0.1.99",
@@ -148,6 +151,7 @@ def test_study_first_order_matches_by_accession(
     job = desk.store.get(matched.job_id or "")
     assert job.series_instance_uid == series.series_instance_uid
     assert job.source == "dicom"
+    assert job.submitted_by == "bob", "the order's job is its author's"
     assert len(list(desk.files.input_dir(job.job_id).glob("*.dcm"))) == len(phantoms[0].ct_files)
     assert desk.orders.get(early.order_id).status is OrderStatus.WAITING
 

@@ -189,3 +189,21 @@ def test_a_reviewers_counterfactual_is_the_reviewers(
     )
     assert mine.status_code == 202
     assert httpx.get(f"{url}/jobs/{mine.json()['job_id']}", headers=BOB).status_code == 200
+
+
+def test_an_order_and_its_job_belong_to_whoever_placed_it(gateway: tuple[str, Any]) -> None:
+    """Before, any submitter read every order and its job's state; order jobs had no owner."""
+    url, app = gateway
+    body = {"study_instance_uid": "1.2.826.0.1.7788", "clinical": N1_LEFT}
+    created = httpx.post(f"{url}/orders", json=body, headers=BOB)
+    assert created.status_code == 201, created.text
+    order_id = created.json()["order_id"]
+    assert httpx.get(f"{url}/orders/{order_id}", headers=BOB).status_code == 200
+    assert httpx.get(f"{url}/orders/{order_id}", headers=ALICE).status_code == 200
+    theirs = httpx.get(f"{url}/orders/{order_id}", headers=DAVE)
+    unknown = httpx.get(f"{url}/orders/{'0' * 32}", headers=DAVE)
+    assert theirs.status_code == unknown.status_code == 404
+    assert theirs.json()["code"] == unknown.json()["code"] == "order_not_found"
+    assert httpx.post(f"{url}/orders/{order_id}/send", headers=DAVE).status_code == 404
+    desk = app.state.llmctv_orders
+    assert desk.orders.get(order_id).created_by == "bob"
