@@ -128,8 +128,9 @@ def _oversample(options: list[str]) -> tuple[tuple[str, float], ...]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Build the cache from DICOM, then train."""
+    """Build the cache from DICOM, then train (one process, or one rank under torchrun)."""
     from model.training.augmentation import AugmentConfig
+    from model.training.heads import parse_class_map
     from model.training.trainer import TrainConfig
     from model.workflows import TrainOptions, train_from_dicom
 
@@ -158,15 +159,28 @@ def cmd_train(args: argparse.Namespace) -> int:
                 intensity=args.augment_intensity,
                 mirror=args.mirror,
             ),
+            workers=args.workers,
+            max_minutes=args.max_minutes,
+            checkpoint_steps=args.checkpoint_steps,
         ),
         train_fraction=args.train_fraction,
         init_from=args.init_from,
         resume=args.resume,
+        class_map=parse_class_map(args.class_map),
+        ddp=args.ddp,
     )
     result = train_from_dicom(options)
+    if not result.main:  # another rank of a torchrun job: rank 0 reports
+        return 0
+    if result.stopped:
+        print(
+            f"stopped ({result.stopped}) after {result.steps} steps; "
+            f"continue with --resume from {Path(args.out) / 'last'}"
+        )
     print(
         f"best validation Dice {result.best_dice:.4f} at epoch {result.best_epoch}; "
-        f"{result.seconds:.0f} s; checkpoint {Path(args.out) / 'best'}"
+        f"{result.seconds:.0f} s; {result.samples_per_second:.2f} crops/s; "
+        f"checkpoint {Path(args.out) / 'best'}"
     )
     return 0
 
@@ -325,7 +339,9 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default="smollm2", help="smollm2 | minilm | tiny-llama | DIR")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--steps-per-epoch", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument(
+        "--batch-size", type=int, default=2, help="crops per step, over all DDP processes"
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-5)
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -391,11 +407,56 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="CHECKPOINT",
-        help="fine-tune: start from this checkpoint's weights (same config and text encoder)",
+        help="fine-tune: start from this checkpoint's weights (same config and text encoder; "
+        "the structures may differ: same-named classes keep their head weights, new ones "
+        "start fresh, missing ones are dropped)",
+    )
+    p.add_argument(
+        "--class-map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="with --init-from: the checkpoint's class OLD becomes this run's class NEW (its "
+        "head weights kept); OLD= drops OLD even where this run has a class of that name; "
+        "repeatable",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue OUT/last from its saved step (weights, optimiser, schedule, random "
+        "states); the other options must describe the same run",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="DataLoader worker processes building crops and augmentation (0: in the "
+        "training process); per process under torchrun",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="time budget from the start of the command: stop cleanly before it runs out "
+        "(validate, save best and a resumable last); 0: none",
+    )
+    p.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also save a resumable OUT/last every N steps (0: at epoch ends only)",
+    )
+    p.add_argument(
+        "--ddp",
+        action="store_true",
+        help="DistributedDataParallel: start with torchrun --nproc_per_node=N -m model.cli "
+        "train ... (gloo on CPU, nccl on CUDA; --batch-size is the global batch)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Dice / IoU / HD95 with bootstrap CIs")

@@ -196,3 +196,23 @@ class StructureSetWriteError(LlmctvError):
     """An RTSTRUCT cannot be built from the given ROIs and referenced series (a bug upstream)."""
 
     code = "rtstruct_write_failed"
+
+
+# --- model versions (the registry, model/registry) ----------------------------------------------
+class UnknownModelVersionError(LlmctvError):
+    """No registered model version of that name (``llmctv models``, ``/models``)."""
+
+    code = "unknown_model_version"
+
+
+class PromotionRefusedError(LlmctvError):
+    """A model version may not be promoted: no PASS commissioning report and no override with a
+    reason, or its files no longer match its model card."""
+
+    code = "promotion_refused"
+
+
+class NoPreviousVersionError(PromotionRefusedError):
+    """A rollback with no earlier promoted version to return to."""
+
+    code = "no_previous_version"

@@ -49,7 +49,10 @@ class ModelSettings(BaseSettings):
     text_encoder
         Text-encoder folder overriding the checkpoint's own.
     checkpoint
-        Checkpoint folder (default: the shipped demo model).
+        Checkpoint folder. Wins over ``models_dir``; without either, the shipped demo model.
+    models_dir
+        The models folder of ``llmctv models`` (:mod:`model.registry`): workers serve its
+        promoted version unless ``checkpoint`` is set.
     offline
         Never reach a model hub (always true in clinical use).
     """
@@ -61,6 +64,7 @@ class ModelSettings(BaseSettings):
     torch_threads: int = 0
     text_encoder: Path | None = None
     checkpoint: Path | None = None
+    models_dir: Path | None = None
     offline: bool = True
 
 

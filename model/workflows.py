@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,13 @@ from model.dicom.series import CtSeries, read_ct_series
 from model.errors import ConfigurationError, DatasetError, LlmctvError
 from model.imaging.geometry import Grid
 from model.imaging.preprocessing import PreprocessConfig
-from model.inference import Predictor
+from model.inference import Predictor, resolve_device
 from model.network.config import NetworkChoice
 from model.text.clinical import parse_clinical
 from model.text.encoders import load_text_encoder
 from model.training.dataset import TargetRule, build_cache, iter_cases, load_cached
+from model.training.distributed import DistContext, barrier, broadcast_object, distributed
+from model.training.heads import ClassMap
 from model.training.sampling import subset_by_group
 from model.training.trainer import TrainConfig, Trainer, TrainResult
 
@@ -99,7 +102,11 @@ class WindowOptions:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """``llmctv train``: the data, the network, the schedule and where the run goes."""
+    """``llmctv train``: the data, the network, the schedule and where the run goes.
+
+    ``class_map`` renames or drops the classes of ``init_from`` (:mod:`model.training.heads`);
+    ``ddp`` requires a ``torchrun`` launch (a run under torchrun is distributed anyway).
+    """
 
     data: DataOptions
     out: Path
@@ -111,27 +118,50 @@ class TrainOptions:
     train_fraction: float = 1.0
     init_from: Path | None = None
     resume: bool = False
+    class_map: ClassMap = ()
+    ddp: bool = False
 
 
 def train_from_dicom(options: TrainOptions) -> TrainResult:
-    """``llmctv train``: cache the DICOM data set, then train and keep the best checkpoint."""
+    """``llmctv train``: cache the DICOM data set, then train and keep the best checkpoint.
+
+    Under ``torchrun`` rank 0 builds the cache and loads the text encoder first (the others
+    wait, then read what it wrote); every rank then trains its share. ``max_minutes`` counts
+    from here, cache building included.
+    """
+    started = time.perf_counter()
+    if options.class_map and options.init_from is None:
+        raise ConfigurationError("--class-map maps the classes of --init-from: give both")
+    with distributed(resolve_device(options.train.device), options.ddp) as dist:
+        return _train(options, dist, started)
+
+
+def _train(options: TrainOptions, dist: DistContext, started: float) -> TrainResult:
     pre = PreprocessConfig(target_spacing=options.spacing)
     rule = options.data.rule()
     target = options.data.target()
     cache = options.cache or options.out / "cache"
-    report = build_cache(
-        options.data.data,
-        cache,
-        rule=target,
-        preprocess=pre,
-        csv_path=options.data.csv,
-    )
-    print(report.summary())
-    cases = load_cached(cache, report.built + report.reused)
+    case_ids: list[str] = []
+    if dist.is_main:
+        report = build_cache(
+            options.data.data,
+            cache,
+            rule=target,
+            preprocess=pre,
+            csv_path=options.data.csv,
+        )
+        print(report.summary())
+        case_ids = report.built + report.reused
+    case_ids = broadcast_object(dist, case_ids)
+    cases = load_cached(cache, case_ids)
     if options.train_fraction < 1.0:
         cases = subset_by_group(cases, options.train_fraction, options.train.seed)
     vision_only = options.network.vision_only
-    encoder = None if vision_only else load_text_encoder(options.text_encoder)
+    encoder = None
+    for turn in (True, False):  # rank 0 first: it may convert the encoder into the cache
+        if not vision_only and dist.is_main == turn:
+            encoder = load_text_encoder(options.text_encoder)
+        barrier(dist)
     config = options.network.config(encoder.hidden_size if encoder else None)
     config = config.with_structures(target.structure_names)
     structure_map = _target_map(target)
@@ -149,9 +179,11 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     if structure_map is not None:  # the map, not the patterns, chose the ROIs
         meta["roi_rule"] = None
         meta["structure_map"] = map_meta(structure_map)
-    trainer = Trainer(config, options.train, options.out, encoder, meta)
+    trainer = Trainer(
+        config, options.train, options.out, encoder, meta, dist=dist, clock_start=started
+    )
     if options.init_from is not None and not options.resume:
-        trainer.warm_start(options.init_from)
+        trainer.warm_start(options.init_from, options.class_map)
     return trainer.fit(cases, resume=options.resume)
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from model.errors import LlmctvError
 from workers.jobs import JobFiles, JobStatus, JobStore, iter_jobs
+from workers.model_loading import promoted_version, served_card
 from workers.pipeline import fail_job, run_job
 from workers.settings import WorkerSettings
 
@@ -54,6 +55,10 @@ class EmbeddedDispatcher:
 
     Jobs left queued or running by a previous process (a crash, a restart) are queued again at
     start, so none is lost (each start counts as an attempt: see ``job_max_attempts``).
+    With a models folder (``models_dir``, no ``checkpoint``), the promoted version is read
+    before each job: when another version was promoted (or rolled back to), the worker loads
+    it from the registry and the next job runs on it; a version that cannot be loaded fails
+    the jobs (with its code) until another one is promoted.
     :meth:`stop` asks the running job to stop at its next progress step (it is queued again)
     and waits at most ``worker_stop_timeout`` seconds for the thread.
     """
@@ -71,6 +76,7 @@ class EmbeddedDispatcher:
         self._engine_factory = engine_factory or _load_engine
         self._engine: ContourEngine | None = None
         self._engine_error: LlmctvError | None = None
+        self._failed_for: str | None = None  # the promoted version whose load failed
         self._queue: queue.Queue[str] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -124,6 +130,7 @@ class EmbeddedDispatcher:
             "last_progress_age_s": None if progress is None else round(now - progress, 1),
             "job_time_limit_s": self.settings.jobs.task_soft_time_limit,
             "model_error": self._engine_error.code if self._engine_error is not None else None,
+            "model_version": self._serving_label(),
             **self._cache_counts(),
         }
 
@@ -140,24 +147,50 @@ class EmbeddedDispatcher:
         self._last_progress = time.monotonic()
         return self._stopping.is_set()
 
-    def _load(self) -> ContourEngine | None:
-        if self._engine is None and self._engine_error is None:
-            try:
-                self._engine = self._engine_factory(self.settings)
-            except LlmctvError as exc:
-                log.error("the model cannot be loaded: %s", exc)
-                self._engine_error = exc
+    def _serving_label(self) -> str | None:
+        engine = self._engine
+        card = served_card(engine) if engine is not None else None
+        return card.label if card is not None else None
+
+    def _load(self) -> ContourEngine | LlmctvError:
+        """The engine for the next job, or why there is none.
+
+        Loaded once; loaded again from the registry when the promoted version is not the
+        one the engine was loaded from (the injected factory makes only the first engine).
+        """
+        try:
+            wanted = promoted_version(self.settings)
+        except LlmctvError as exc:
+            log.error("the promoted model version cannot be read: %s", exc)
+            return exc
+        engine = self._engine
+        if engine is not None:
+            card = served_card(engine)
+            if wanted is None or (card is not None and card.version == wanted):
+                return engine
+            log.info("model version %s is promoted: loading it for the next job", wanted)
+        elif self._engine_error is not None and wanted == self._failed_for:
+            return self._engine_error
+        factory = self._engine_factory
+        self._engine_factory = _load_engine  # later loads follow the registry
+        self._engine = None  # the old model is released before the new one loads
+        try:
+            self._engine = factory(self.settings)
+        except LlmctvError as exc:
+            log.error("the model cannot be loaded: %s", exc)
+            self._engine_error, self._failed_for = exc, wanted
+            return exc
+        self._engine_error = self._failed_for = None
         return self._engine
 
     def _loop(self) -> None:
         self._load()
         while (job_id := self._queue.get()) != _STOP and not self._stopping.is_set():
             engine = self._load()
-            if engine is None and self._engine_error is not None:
-                fail_job(self.store, job_id, self._engine_error)
+            if isinstance(engine, LlmctvError):
+                fail_job(self.store, job_id, engine)
                 continue
-            if engine is not None:
-                self._run(job_id, engine)
+            self._run(job_id, engine)
 
     def _run(self, job_id: str, engine: ContourEngine) -> None:
         self._running, self._running_since = job_id, time.monotonic()

@@ -152,6 +152,8 @@ class ObservedJobStore:
             facts["code"] = code
         if job.checkpoint:
             facts["checkpoint"] = job.checkpoint
+        if job.model_version:
+            facts["model_version"] = job.model_version
         if job.attention:  # counts only: findings name structures, never a patient
             facts["needs_attention"] = len(job.attention)
             self.metrics.incr("jobs_needing_attention", {})

@@ -30,6 +30,7 @@ from workers.errors import (
     storage_error,
 )
 from workers.jobs import JobError, JobFiles, JobStatus, JobStore, utcnow
+from workers.model_loading import contouring_policy, served_card
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -225,11 +226,16 @@ def _execute(
     settings: WorkerSettings,
     control: JobControl,
 ) -> None:
-    """The job's one domain call, then its record: the only place a job succeeds."""
+    """The job's one domain call, then its record: the only place a job succeeds.
+
+    A registered model version (:func:`workers.model_loading.served_card`) names the ROIs as
+    its card says and is recorded in the job, the RTSTRUCT and the ``job.finished`` entry.
+    """
+    card = served_card(engine)
     result = contour_structure_set(
         engine,
         StructureSetRequest(files.input_dir(job_id), clinical, series_uid),
-        settings.contouring.contouring_policy(),
+        contouring_policy(settings, engine),
         StructureSetFiles(files.rtstruct(job_id), files.preview(job_id)),
         progress_writer(store, job_id, 0.0, 1.0, control),
     )
@@ -245,6 +251,7 @@ def _execute(
         structure_confidence=result.structure_confidence,
         timings=result.timings,
         checkpoint=result.checkpoint,
+        model_version=card.label if card is not None else None,
         rtstruct_sop_instance_uid=result.rtstruct_sop_instance_uid,
         roi_volumes_cc=result.roi_volumes_cc,
     )

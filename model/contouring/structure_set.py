@@ -33,7 +33,14 @@ from model.contouring.consistency import (
     removal_warnings,
     structure_warnings,
 )
-from model.contouring.naming import DEFAULT_ROI_NAMES, confidence_by_roi, roi_specs, volumes_cc
+from model.contouring.naming import (
+    DEFAULT_ROI_NAMES,
+    DEFAULT_SIDE_LABELS,
+    SideLabels,
+    confidence_by_roi,
+    roi_specs,
+    volumes_cc,
+)
 from model.contouring.preview import render_preview
 from model.dicom.ingest_policy import IngestPolicy
 from model.dicom.rtstruct import ReferencedSeries, WriterInfo, write_rtstruct
@@ -57,7 +64,14 @@ class ContouringPolicy:
     ingest
         Plausible CT geometry and the sliding-window budget.
     roi_name, roi_names
-        Name of the union ROI, and of each sub-volume (``{side}`` is ``L``/``R``).
+        Name of the union ROI, and of each sub-volume (a template: ``{side}`` becomes the
+        side's label).
+    side_labels
+        What replaces ``{side}`` for the left and the right side: ``("L", "R")``, or a site's
+        side affixes from a model card (``("_Lt", "_Rt")`` with templates ``CTVn_IMN{side}``).
+    model_version
+        The registered model version served (``model <name> v<n> <hash>``), or ``""`` for a
+        checkpoint outside the registry; written into SoftwareVersions.
     structure_set_label, roi_name_suffix
         StructureSetLabel and a suffix for every ROI name.
     nodal_check_cc
@@ -71,6 +85,8 @@ class ContouringPolicy:
     ingest: IngestPolicy = field(default_factory=IngestPolicy)
     roi_name: str = "CTV"
     roi_names: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ROI_NAMES))
+    side_labels: SideLabels = DEFAULT_SIDE_LABELS
+    model_version: str = ""
     structure_set_label: str = "LLMCTV"
     roi_name_suffix: str = ""
     nodal_check_cc: float = 5.0
@@ -84,6 +100,7 @@ class ContouringPolicy:
             software_versions=(
                 f"llmctv {__version__}",
                 f"checkpoint {checkpoint_hash or 'unknown'}",
+                *((self.model_version,) if self.model_version else ()),
             ),
             structure_set_label=self.structure_set_label,
             roi_name_suffix=self.roi_name_suffix,
@@ -164,7 +181,9 @@ def contour_structure_set(
     report(1.0)
     result = checked.result
     t0 = time.perf_counter()
-    rois = roi_specs(result.mask, result.structures, policy.roi_name, policy.roi_names)
+    rois = roi_specs(
+        result.mask, result.structures, policy.roi_name, policy.roi_names, policy.side_labels
+    )
     written = write_rtstruct(
         out.rtstruct,
         ReferencedSeries.from_datasets(ct.datasets),
@@ -185,7 +204,9 @@ def contour_structure_set(
         checkpoint=engine.checkpoint_hash,
         warnings=[*ct.warnings, *checked.warnings],
         attention=checked.attention,
-        structure_confidence=confidence_by_roi(result.confidence, policy.roi_names),
+        structure_confidence=confidence_by_roi(
+            result.confidence, policy.roi_names, policy.side_labels
+        ),
         roi_volumes_cc=volumes,
         timings={k: round(v, 4) for k, v in timings.items()},
     )

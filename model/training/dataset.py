@@ -14,6 +14,11 @@ network grid), so epochs never re-read DICOM. A case that cannot be read is repo
 error code and skipped — never silently. Logs give counts only; case ids appear in the
 returned report, not in logs.
 
+Entries are uncompressed (``np.savez``), so :func:`load_cached` memory-maps their arrays in
+place instead of reading them: a cohort larger than RAM trains, the pages a crop touches are
+read on demand and shared (page cache) by DataLoader workers and by the ranks of a
+``torchrun`` job, and the kernel may drop them again under memory pressure.
+
 Patients: each entry records its CT's series (``group``) and its patient as a label
 (``patient``): ``P-`` and 16 hex digits of SHA-256 over a random salt kept in the cache
 folder (``.patient-salt``) and the PatientID. The trainer keeps the cases of one patient on one
@@ -41,6 +46,7 @@ from model.dicom.series import CtSeries, read_ct_series
 from model.errors import DatasetError, LlmctvError, StructureSetError
 from model.imaging.preprocessing import PreprocessConfig, preprocess_ct, resample_labels
 from model.text.clinical import ClinicalRecord, read_clinical_csv
+from model.training.mmap_cache import cached_arrays
 from model.training.sampling import TrainingCase
 
 log = logging.getLogger(__name__)
@@ -310,8 +316,15 @@ def _stored_fingerprint(path: Path) -> str | None:
         return None
 
 
-def load_cached(cache_dir: Path, case_ids: list[str] | None = None) -> list[TrainingCase]:
-    """Load cached cases (all, or the listed ids) as :class:`TrainingCase` objects."""
+def load_cached(
+    cache_dir: Path, case_ids: list[str] | None = None, *, mmap: bool = True
+) -> list[TrainingCase]:
+    """Load cached cases (all, or the listed ids) as :class:`TrainingCase` objects.
+
+    With ``mmap`` (the default) the arrays are read-only memory maps of the cache entries:
+    nothing is read until a crop touches it, and a case pickled to a DataLoader worker
+    (``spawn``) travels as its path, not its voxels.
+    """
     paths = sorted(cache_dir.glob("*.npz"))
     if case_ids is not None:
         wanted = set(case_ids)
@@ -320,19 +333,19 @@ def load_cached(cache_dir: Path, case_ids: list[str] | None = None) -> list[Trai
     for path in paths:
         if path.name.startswith("."):
             continue
-        with np.load(path) as data:
-            meta = json.loads(str(data["meta"]))
-            cases.append(
-                TrainingCase(
-                    meta["case_id"],
-                    data["image"],
-                    data["label"],
-                    meta["note"],
-                    tuple(meta["spacing"]),
-                    meta.get("group", ""),
-                    meta.get("patient", ""),
-                )
+        image, label, meta = cached_arrays(path, mmap)
+        cases.append(
+            TrainingCase(
+                meta["case_id"],
+                image,
+                label,
+                meta["note"],
+                tuple(meta["spacing"]),
+                meta.get("group", ""),
+                meta.get("patient", ""),
+                source=str(path) if mmap else "",
             )
+        )
     if not cases:
         raise DatasetError(f"no cached cases in {cache_dir}")
     return cases

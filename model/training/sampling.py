@@ -16,12 +16,15 @@ import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
 from model.errors import DatasetError
+from model.training.mmap_cache import cached_arrays
 
 
 @dataclass
@@ -30,7 +33,10 @@ class TrainingCase:
 
     ``group`` is the SeriesInstanceUID of the CT (the case id where unknown): cases with the
     same CT and different notes share it. ``patient`` is the patient's label (a salted hash of
-    the PatientID, :mod:`model.training.dataset`; empty where unknown).
+    the PatientID, :mod:`model.training.dataset`; empty where unknown). ``source`` is the
+    cache entry whose memory maps ``image`` and ``label`` are (empty: arrays in memory); such a
+    case pickles as its path and maps the file again where it is unpickled (a DataLoader
+    worker started by ``spawn``).
     """
 
     case_id: str
@@ -40,6 +46,18 @@ class TrainingCase:
     spacing: tuple[float, float, float]
     group: str = ""
     patient: str = ""
+    source: str = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.source:
+            state["image"] = state["label"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.source and state.get("image") is None:
+            self.image, self.label, _ = cached_arrays(Path(self.source), mmap=True)
 
     @property
     def group_key(self) -> str:

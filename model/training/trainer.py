@@ -4,8 +4,14 @@ The text side (prompts, [SEG], LoRA) is trained through the frozen language mode
 computes ``g`` for the batch's notes (with gradients when the tuning mode trains anything),
 then the segmentation network sees ``g`` — never text.
 
-Runs write ``<out>/best`` (highest validation Dice) and ``<out>/last`` (with optimiser state
-for resuming) as checkpoints; ``<out>/history.json`` has one row per epoch.
+Runs write ``<out>/best`` (highest validation Dice) and ``<out>/last`` (with the resumable
+state, :mod:`model.training.run_state`) as checkpoints; ``<out>/history.json`` has one row per
+epoch. The loop is over global steps: batches come from a DataLoader over
+:class:`~model.training.batches.StepBatches` (``workers`` processes, keyed by step), so a run
+resumes at any saved step, and under ``torchrun`` every rank trains its share of each global
+batch through DistributedDataParallel (:mod:`model.training.distributed`). A time budget
+(``max_minutes``), a signal or :meth:`Trainer.request_stop` ends a run cleanly: the step
+finishes, the network is validated, ``best`` and a resumable ``last`` are saved.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.losses.dice import DiceCELoss
-from tqdm import tqdm
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from model.errors import CheckpointMismatchError, ConfigurationError, DatasetError
 from model.evaluation.metrics import dice
@@ -33,18 +40,36 @@ from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
 from model.text.encoders import TextEncoder
-from model.training.augmentation import AugmentConfig, Augmenter
-from model.training.note_variants import equivalent_notes
-from model.training.sampling import (
-    CaseSampler,
-    TrainingCase,
-    crop_batch,
-    paired_batch,
-    patient_groups,
+from model.training.augmentation import AugmentConfig
+from model.training.batches import Batch, BatchPlan, StepBatches
+from model.training.distributed import SINGLE, DistContext, all_reduce_sum, barrier, device_for
+from model.training.heads import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    ClassMap,
+    expand_head,
+    plan_head,
+    transfer_head,
 )
+from model.training.progress import RunClock, StepBar, stop_on_signals
+from model.training.run_state import STATE_FILE, read_state, restore_rng, rng_states, write_state
+from model.training.sampling import TrainingCase, patient_groups
+
+__all__ = [
+    "HEAD_BIAS",
+    "HEAD_WEIGHT",
+    "STATE_FILE",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "expand_head",
+    "lr_lambda",
+    "split_cases",
+]
 
 log = logging.getLogger(__name__)
-STATE_FILE = "train_state.pt"
+#: Why a run stopped before its last epoch.
+STOP_REASONS = ("time_budget", "signal", "requested")
 
 
 @dataclass(frozen=True)
@@ -53,7 +78,7 @@ class TrainConfig:
 
     epochs: int = 100
     steps_per_epoch: int = 0  # 0: one pass of crops over the training cases
-    batch_size: int = 2
+    batch_size: int = 2  # the global batch: divided among DDP processes
     lr: float = 1e-4
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05
@@ -72,16 +97,23 @@ class TrainConfig:
     oversample: tuple[tuple[str, float], ...] = ()
     # geometry, intensity and text-aware mirror augmentation of the crops (off by default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    workers: int = 0  # DataLoader worker processes building batches (0: in this process)
+    max_minutes: float = 0.0  # time budget of the run (0: none)
+    checkpoint_steps: int = 0  # also save a resumable `last` every N steps (0: epoch ends)
 
 
 @dataclass
 class TrainResult:
-    """Outcome of a run."""
+    """Outcome of a run (this invocation: ``steps`` and the rate exclude resumed steps)."""
 
     best_dice: float
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    steps: int = 0
+    samples_per_second: float = float("nan")  # global training crops per second
+    stopped: str = ""  # "", "time_budget", "signal" or "requested"
+    main: bool = True  # this process is rank 0 (the one that reports)
 
 
 def split_cases(
@@ -116,39 +148,36 @@ def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-HEAD_WEIGHT = "decoder.head.conv.weight"
-HEAD_BIAS = "decoder.head.conv.bias"
+def sliding_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    """How many sliding windows cover a volume of ``shape`` (a validation cost estimate)."""
+    count = 1
+    for size, r in zip(shape, roi, strict=True):
+        stride = max(1, int(r * (1 - overlap)))
+        count *= 1 if size <= r else math.ceil((size - r) / stride) + 1
+    return count
 
 
-def expand_head(
-    state: dict[str, torch.Tensor], old_classes: int, new_channels: int
-) -> dict[str, torch.Tensor]:
-    """Seed a head of ``new_channels`` classes from a single-CTV (background + 1) head.
+class _Joint(torch.nn.Module):
+    """Network and trained text side as one module (what DDP wraps): notes + crops -> logits."""
 
-    Background keeps its weights; every structure gets the old foreground weights (and, when
-    the head has a bias, the bias lowered by ``log(S)`` so that the summed structure probability
-    equals the old foreground probability). Training then separates the structures.
+    def __init__(
+        self,
+        net: ContourNet,
+        context: PromptContext | None,
+        g: Callable[[list[str]], torch.Tensor | None],
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.context = context
+        self._g = g
 
-    Raises
-    ------
-    CheckpointMismatchError
-        The old head has more than one foreground class (nothing to seed from).
-    """
-    if old_classes != 1:
-        raise CheckpointMismatchError("only a single-CTV head can seed new structures")
-    weight = state[HEAD_WEIGHT]
-    n = new_channels - 1
-    # ConvTranspose3d weights are (in, out, k, j, i): classes are dimension 1.
-    state = dict(state)
-    state[HEAD_WEIGHT] = torch.cat([weight[:, :1]] + [weight[:, 1:2]] * n, dim=1)
-    if HEAD_BIAS in state:
-        bias = state[HEAD_BIAS]
-        state[HEAD_BIAS] = torch.cat([bias[:1]] + [bias[1:2] - math.log(n)] * n)
-    return state
+    def forward(self, images: torch.Tensor, notes: list[str]) -> torch.Tensor:
+        logits: torch.Tensor = self.net(images, self._g(notes))
+        return logits
 
 
 class Trainer:
-    """Trains one network configuration on preprocessed cases."""
+    """Trains one network configuration on preprocessed cases (one process or one DDP rank)."""
 
     def __init__(
         self,
@@ -157,13 +186,20 @@ class Trainer:
         out_dir: Path,
         encoder: TextEncoder | None = None,
         meta: dict[str, Any] | None = None,
+        *,
+        dist: DistContext = SINGLE,
+        clock_start: float | None = None,
     ) -> None:
         if net_config.multimodal and encoder is None:
             raise ConfigurationError("a multimodal network needs a text encoder")
+        if config.workers < 0 or config.checkpoint_steps < 0:
+            raise ConfigurationError("--workers and --checkpoint-steps must be >= 0")
         self.cfg = config
         self.out = out_dir
         self.meta = dict(meta or {})
-        self.device = resolve_device(config.device)
+        self.dist = dist
+        self.clock = RunClock(config.max_minutes, clock_start)
+        self.device = device_for(dist, resolve_device(config.device))
         torch.manual_seed(config.seed)
         self.net = ContourNet(net_config).to(self.device)
         self.context = PromptContext(net_config, encoder) if net_config.multimodal else None
@@ -180,13 +216,16 @@ class Trainer:
             lambda_dice=config.lambda_dice,
             lambda_ce=config.lambda_ce,
         )
-        self.augmenter = Augmenter(config.augment)
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.epoch = 0
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed global steps
         self.history: list[dict[str, float]] = []
         self.best = (-1.0, -1)
         self._frozen_g: dict[str, torch.Tensor] = {}
+        self._epoch_losses: list[float] = []  # global step losses of the current epoch
+        self._epoch_seconds = 0.0
+        self._stop = ""
 
     # --- context -------------------------------------------------------------------------------
     def _g(self, notes: list[str]) -> torch.Tensor | None:
@@ -202,63 +241,71 @@ class Trainer:
         g: torch.Tensor = self.context(notes)
         return g
 
-    # --- one epoch -------------------------------------------------------------------------------
+    # --- stopping ------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "requested") -> None:
+        """Stop after the current step: validate, save ``best`` and a resumable ``last``."""
+        self._stop = self._stop or reason
+
+    # --- steps ---------------------------------------------------------------------------------
     def _steps(self, n_train: int) -> int:
         if self.cfg.steps_per_epoch > 0:
             return self.cfg.steps_per_epoch
         return max(1, math.ceil(n_train / self.cfg.batch_size))
 
-    def _draw_batch(
-        self, train: list[TrainingCase], sampler: CaseSampler, rng: np.random.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """One batch: two notes of one CT per pair (``pair_fraction`` of steps) or single crops."""
-        roi = self.net.config.roi_size
-        paired = self.cfg.pair_fraction > 0 and rng.random() < self.cfg.pair_fraction
-        if paired:
-            images, labels, notes = paired_batch(
-                sampler.pair_groups,
-                self.cfg.batch_size,
-                roi,
-                rng,
-                self.cfg.pos_fraction,
-                weights=sampler.group_weights,
-            )
-        else:
-            picks = [train[i] for i in sampler.draw_cases(self.cfg.batch_size, rng)]
-            images, labels, notes = crop_batch(picks, roi, rng, self.cfg.pos_fraction)
-        notes = equivalent_notes(notes, self.cfg.note_augment, rng)
-        return self.augmenter.batch(images, labels, notes, rng, paired=paired)
+    def _plan(self) -> BatchPlan:
+        cfg = self.cfg
+        return BatchPlan(
+            roi=self.net.config.roi_size,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            pos_fraction=cfg.pos_fraction,
+            pair_fraction=cfg.pair_fraction,
+            note_augment=cfg.note_augment,
+            oversample=cfg.oversample,
+            augment=cfg.augment,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
 
-    def _train_epoch(
-        self, train: list[TrainingCase], rng: np.random.Generator, sched: Any, steps: int
-    ) -> float:
-        self.net.train()
-        losses = []
-        sampler = CaseSampler(train, self.cfg.oversample)
-        for _ in range(steps):
-            images, labels, notes = self._draw_batch(train, sampler, rng)
-            images, labels = images.to(self.device), labels.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                g = self._g(notes)
-                loss = self.loss(self.net(images, g).float(), labels)
-            self.optim.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optim)
-            torch.nn.utils.clip_grad_norm_(
-                [p for group in self.optim.param_groups for p in group["params"]],
-                self.cfg.grad_clip,
-            )
-            self.scaler.step(self.optim)
-            self.scaler.update()
-            sched.step()
-            losses.append(float(loss.detach()))
-        return float(np.mean(losses))
+    def _loader(self, train: list[TrainingCase], first: int, total: int) -> DataLoader[Batch]:
+        return DataLoader(
+            StepBatches(train, self._plan()),
+            batch_size=None,
+            sampler=range(first, total),
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
+    def _model(self) -> torch.nn.Module:
+        joint = _Joint(self.net, self.context, self._g)
+        if not self.dist.enabled:
+            return joint
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # static graph: the same parameters take part in every step, and some never do (the
+        # token update after the last two-way block feeds no output); DDP then skips them.
+        return DistributedDataParallel(joint, device_ids=ids, static_graph=True)
+
+    def _train_step(self, model: torch.nn.Module, batch: Batch, sched: Any) -> float:
+        images, labels, notes = batch
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            loss = self.loss(model(images, notes).float(), labels)
+        self.optim.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optim)
+        torch.nn.utils.clip_grad_norm_(
+            [p for group in self.optim.param_groups for p in group["params"]],
+            self.cfg.grad_clip,
+        )
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        sched.step()
+        return float(loss.detach())
+
+    # --- validation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def validate(self, cases: list[TrainingCase]) -> float:
-        """Mean Dice on the network grid over ``cases`` (sliding window, full volumes)."""
-        if not cases:
-            return float("nan")
+    def _dice_scores(self, cases: list[TrainingCase]) -> list[float]:
         self.net.eval()
         if self.context is not None:
             self.context.eval()
@@ -269,13 +316,38 @@ class Trainer:
                 self.net, np.asarray(case.image, np.float32), g, overlap=self.cfg.val_overlap
             )
             scores.append(dice(probs[0] <= 0.5, case.label > 0))  # foreground = 1 - background
+        self.net.train()
         if self.context is not None:
             self.context.train()
-        return float(np.mean(scores))
+        return scores
+
+    def validate(self, cases: list[TrainingCase]) -> float:
+        """Mean Dice on the network grid over ``cases`` (sliding window, full volumes)."""
+        if not cases:
+            return float("nan")
+        return float(np.mean(self._dice_scores(cases)))
+
+    def _validate_shared(self, val: list[TrainingCase]) -> float:
+        """Mean Dice over ``val``, each rank scoring every ``world_size``-th case."""
+        mine = val[self.dist.rank :: self.dist.world_size]
+        scores = self._dice_scores(mine)
+        total, count = all_reduce_sum(
+            self.dist, [float(sum(scores)), float(len(scores))], self.device
+        )
+        return total / count if count else float("nan")
 
     # --- the run ---------------------------------------------------------------------------------
-    def fit(self, cases: list[TrainingCase], resume: bool = False) -> TrainResult:
-        """Train for ``epochs``; keep the best checkpoint by validation Dice."""
+    def fit(
+        self,
+        cases: list[TrainingCase],
+        resume: bool = False,
+        *,
+        on_step: Callable[[int], None] | None = None,
+    ) -> TrainResult:
+        """Train for ``epochs`` (or until stopped); keep the best checkpoint by validation Dice.
+
+        ``on_step(step)`` is called after every global step (``step`` steps done).
+        """
         start = time.perf_counter()
         train, val = split_cases(cases, self.cfg.val_fraction, self.cfg.seed)
         steps = self._steps(len(train))
@@ -283,88 +355,170 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(
             self.optim, lr_lambda(total, max(1, int(total * self.cfg.warmup_fraction)))
         )
-        rng = np.random.default_rng(self.cfg.seed)
         if resume:
-            rng = self._resume(sched)
+            self._resume(sched, steps)
+        first = self.step
         self.meta["split"] = {"train": [c.case_id for c in train], "val": [c.case_id for c in val]}
-        bar = tqdm(
-            range(self.epoch, self.cfg.epochs),
-            desc="train",
-            unit="epoch",
-            initial=self.epoch,
-            total=self.cfg.epochs,
+        mine = val[self.dist.rank :: self.dist.world_size]
+        roi = self.net.config.roi_size
+        windows = sum(sliding_windows(c.image.shape, roi, self.cfg.val_overlap) for c in mine)
+        bar = StepBar(
+            total=total,
+            initial=first,
+            steps_per_epoch=steps,
+            epochs=self.cfg.epochs,
+            clock=self.clock,
+            enabled=self.dist.is_main,
         )
-        for epoch in bar:
-            loss = self._train_epoch(train, rng, sched, steps)
-            val_dice = self.validate(val)
-            self.epoch = epoch + 1
-            row = {
-                "epoch": self.epoch,
-                "loss": loss,
-                "val_dice": val_dice,
-                "lr": float(sched.get_last_lr()[0]),
-            }
-            self.history.append(row)
-            bar.set_postfix(loss=f"{loss:.4f}", val_dice=f"{val_dice:.3f}")
-            log.info("epoch %d loss %.4f val_dice %.4f", self.epoch, loss, val_dice)
-            if math.isnan(val_dice) or val_dice > self.best[0]:
-                self.best = (val_dice, self.epoch)
+        if self.history:
+            bar.val_dice = self.history[-1]["val_dice"]
+        model = self._model()
+        self.net.train()
+        train_seconds, timed_steps = 0.0, 0
+        with stop_on_signals(self.request_stop):
+            batches = iter(self._loader(train, first, total))
+            while self.step < total:
+                tick = time.perf_counter()
+                loss = self._train_step(model, next(batches), sched)
+                self.step += 1
+                if on_step is not None:
+                    on_step(self.step)
+                if self.clock.over_budget(finish_estimate=windows * self.clock.step_s / 2):
+                    self.request_stop("time_budget")
+                # One collective per step: the global loss, and whether any rank stops (why).
+                flags = [float(self._stop == reason) for reason in STOP_REASONS]
+                loss_sum, *stops = all_reduce_sum(self.dist, [loss, *flags], self.device)
+                self._stop = self._stop or next(
+                    (r for r, n in zip(STOP_REASONS, stops, strict=True) if n), ""
+                )
+                self._epoch_losses.append(loss_sum / self.dist.world_size)
+                seconds = time.perf_counter() - tick
+                self.clock.record_step(seconds)
+                self._epoch_seconds += seconds
+                if self.step > first + 1 or total - first == 1:  # the first step warms up
+                    train_seconds, timed_steps = train_seconds + seconds, timed_steps + 1
+                bar.update(self.step, float(np.mean(self._epoch_losses)))
+                if self.step % steps == 0 or self._stop:
+                    self._end_epoch(val, sched, steps, bar)
+                elif self.cfg.checkpoint_steps and self.step % self.cfg.checkpoint_steps == 0:
+                    self._save_last(sched, steps)
+                if self._stop:
+                    break
+        bar.close()
+        barrier(self.dist)
+        rate = timed_steps * self.cfg.batch_size / train_seconds if train_seconds else float("nan")
+        return TrainResult(
+            self.best[0],
+            self.best[1],
+            self.history,
+            time.perf_counter() - start,
+            steps=self.step - first,
+            samples_per_second=rate,
+            stopped=self._stop,
+            main=self.dist.is_main,
+        )
+
+    def _end_epoch(self, val: list[TrainingCase], sched: Any, steps: int, bar: StepBar) -> None:
+        """Validate, write the epoch's row, keep ``best``, save ``last`` (a stop: mid-epoch)."""
+        tick = time.perf_counter()
+        val_dice = self._validate_shared(val)
+        done = self.step % steps
+        epoch = self.step // steps + (1 if done else 0)
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(self._epoch_losses)),
+            "val_dice": val_dice,
+            "lr": float(sched.get_last_lr()[0]),
+            "seconds": self._epoch_seconds,
+        }
+        if done:  # stopped inside the epoch: the row is replaced when the epoch is resumed
+            row.update(stopped_at_step=done)
+        else:
+            self.epoch = epoch
+        self.history.append(row)
+        bar.val_dice = val_dice
+        improved = math.isnan(val_dice) or val_dice > self.best[0]
+        if improved:
+            self.best = (val_dice, epoch)
+        if self.dist.is_main:
+            log.info("epoch %d loss %.4f val_dice %.4f", epoch, row["loss"], val_dice)
+            if improved:
                 self._save("best")
-            self._save("last", sched, rng)
-        seconds = time.perf_counter() - start
-        return TrainResult(self.best[0], self.best[1], self.history, seconds)
+        self._save_last(sched, steps)
+        if not done:
+            self._epoch_losses, self._epoch_seconds = [], 0.0
+        self.clock.finish_s = time.perf_counter() - tick
 
     # --- persistence ----------------------------------------------------------------------------
     def _checkpoint_meta(self) -> dict[str, Any]:
         return {
             **self.meta,
-            "training": {**asdict(self.cfg), "epoch": self.epoch},
+            "training": {**asdict(self.cfg), "epoch": self.epoch, "step": self.step},
             "metrics": {"best_val_dice": self.best[0], "best_epoch": self.best[1]},
             "text_encoder_name": self.meta.get("text_encoder_name"),
         }
 
-    def _save(self, name: str, sched: Any = None, rng: np.random.Generator | None = None) -> None:
+    def _save(self, name: str) -> None:
         folder = self.out / name
         identity = self.context.identity if self.context is not None else None
         save_checkpoint(
             folder, self.net, self.context, text_encoder=identity, meta=self._checkpoint_meta()
         )
         (self.out / "history.json").write_text(json.dumps(self.history, indent=2))
-        if sched is not None and rng is not None:
-            state = {
-                "optim": self.optim.state_dict(),
-                "sched": sched.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "epoch": self.epoch,
-                "history": self.history,
-                "best": self.best,
-                "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            }
-            tmp = folder / (STATE_FILE + ".tmp")
-            torch.save(state, tmp)
-            tmp.replace(folder / STATE_FILE)
 
-    def warm_start(self, folder: Path) -> None:
+    def _save_last(self, sched: Any, steps: int) -> None:
+        """``last`` with the full state to resume from (rank 0 writes; every rank syncs)."""
+        if self.dist.is_main:
+            self._save("last")
+            write_state(
+                self.out / "last",
+                {
+                    "net": self.net.state_dict(),
+                    "text": self.context.text_state() if self.context is not None else {},
+                    "optim": self.optim.state_dict(),
+                    "sched": sched.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "steps_per_epoch": steps,
+                    "epoch_losses": self._epoch_losses,
+                    "epoch_seconds": self._epoch_seconds,
+                    "history": [r for r in self.history if "stopped_at_step" not in r],
+                    "best": self.best,
+                    "rng": rng_states(),
+                },
+            )
+
+    def warm_start(self, folder: Path, class_map: ClassMap = ()) -> None:
         """Start from a checkpoint's weights (fine-tuning); the optimiser and schedule are new.
 
         The checkpoint must have this run's network config and, for a multimodal network, the
-        same text encoder. Its path and weights digest are recorded in the new checkpoint.
-        Only the output structures may differ: a single-CTV head then seeds every structure
-        (see :func:`expand_head`), so training starts from the old union contour.
+        same text encoder. Only the output structures may differ: kept (same name, or renamed
+        by ``class_map``) classes keep their head weights, new ones start fresh, dropped ones
+        are left out (:mod:`model.training.heads`); a single-CTV head given no map seeds every
+        structure instead (see :func:`expand_head`), so training starts from the old union
+        contour. Its path, weights digest and the class plan are recorded in the checkpoint.
 
         Raises
         ------
         CheckpointMismatchError
             Another network config or another text encoder.
+        ConfigurationError
+            A class map naming classes that the checkpoint or this run lack.
         """
-        ckpt = self._load_weights(folder, allow_new_structures=True)
+        ckpt, classes = self._load_weights(folder, allow_new_structures=True, class_map=class_map)
         self.meta["init_from"] = {"checkpoint": str(folder), "weights_digest": ckpt.digest}
-        log.info("warm start from %s", folder)
+        if classes is not None:
+            self.meta["init_from"]["classes"] = classes
+        if self.dist.is_main:
+            log.info("warm start from %s", folder)
 
-    def _load_weights(self, folder: Path, allow_new_structures: bool = False) -> Checkpoint:
+    def _load_weights(
+        self, folder: Path, allow_new_structures: bool = False, class_map: ClassMap = ()
+    ) -> tuple[Checkpoint, dict[str, object] | None]:
         """Load a checkpoint's network and text-side weights (same config and encoder)."""
         mine = self.net.config
+        classes = None
         if not allow_new_structures:
             ckpt = load_checkpoint(folder, expected=mine)
             self.net.load_state_dict(ckpt.network.state_dict())
@@ -373,8 +527,19 @@ class Trainer:
             if ckpt.config.with_structures(mine.structures).to_json() != mine.to_json():
                 raise CheckpointMismatchError(f"{folder} has another network config")
             state = ckpt.network.state_dict()
-            if ckpt.config.structures != mine.structures:
-                state = expand_head(state, len(ckpt.config.structure_names), mine.out_channels)
+            old, new = ckpt.config.structure_names, mine.structure_names
+            if class_map or (old != new and ckpt.config.structures):
+                plan = plan_head(old, new, class_map)
+                state = transfer_head(state, self.net.state_dict(), old, new, plan)
+                classes = plan.as_meta()
+                log.info(  # names of structures, never of patients
+                    "head: %d classes kept, %d new, %d dropped",
+                    len(plan.kept),
+                    len(plan.new),
+                    len(plan.dropped),
+                )
+            elif old != new:
+                state = expand_head(state, len(old), mine.out_channels)
             self.net.load_state_dict(state)
         if self.context is not None:
             if ckpt.text_encoder != self.context.identity:
@@ -383,20 +548,35 @@ class Trainer:
                     f"this run uses {self.context.identity}"
                 )
             self.context.load_state_dict(ckpt.text_state)
-        return ckpt
+        return ckpt, classes
 
-    def _resume(self, sched: Any) -> np.random.Generator:
+    def _resume(self, sched: Any, steps: int) -> None:
+        """Continue from ``<out>/last``: weights, optimiser, schedule, step, random states."""
         folder = self.out / "last"
-        if not (folder / STATE_FILE).is_file():
+        state = read_state(folder, self.device)
+        if state is None:
             raise ConfigurationError(f"nothing to resume in {folder}")
-        self._load_weights(folder)
-        state = torch.load(folder / STATE_FILE, map_location=self.device, weights_only=False)
+        if state.get("steps_per_epoch", steps) != steps:
+            raise ConfigurationError(
+                f"cannot resume {folder}: {state['steps_per_epoch']} steps per epoch there, "
+                f"{steps} now (other data or batch size)"
+            )
+        if "net" in state:
+            self.net.load_state_dict(state["net"])
+            if self.context is not None:
+                self.context.load_state_dict(state["text"])
+        else:  # a state from before the weights were part of it
+            self._load_weights(folder)
         self.optim.load_state_dict(state["optim"])
         sched.load_state_dict(state["sched"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.history, self.best = state["epoch"], state["history"], tuple(state["best"])
-        torch.set_rng_state(state["torch_rng"])
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["rng"]
-        log.info("resumed at epoch %d", self.epoch)
-        return rng
+        self.step = int(state.get("step", self.epoch * steps))
+        self._epoch_losses = list(state.get("epoch_losses", []))
+        self._epoch_seconds = float(state.get("epoch_seconds", 0.0))
+        if "rng" in state and isinstance(state["rng"], dict) and "torch" in state["rng"]:
+            restore_rng(state["rng"])
+        elif "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"].cpu())
+        if self.dist.is_main:
+            log.info("resumed at step %d (epoch %d)", self.step, self.epoch)
