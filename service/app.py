@@ -56,6 +56,7 @@ from workers.counters import LocalMetrics, MetricsSink, RedisMetrics
 from workers.dispatch import EmbeddedDispatcher, JobDispatcher
 from workers.job_events import ObservedJobStore
 from workers.jobs import FileJobStore, JobFiles, JobStore
+from workers.storage_space import SpaceProbe, StorageWatermark, disk_usage_probe
 
 if TYPE_CHECKING:
     from model.contouring.engine import ContourEngine
@@ -120,13 +121,13 @@ def build_backend(
 
 
 def start_listener(
-    settings: Settings, desk: OrderDesk, events: DicomEvents
+    settings: Settings, desk: OrderDesk, events: DicomEvents, watermark: StorageWatermark
 ) -> DicomListener | None:
     """The DICOM listener (C-ECHO, C-STORE) feeding the order desk, when enabled."""
     if not settings.dicom.dicom_listener:
         return None
     listener = DicomListener.from_settings(
-        settings.dicom, settings.storage, desk.on_series_complete, events
+        settings.dicom, settings.storage, desk.on_series_complete, events, watermark
     )
     listener.start()
     log.info("DICOM listener %s on %s:%d", listener.ae_title, listener.host, listener.port)
@@ -145,16 +146,23 @@ class Gateway:
     readiness: Readiness
     events: DicomEvents
     station: ReviewStation
+    watermark: StorageWatermark
 
     @classmethod
     def build(
-        cls, settings: Settings, state: ServiceState | None, engine: ContourEngine | None
+        cls,
+        settings: Settings,
+        state: ServiceState | None,
+        engine: ContourEngine | None,
+        disk_probe: SpaceProbe = disk_usage_probe,
     ) -> Gateway:
-        """Wire the parts from the settings (``state``: pre-built store and dispatcher)."""
+        """Wire the parts from the settings (``state``: pre-built store and dispatcher;
+        ``disk_probe``: how the storage folder's free space is read)."""
         observed = Observability.from_settings(settings)
         service = state or build_backend(settings, observed, engine)
         orders = AuditedOrderStore(settings.storage.storage_dir, observed.audit, observed.metrics)
-        readiness = Readiness(settings, service.dispatcher)
+        watermark = StorageWatermark.from_settings(settings.storage, disk_probe)
+        readiness = Readiness(settings, service.dispatcher, watermark=watermark)
         if isinstance(service.store, ObservedJobStore):
             readiness.storage_writable = service.store.flush
         review = settings.review
@@ -169,7 +177,9 @@ class Gateway:
         desk = OrderDesk(settings, orders, service.store, service.files, service.dispatcher)
         events = DicomEvents(observed.audit, observed.metrics)
         station = ReviewStation(SessionStore(timedelta(hours=review.ui_session_hours)))
-        return cls(settings, observed, service, desk, retention, readiness, events, station)
+        return cls(
+            settings, observed, service, desk, retention, readiness, events, station, watermark
+        )
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -185,7 +195,7 @@ class Gateway:
         self.retention.start()
         self.desk.start()
         check_sender_tls(self.settings.dicom)  # a missing TLS file stops the start here
-        listener = start_listener(self.settings, self.desk, self.events)
+        listener = start_listener(self.settings, self.desk, self.events, self.watermark)
         self.readiness.listener_running = lambda: listener is not None and listener.running
         self.readiness.start()
         stow = StowReceiver(  # shares the listener's series assembler
@@ -239,9 +249,11 @@ def _install_routes(app: FastAPI) -> None:
     ui.install(app)  # the review station under /ui/ (own sessions)
 
 
-def _install_middleware(app: FastAPI, settings: Settings, audit: AuditLog) -> None:
+def _install_middleware(
+    app: FastAPI, settings: Settings, audit: AuditLog, watermark: StorageWatermark
+) -> None:
     # A full disk refuses uploads and STOW-RS before their bodies (inside authentication).
-    app.add_middleware(StorageBackpressure, settings=settings.storage)
+    app.add_middleware(StorageBackpressure, watermark=watermark)
     # Multipart framing and the clinical field ride on top of the files: 1 MiB of slack.
     app.add_middleware(
         BodySizeLimit,
@@ -257,6 +269,7 @@ def create_app(
     settings: Settings | None = None,
     state: ServiceState | None = None,
     engine: ContourEngine | None = None,
+    disk_probe: SpaceProbe = disk_usage_probe,
 ) -> FastAPI:
     """Build the gateway.
 
@@ -268,6 +281,9 @@ def create_app(
         Pre-built store and dispatcher (tests); built from ``settings`` otherwise.
     engine
         The model, loaded at start-up by ``llmctv serve`` (embedded mode).
+    disk_probe
+        How the storage folder's free space is read (the watermark's; tests simulate a full
+        disk with another).
 
     Raises
     ------
@@ -278,7 +294,7 @@ def create_app(
     check_auth_configured(settings.auth)
     if not configured_entries(settings.auth):
         log.warning("authentication is OFF (development flag allow_no_auth)")
-    gateway = Gateway.build(settings, state, engine)
+    gateway = Gateway.build(settings, state, engine, disk_probe)
     docs = settings.http.api_docs  # /docs, /redoc and /openapi.json only when enabled
     app = FastAPI(
         title="llmctv",
@@ -292,5 +308,5 @@ def create_app(
     )
     gateway.publish(app)
     _install_routes(app)
-    _install_middleware(app, settings, gateway.observed.audit)
+    _install_middleware(app, settings, gateway.observed.audit, gateway.watermark)
     return app

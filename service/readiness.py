@@ -30,9 +30,9 @@ from model.errors import ConfigurationError
 from service.dicomnet.destinations import destinations_from_settings
 from service.dicomnet.settings import DicomSettings
 from service.settings import Settings
-from service.storage_guard import storage_state
 from workers.dispatch import JobDispatcher
 from workers.settings import StorageSettings
+from workers.storage_space import StorageWatermark
 
 log = logging.getLogger(__name__)
 REFRESH_S = 2.0
@@ -83,7 +83,7 @@ def stall_check(facts: dict[str, Any]) -> Check:
     )
 
 
-def storage_check(settings: StorageSettings) -> Check:
+def storage_check(settings: StorageSettings, watermark: StorageWatermark) -> Check:
     """The storage folder takes a write and has the free space of the watermark."""
     folder = settings.storage_dir
     probe = folder / f".ready-{os.getpid()}-{threading.get_ident()}"
@@ -96,7 +96,7 @@ def storage_check(settings: StorageSettings) -> Check:
         probe.unlink()
     except OSError as exc:
         return Check("storage", False, f"storage folder not writable: {exc.strerror or exc}")
-    space = storage_state(settings)  # the backpressure watermark (service.storage_guard)
+    space = watermark.state()  # the backpressure watermark (service.storage_guard)
     if space.full:
         return Check("storage", False, f"full, below the watermark: {space.detail}")
     return Check("storage", True, f"writable, {space.detail}")
@@ -132,9 +132,11 @@ class Readiness:
         settings: Settings,
         dispatcher: JobDispatcher,
         refresh_s: float = REFRESH_S,
+        watermark: StorageWatermark | None = None,
     ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
+        self.watermark = watermark or StorageWatermark.from_settings(settings.storage)
         self.refresh_s = refresh_s
         self.listener_running: Callable[[], bool] = lambda: False
         self.storage_writable: Callable[[], None] = lambda: None
@@ -151,7 +153,7 @@ class Readiness:
             broker = facts.get("broker")
             checks.append(Check("redis", broker == "ok", f"broker {broker}"))
             checks.append(stall_check(facts))
-        storage = storage_check(self.settings.storage)
+        storage = storage_check(self.settings.storage, self.watermark)
         checks.append(storage)
         if storage.ok:
             self.storage_writable()

@@ -6,10 +6,11 @@ The watermark itself is :class:`workers.storage_space.StorageWatermark`. Here it
   (``POST /dicomweb/studies...``) get 503 problem+json ``storage_full`` with ``Retry-After``
   before any of the body is read (a route dependency would run after FastAPI parsed the
   upload); it sits inside the authentication middleware, so anonymous callers get 401;
-- :func:`storage_state`, the state of a deployment's storage folder, which ``/health/ready``
-  reports (:func:`service.readiness.storage_check`).
+- :func:`check_storage_space`, the same refusal as an error.
 
-The DICOM listener asks the same watermark for every A-ASSOCIATE-RQ.
+The gateway builds one watermark (:meth:`service.app.Gateway.build`) and hands it to this
+middleware, to ``/health/ready`` (:func:`service.readiness.storage_check`) and to the DICOM
+listener, which asks it for every A-ASSOCIATE-RQ.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import StorageFullError
 from service.problems import problem
-from workers.settings import StorageSettings
-from workers.storage_space import StorageState, StorageWatermark
+from workers.storage_space import StorageWatermark
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,9 @@ log = logging.getLogger(__name__)
 RETRY_AFTER_S = 60
 
 
-def storage_state(settings: StorageSettings) -> StorageState:
-    """The storage folder's space now against the settings' watermark."""
-    return StorageWatermark.from_settings(settings).state()
-
-
-def check_storage_space(settings: StorageSettings) -> None:
+def check_storage_space(watermark: StorageWatermark) -> None:
     """Raise :class:`StorageFullError` when the storage folder is below its watermark."""
-    state = storage_state(settings)
+    state = watermark.state()
     if state.full:
         log.warning("new work refused: storage full (%s)", state.detail)
         raise StorageFullError(
@@ -61,15 +56,15 @@ class StorageBackpressure:
     Other requests (reads, orders, reviews, health) pass: they bring no bulk data in.
     """
 
-    def __init__(self, app: ASGIApp, settings: StorageSettings) -> None:
+    def __init__(self, app: ASGIApp, watermark: StorageWatermark) -> None:
         self.app = app
-        self.settings = settings
+        self.watermark = watermark
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
         if scope["type"] == "http" and guarded(scope):
             try:
-                check_storage_space(self.settings)
+                check_storage_space(self.watermark)
             except StorageFullError as exc:
                 response = problem(503, exc.code, exc.detail, str(scope.get("path", "")))
                 response.headers["Retry-After"] = str(exc.retry_after_s)

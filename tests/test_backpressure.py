@@ -25,7 +25,7 @@ from test_readiness import wait_ready_state
 from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app
 from service.settings import Settings
-from workers.storage_space import DiskUsage, install_probe
+from workers.storage_space import DiskUsage
 
 GIB = 1 << 30
 
@@ -41,11 +41,9 @@ class FakeDisk:
 
 
 @pytest.fixture
-def disk() -> Iterator[FakeDisk]:
-    fake = FakeDisk()
-    previous = install_probe(fake)
-    yield fake
-    install_probe(previous)
+def disk() -> FakeDisk:
+    """Given to the gateway as its free-space probe (``create_app(..., disk_probe=disk)``)."""
+    return FakeDisk()
 
 
 def _stow_body(n: int = 1, side: int = 12) -> tuple[bytes, dict[str, str]]:
@@ -101,7 +99,7 @@ def test_full_disk_refuses_new_data_and_lets_the_running_job_finish(
     settings = _settings(tmp_path / "storage")
     gate = threading.Event()
     case = phantoms[0]
-    with serve_app(create_app(settings, engine=FakeEngine(gate=gate))) as url:
+    with serve_app(create_app(settings, engine=FakeEngine(gate=gate), disk_probe=disk)) as url:
         wait_ready_state(url, 200)
         job = submit(url, list(case.ct_files), case.clinical.model_dump_json()).json()
         disk.used = 95 * GIB  # above storage_max_used_fraction 0.9
@@ -132,7 +130,7 @@ def test_full_disk_refuses_new_data_and_lets_the_running_job_finish(
 def test_min_free_bytes_is_a_watermark_too(tmp_path: Path, disk: FakeDisk) -> None:
     disk.used = 100 * GIB - 999_999  # fewer than storage_min_free_bytes left, 99.99 % used
     settings = _settings(tmp_path / "storage", dicom_listener=False, storage_max_used_fraction=1.0)
-    with serve_app(create_app(settings, engine=FakeEngine())) as url:
+    with serve_app(create_app(settings, engine=FakeEngine(), disk_probe=disk)) as url:
         answer = _stow(url)
         assert answer.status_code == 503
         assert "storage_min_free_bytes" in answer.json()["detail"]

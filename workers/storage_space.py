@@ -5,17 +5,16 @@ free, or more than ``storage_max_used_fraction`` of it is used. While it is full
 refuse new work (the DICOM listener new associations, STOW-RS and ``POST /contour`` new
 requests) and running jobs finish; see ``docs/dicom-conformance.md``, "Disk backpressure".
 
-The space is read with a *probe*, :func:`shutil.disk_usage` unless another one is installed
-with :func:`install_probe` (tests simulate a full disk this way). A probe that cannot read the
-folder counts as full: refusing is safer than accepting data that may not be kept.
+The space is read with a *probe*, :func:`disk_usage_probe` (``statvfs``) unless the composition
+root gives the watermark another (tests simulate a full disk this way). A probe that cannot read
+the folder counts as full: refusing is safer than accepting data that may not be kept.
 """
 
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,24 +41,6 @@ def disk_usage_probe(folder: Path) -> DiskUsage:
         existing = existing.parent
     total, used, free = shutil.disk_usage(existing)
     return DiskUsage(total, used, free)
-
-
-_lock = threading.Lock()
-_probe: SpaceProbe = disk_usage_probe
-
-
-def install_probe(probe: SpaceProbe) -> SpaceProbe:
-    """Use ``probe`` for every later check in this process; returns the previous probe."""
-    global _probe
-    with _lock:
-        previous, _probe = _probe, probe
-    return previous
-
-
-def current_probe() -> SpaceProbe:
-    """The probe in use."""
-    with _lock:
-        return _probe
 
 
 @dataclass(frozen=True)
@@ -97,6 +78,8 @@ class StorageWatermark:
         Fewest free bytes (``storage_min_free_bytes``).
     max_used_fraction
         Largest used fraction, 0 < f <= 1 (``storage_max_used_fraction``; 1 turns it off).
+    probe
+        Reads the file system's usage (:func:`disk_usage_probe`).
 
     Raises
     ------
@@ -107,6 +90,7 @@ class StorageWatermark:
     folder: Path
     min_free_bytes: int
     max_used_fraction: float
+    probe: SpaceProbe = field(default=disk_usage_probe, compare=False)
 
     def __post_init__(self) -> None:
         if self.min_free_bytes < 0:
@@ -119,18 +103,21 @@ class StorageWatermark:
             )
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings) -> StorageWatermark:
+    def from_settings(
+        cls, settings: StorageSettings, probe: SpaceProbe = disk_usage_probe
+    ) -> StorageWatermark:
         """The watermark of ``storage_dir``."""
         return cls(
             settings.storage_dir,
             settings.storage_min_free_bytes,
             settings.storage_max_used_fraction,
+            probe,
         )
 
     def state(self) -> StorageState:
         """Read the space now (a ``statvfs``: cheap enough for every request)."""
         try:
-            usage = current_probe()(self.folder)
+            usage = self.probe(self.folder)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
             return StorageState(True, 0, 0, 1.0, f"free space cannot be read: {reason}")

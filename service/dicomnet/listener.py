@@ -253,11 +253,12 @@ class DicomListener:
         storage: StorageSettings,
         on_complete: OnComplete,
         events: DicomEvents | None = None,
+        watermark: StorageWatermark | None = None,
     ) -> DicomListener:
         """A listener configured by the ``dicom_*`` settings, reporting to ``events``.
 
-        Instances are stored under ``<storage_dir>/dicom/received``; the storage settings'
-        watermark refuses associations while the disk is full.
+        Instances are stored under ``<storage_dir>/dicom/received``; the watermark (by default
+        the storage settings') refuses associations while the disk is full.
 
         Raises
         ------
@@ -287,7 +288,7 @@ class DicomListener:
                 artim_timeout_s=settings.dicom_artim_timeout_s,
                 pdu_timeout_s=NETWORK_TIMEOUT_S,
             ),
-            watermark=StorageWatermark.from_settings(storage),
+            watermark=watermark or StorageWatermark.from_settings(storage),
             events=events,
             tls=listener_context(settings),
         )
