@@ -197,6 +197,8 @@ class Gateway:
         check_sender_tls(self.settings.dicom)  # a missing TLS file stops the start here
         listener = start_listener(self.settings, self.desk, self.events, self.watermark)
         self.readiness.listener_running = lambda: listener is not None and listener.running
+        if listener is not None:
+            self.readiness.listener_associations = listener.admission.open_count
         self.readiness.start()
         stow = StowReceiver(  # shares the listener's series assembler
             self.settings.dicom,

@@ -122,6 +122,8 @@ class Readiness:
         Its dispatcher (:meth:`~workers.dispatch.JobDispatcher.describe` must be fast).
     listener_running
         Whether the DICOM listener is bound (set by the application's start-up).
+    listener_associations
+        How many DICOM associations are open now (the listener's admission).
     storage_writable
         Called after each passing storage check (stores job states kept in memory while the
         storage refused writes).
@@ -139,6 +141,7 @@ class Readiness:
         self.watermark = watermark or StorageWatermark.from_settings(settings.storage)
         self.refresh_s = refresh_s
         self.listener_running: Callable[[], bool] = lambda: False
+        self.listener_associations: Callable[[], int] = lambda: 0
         self.storage_writable: Callable[[], None] = lambda: None
         self._latest: list[Check] = [Check("startup", False, "checks not run yet")]
         self._lock = threading.Lock()
@@ -159,7 +162,8 @@ class Readiness:
             self.storage_writable()
         if self.settings.dicom.dicom_listener:
             bound = self.listener_running()
-            checks.append(Check("dicom_listener", bound, "bound" if bound else "not bound"))
+            detail = f"bound, {self.listener_associations()} association(s) open"
+            checks.append(Check("dicom_listener", bound, detail if bound else "not bound"))
         checks.append(destinations_check(self.settings.dicom))
         return checks
 
