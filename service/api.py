@@ -87,6 +87,10 @@ class JobView(BaseModel):
         description="the identity that submitted the job over HTTP; null for orders and "
         "DICOM (the system)",
     )
+    model_version: str | None = Field(
+        default=None,
+        description="registered model version that contoured the job (model <name> v<n> <hash>)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobView:

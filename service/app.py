@@ -21,6 +21,7 @@ from model import __version__
 from service import problems, ui
 from service.api import router
 from service.api_audit import router as audit_router
+from service.api_models import router as models_router
 from service.api_orders import router as orders_router
 from service.api_review import router as review_router
 from service.auth import AuthenticateFirst, check_auth_configured, configured_entries
@@ -245,6 +246,7 @@ def _install_routes(app: FastAPI) -> None:
         metrics_router,
         audit_router,
         review_router,
+        models_router,
         dicomweb_router,  # STOW-RS (its receiver runs in the gateway's lifespan)
     ):
         app.include_router(routes)

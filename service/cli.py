@@ -200,7 +200,9 @@ def register_dicom_listener(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llmctv`` console script."""
+    from model.registry.registry_command import register as register_models
     from workers.cli import register_embed_cache, register_worker
+    from workers.model_loading import registry_audit
 
     extra = (
         register_serve,
@@ -208,5 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_worker,
         register_embed_cache,
         register_selftest,
+        functools.partial(register_models, events=registry_audit),
     )
     return model_main(argv, extra=extra)

@@ -21,6 +21,8 @@ from model.errors import (
     LlmctvError,
     ModelNotFoundError,
     PayloadTooLargeError,
+    PromotionRefusedError,
+    UnknownModelVersionError,
 )
 from service.dicomnet.errors import UnknownDestinationError
 from service.errors import (
@@ -62,6 +64,8 @@ _STATUS: tuple[tuple[type[LlmctvError], int], ...] = (
     (PayloadTooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (MalformedMultipartError, 400),
+    (UnknownModelVersionError, 404),
+    (PromotionRefusedError, 409),
     (InputError, 422),
     (ServiceUnavailableError, 503),
     (StorageUnavailableError, 503),
