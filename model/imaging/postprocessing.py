@@ -92,8 +92,7 @@ def body_mask(volume: Volume, policy: CleaningPolicy = CleaningPolicy()) -> Bool
     hu = volume.array
     pixel = float(min(volume.grid.spacing[1:]))
     step = max(1, int(COARSE_MM // pixel))
-    tissue = hu > policy.body_hu
-    coarse = tissue[:, ::step, ::step]
+    coarse = hu[:, ::step, ::step] > policy.body_hu
     disk = _disk(max(1, round(policy.contact_break_mm / (pixel * step))))
     labels, count = ndimage.label(ndimage.binary_opening(coarse, structure=disk))
     if count == 0:
@@ -101,26 +100,56 @@ def body_mask(volume: Volume, policy: CleaningPolicy = CleaningPolicy()) -> Bool
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     region = ndimage.binary_dilation(labels == int(np.argmax(sizes)), structure=disk) & coarse
-    for k in range(region.shape[0]):
-        region[k] = ndimage.binary_fill_holes(region[k])
+    region = _fill_holes_per_slice(region)
     ring = _disk(1)
-    # 2: well inside the region, 1: its edge band (decided by the CT itself), 0: outside.
-    zone = ndimage.binary_dilation(region, structure=ring).astype(np.uint8)
-    zone += ndimage.binary_erosion(region, structure=ring)
-    full = _upsample(zone, step, hu.shape)
-    full += tissue  # >= 2: inside the region, or in its edge band and tissue on the CT
-    body: BoolArray = full >= 2
+    # Well inside the region: body. Its edge band: body where the CT itself shows tissue.
+    inner = ndimage.binary_erosion(region, structure=ring)
+    band = ndimage.binary_dilation(region, structure=ring) & ~inner
+    body = _upsample(inner, step, hu.shape)
+    _refine_band(body, band, step, hu, policy.body_hu)
     return body
 
 
-def _upsample(
-    mask: npt.NDArray[np.uint8], step: int, shape: tuple[int, ...]
-) -> npt.NDArray[np.uint8]:
-    """Repeat a ``[:, ::step, ::step]`` array back to ``shape``."""
+def _fill_holes_per_slice(mask: BoolArray) -> BoolArray:
+    """``binary_fill_holes`` of every slice ``(j, i)`` at once: the background is what of the
+    complement connects (4-connected, in-plane) to the slice's border; the rest is filled."""
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, _ = ndimage.label(~mask, structure=in_plane)
+    edges = (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1])
+    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
+    filled: BoolArray = ~np.isin(labels, outside[outside > 0])
+    return filled
+
+
+def _upsample(mask: BoolArray, step: int, shape: tuple[int, ...]) -> BoolArray:
+    """Each pixel of a ``[:, ::step, ::step]`` mask as its ``step x step`` block, at ``shape``
+    (one pass: a broadcast view reshaped, then cropped)."""
     if step == 1:
-        return mask
-    full = np.repeat(np.repeat(mask, step, axis=1), step, axis=2)
+        return mask.copy()
+    k, nj, ni = mask.shape
+    blocks = np.broadcast_to(mask[:, :, None, :, None], (k, nj, step, ni, step))
+    full = blocks.reshape(k, nj * step, ni * step)
     return np.ascontiguousarray(full[:, : shape[1], : shape[2]])
+
+
+def _refine_band(
+    body: BoolArray, band: BoolArray, step: int, hu: npt.NDArray[np.floating], body_hu: float
+) -> None:
+    """Set the full-resolution voxels of the coarse ``band`` pixels from the CT: tissue
+    (HU above ``body_hu``) is body. Only the band's voxels are read (a few percent)."""
+    k, jc, ic = np.nonzero(band)
+    if len(k) == 0:
+        return
+    offsets = np.arange(step)
+    j = (jc[:, None] * step + offsets[None, :])[:, :, None]
+    i = (ic[:, None] * step + offsets[None, :])[:, None, :]
+    kk = np.broadcast_to(k[:, None, None], (len(k), step, step))
+    j = np.broadcast_to(j, kk.shape)
+    i = np.broadcast_to(i, kk.shape)
+    inside = (j < body.shape[1]) & (i < body.shape[2])
+    kk, j, i = kk[inside], j[inside], i[inside]
+    body[kk, j, i] = hu[kk, j, i] > body_hu
 
 
 def midline_x(body: BoolArray, grid: Grid) -> float:
@@ -280,11 +309,11 @@ def clean_prediction(
         return CleanedPrediction(cleaned, structures, report)
     inside = union[box]
     mid_x = midline_x(body, volume.grid) if mid_x is None else mid_x
-    codes = _side_codes(inside, None if labels is None else labels[box], volume.grid, mid_x, box)
+    codes, boxes = _side_codes(
+        inside, None if labels is None else labels[box], volume.grid, mid_x, box
+    )
     largest_only = policy.keep_largest and labels is not None
-    for code, sub in enumerate(ndimage.find_objects(codes), start=1):
-        if sub is None:
-            continue
+    for code, sub in sorted(boxes.items()):
         part = codes[sub] == code
         kept = part
         where = tuple(
@@ -311,8 +340,9 @@ def _side_codes(
     grid: Grid,
     mid_x: float,
     box: tuple[slice, ...],
-) -> npt.NDArray[np.uint8]:
-    """One code per (structure, side) in ``box``: ``2 s - 1`` left, ``2 s`` right, 0 outside.
+) -> tuple[npt.NDArray[np.uint8], dict[int, tuple[slice, ...]]]:
+    """One code per (structure, side) in ``box``: ``2 s - 1`` left, ``2 s`` right, 0 outside,
+    and the bounding box of each code (box-relative index slices).
 
     ``s`` is the structure's label (1..S; 1 for a single CTV). One array for every pair, so
     that each pair is then processed in its own bounding box only. The side of a voxel is its
@@ -323,10 +353,18 @@ def _side_codes(
     starts = [s.start for s in box]
     x = grid.lps_coordinate(np.column_stack([k + starts[0], j + starts[1], i + starts[2]]), 0)
     structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
+    voxel_codes = np.where(structure > 0, structure * 2 - (x > mid_x).astype(np.uint8), 0)
     codes = np.zeros(inside.shape, dtype=np.uint8)
-    codes[k, j, i] = structure * 2 - (x > mid_x).astype(np.uint8)
-    codes[k, j, i] = np.where(structure > 0, codes[k, j, i], 0)
-    return codes
+    codes[k, j, i] = voxel_codes
+    boxes: dict[int, tuple[slice, ...]] = {}
+    for code in np.unique(voxel_codes):
+        if code == 0:
+            continue
+        at = voxel_codes == code
+        boxes[int(code)] = tuple(
+            slice(int(axis[at].min()), int(axis[at].max()) + 1) for axis in (k, j, i)
+        )
+    return codes, boxes
 
 
 def structures_of_sides(
