@@ -1,1 +1,1 @@
-"""Training: DICOM data sets and their cache, sampling and batches, the trainer."""
+"""Training: DICOM data sets and their memory-mapped cache, batches, the trainer, DDP."""

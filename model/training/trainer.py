@@ -6,12 +6,13 @@ then the segmentation network sees ``g`` — never text.
 
 Runs write ``<out>/best`` (highest validation Dice) and ``<out>/last`` (with the resumable
 state, :mod:`model.training.run_state`) as checkpoints; ``<out>/history.json`` has one row per
-epoch. The loop is over global steps: batches come from a DataLoader over
-:class:`~model.training.batches.StepBatches` (``workers`` processes, keyed by step), so a run
-resumes at any saved step, and under ``torchrun`` every rank trains its share of each global
-batch through DistributedDataParallel (:mod:`model.training.distributed`). A time budget
-(``max_minutes``), a signal or :meth:`Trainer.request_stop` ends a run cleanly: the step
-finishes, the network is validated, ``best`` and a resumable ``last`` are saved.
+epoch (loss, validation Dice, learning rate, seconds of its training steps; a row for a stop
+inside an epoch has ``stopped_at_step``). The loop is over global steps: batches come from a
+DataLoader over :class:`~model.training.batches.StepBatches` (``workers`` processes, keyed by
+step), so a run resumes at any saved step, and under ``torchrun`` every rank trains its share
+of each global batch through DistributedDataParallel (:mod:`model.training.distributed`). A
+time budget (``max_minutes``), a signal or :meth:`Trainer.request_stop` ends a run cleanly:
+the step finishes, the network is validated, ``best`` and a resumable ``last`` are saved.
 """
 
 from __future__ import annotations
@@ -383,15 +384,8 @@ class Trainer:
                 self.step += 1
                 if on_step is not None:
                     on_step(self.step)
-                if self.clock.over_budget(finish_estimate=windows * self.clock.step_s / 2):
-                    self.request_stop("time_budget")
-                # One collective per step: the global loss, and whether any rank stops (why).
-                flags = [float(self._stop == reason) for reason in STOP_REASONS]
-                loss_sum, *stops = all_reduce_sum(self.dist, [loss, *flags], self.device)
-                self._stop = self._stop or next(
-                    (r for r, n in zip(STOP_REASONS, stops, strict=True) if n), ""
-                )
-                self._epoch_losses.append(loss_sum / self.dist.world_size)
+                # a validation window costs about half a training step of one sample
+                self._epoch_losses.append(self._agree(loss, windows * self.clock.step_s / 2))
                 seconds = time.perf_counter() - tick
                 self.clock.record_step(seconds)
                 self._epoch_seconds += seconds
@@ -414,9 +408,23 @@ class Trainer:
             time.perf_counter() - start,
             steps=self.step - first,
             samples_per_second=rate,
-            stopped=self._stop,
+            stopped=self._stop if self.step < total else "",
             main=self.dist.is_main,
         )
+
+    def _agree(self, loss: float, finish_estimate: float) -> float:
+        """The step's global loss; whether to stop, the same on every rank (any rank stops all).
+
+        One collective per step carries both. ``finish_estimate``: seconds of a final
+        validation and save, until they were timed.
+        """
+        if self.clock.over_budget(finish_estimate):
+            self.request_stop("time_budget")
+        flags = [float(self._stop == reason) for reason in STOP_REASONS]
+        loss_sum, *stops = all_reduce_sum(self.dist, [loss, *flags], self.device)
+        if not self._stop:
+            self._stop = next((r for r, n in zip(STOP_REASONS, stops, strict=True) if n), "")
+        return loss_sum / self.dist.world_size
 
     def _end_epoch(self, val: list[TrainingCase], sched: Any, steps: int, bar: StepBar) -> None:
         """Validate, write the epoch's row, keep ``best``, save ``last`` (a stop: mid-epoch)."""
@@ -467,7 +475,7 @@ class Trainer:
         (self.out / "history.json").write_text(json.dumps(self.history, indent=2))
 
     def _save_last(self, sched: Any, steps: int) -> None:
-        """``last`` with the full state to resume from (rank 0 writes; every rank syncs)."""
+        """``last`` with the full state to resume from (written by rank 0)."""
         if self.dist.is_main:
             self._save("last")
             write_state(
