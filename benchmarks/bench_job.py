@@ -5,8 +5,8 @@ Redis and g in the Redis embedding cache, exactly as under Celery (queueing asid
 those the job records: DICOM ingest, preprocessing, embedding (Redis lookup when cached, one
 LLM forward pass when not), network (sliding window), postprocessing (body mask, islands,
 structures on the CT grid), anatomical plausibility, consistency warnings, RTSTRUCT writing,
-PNG preview; "all but network" is their sum without the network. Median of ``--repeats`` jobs per row; an N0
-one-sided note (a structure-set model never runs a second, nodal-check pass; a single-CTV
+PNG preview; "all but network" is their sum without the network. Median of ``--repeats``
+jobs per row; an N0 one-sided note (a structure-set model never runs a second, nodal-check pass; a single-CTV
 model does for an N+ note, and a bilateral note is contoured side by side: two passes).
 
 Cases: a generated phantom and the real LUNG1 CT (134 x 512 x 512) when ``../shared/data`` is
