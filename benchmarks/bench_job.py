@@ -2,12 +2,12 @@
 
 The job goes through :func:`workers.pipeline.run_job` with the worker's engine, job records in
 Redis and g in the Redis embedding cache, exactly as under Celery (queueing aside). Stages are
-those the job records: DICOM ingest, preprocessing, embedding (Redis lookup when cached, one
-LLM forward pass when not), network (sliding window), postprocessing (body mask, islands,
-structures on the CT grid), anatomical plausibility, consistency warnings, RTSTRUCT writing,
-PNG preview; "all but network" is their sum without the network. Median of ``--repeats``
-jobs per row; an N0 one-sided note (a structure-set model never runs a second, nodal-check pass; a single-CTV
-model does for an N+ note, and a bilateral note is contoured side by side: two passes).
+those the job records: DICOM ingest, preprocessing, embedding (Redis lookup when cached, one LLM
+forward pass when not), network (sliding window), postprocessing (body mask, islands, structures
+on the CT grid), anatomical plausibility, consistency warnings, RTSTRUCT writing, PNG preview;
+"all but network" is their sum without the network. Median of ``--repeats`` jobs per row; an N0
+one-sided note (a structure-set model never runs a second, nodal-check pass; a single-CTV model
+does for an N+ note, and a bilateral note is contoured side by side: two passes).
 
 Cases: a generated phantom and the real LUNG1 CT (134 x 512 x 512) when ``../shared/data`` is
 present. ``redis-server`` is started on a free loopback port (``--redis-url`` to use another;
