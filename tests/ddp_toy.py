@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from factories import toy_block_image, toy_block_label
 
 from model.network.config import NetworkConfig, preset
 from model.text.encoders import tiny_llama
@@ -32,16 +32,9 @@ def toy_cases(n_ct: int = 4) -> list[TrainingCase]:
     """``n_ct`` CTs of 32 x 64 x 64 voxels, each with a left and a right note."""
     cases = []
     for idx in range(n_ct):
-        rng = np.random.default_rng(idx)
-        image = (rng.random((32, 64, 64)) * 0.1).astype(np.float32)
-        image[8:24, 20:44, 6:26] += 0.8
-        image[8:24, 20:44, 38:58] += 0.8
+        image = toy_block_image(idx)
         for side in ("left", "right"):
-            label = np.zeros(image.shape, np.uint8)
-            if side == "left":  # LPS: patient left is +x, the larger column index
-                label[8:24, 20:44, 38:58] = 1
-            else:
-                label[8:24, 20:44, 6:26] = 1
+            label = toy_block_label(side)
             cases.append(
                 TrainingCase(
                     f"c{idx}-{side}", image, label, f"N0, cT1, {side} side", (3, 1, 1), f"ct{idx}"

@@ -20,6 +20,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from model.training.sampling import TrainingCase
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LUNG1_DIR = SHARED_DATA / "lung1_ct_rtstruct" / "LUNG1-001"
 BREAST_DIR = SHARED_DATA / "breast_rtstruct_example"
@@ -185,3 +187,33 @@ def _add_roi(
     obs.ObservationNumber, obs.ReferencedROINumber = number, number
     obs.RTROIInterpretedType = kind
     ds.RTROIObservationsSequence.append(obs)
+
+
+# --- toy training sets (two bright blocks; the note says which is the target) -------------------
+def toy_block_image(idx: int) -> npt.NDArray[np.float32]:
+    """A 32 x 64 x 64 image with two identical bright blocks, left and right (seeded by idx)."""
+    rng = np.random.default_rng(idx)
+    image = (rng.random((32, 64, 64)) * 0.1).astype(np.float32)
+    image[8:24, 20:44, 6:26] += 0.8
+    image[8:24, 20:44, 38:58] += 0.8
+    return image
+
+
+def toy_block_label(side: str) -> npt.NDArray[np.uint8]:
+    """The target block of ``side`` (LPS: the patient's left is +x, the larger column index)."""
+    label = np.zeros((32, 64, 64), np.uint8)
+    if side == "left":
+        label[8:24, 20:44, 38:58] = 1
+    else:
+        label[8:24, 20:44, 6:26] = 1
+    return label
+
+
+def toy_training_cases(n: int = 6) -> list[TrainingCase]:
+    """``n`` toy cases, sides alternating (left first), each with its one-sided note."""
+    cases = []
+    for idx in range(n):
+        side = "left" if idx % 2 == 0 else "right"
+        image, label = toy_block_image(idx), toy_block_label(side)
+        cases.append(TrainingCase(f"c{idx}", image, label, f"N0, cT1, {side} side", (3, 1, 1)))
+    return cases

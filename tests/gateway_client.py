@@ -44,3 +44,16 @@ def wait_finished(url: str, job_id: str, timeout: float = 180.0) -> dict[str, An
             return body
         time.sleep(0.2)
     raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+
+
+def wait_ready_state(url: str, want: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll ``/health/ready`` until it answers ``want``; its body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(f"{url}/health/ready", timeout=5)
+        if answer.status_code == want:
+            body: dict[str, Any] = answer.json()
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/health/ready stayed {answer.status_code}: {answer.text}")
+        time.sleep(0.1)

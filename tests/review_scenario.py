@@ -15,7 +15,7 @@ only ``lo`` exists), or with ``--no-orthanc`` anywhere (the send-back part is sk
    are read back (ApprovalStatus, ReviewerName).
 
 Timings come from the page (``window.llmctvTiming``, Performance API clock). One JSON report
-is printed on the last line of stdout; ``tests/test_review_browser.py`` asserts on it.
+is printed on the last line of stdout; ``tests/e2e/test_review_browser.py`` asserts on it.
 
 Usage: ``unshare -n python tests/review_scenario.py --workdir DIR [--screenshots DIR]``
 """

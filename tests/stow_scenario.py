@@ -6,7 +6,7 @@ posted first; Orthanc's ``POST /dicom-web/servers/llmctv/stow`` sends the study 
 ``/dicomweb/studies``; the order's RTSTRUCT comes back to Orthanc over C-STORE (destination
 ``TPS``), checked through Orthanc's REST API.
 
-Prints one JSON report on the last line of stdout; ``tests/test_dicomweb_orthanc.py`` asserts
+Prints one JSON report on the last line of stdout; ``tests/e2e/test_dicomweb_orthanc.py`` asserts
 on it. Usage: ``unshare -n python tests/stow_scenario.py --workdir DIR``
 """
 

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fake_engine import HoldingDispatcher
 from gateway_client import AUTH, TOKEN
 from live_server import free_port
-from test_hardening_gateway import HoldingDispatcher
 
 from service.app import create_app
 from service.deps import ServiceState

@@ -46,7 +46,7 @@ from model.training.dataset import (
 )
 from model.training.trainer import split_cases
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_MAP = REPO / "deploy" / "structure-map.example.toml"
 SPACING = ("6", "8", "8")
 PRE = PreprocessConfig(target_spacing=(6.0, 8.0, 8.0))

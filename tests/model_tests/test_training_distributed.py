@@ -34,7 +34,7 @@ from model.training.distributed import SINGLE, distributed, launched_by_torchrun
 if TYPE_CHECKING:
     from model.lab.phantoms.cohort import WrittenCase
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(nproc: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

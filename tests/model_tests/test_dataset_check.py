@@ -42,7 +42,7 @@ from model.dicom.series import read_ct_series
 from model.errors import ConfigurationError, DatasetError
 from model.imaging.geometry import Grid
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_MAP = REPO / "deploy" / "structure-map.example.toml"
 VOXEL_CC = 0.002
 SLICES = (4.0, 6.0, 8.0, 10.0)  # z (mm) of slices k = 2..5

@@ -12,13 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fake_engine import FakeEngine
+from gateway_client import wait_ready_state
 from live_server import free_port, serve_app
 
 from service.app import create_app
 from service.selftest import Selftest
 from service.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "ready-test-token-000000"
 
 
@@ -30,19 +31,6 @@ def _settings(tmp_path: Path, **changes: Any) -> Settings:
         "storage_min_free_bytes": 1,
     }
     return Settings.from_env(**{**values, **changes})
-
-
-def wait_ready_state(url: str, want: int, timeout: float = 60.0) -> dict[str, Any]:
-    """Poll ``/health/ready`` until it answers ``want``; its body."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = httpx.get(f"{url}/health/ready", timeout=5)
-        if answer.status_code == want:
-            body: dict[str, Any] = answer.json()
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"/health/ready stayed {answer.status_code}: {answer.text}")
-        time.sleep(0.1)
 
 
 def test_ready_with_a_loaded_model(tmp_path: Path) -> None:

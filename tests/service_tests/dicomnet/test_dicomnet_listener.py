@@ -40,7 +40,7 @@ from service.dicomnet.errors import (
 from service.dicomnet.listener import DEFAULT_TRANSFER_SYNTAXES, DicomListener, status_for_error
 from service.dicomnet.storage import store_instance
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _echo(port: int, *, calling: str = "ECHOSCU", called: str = AE_TITLE) -> int:

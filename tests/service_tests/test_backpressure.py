@@ -16,11 +16,10 @@ import httpx
 import pytest
 from factories import CtSpec, make_ct_slice
 from fake_engine import FakeEngine
-from gateway_client import AUTH, TOKEN, submit, wait_finished
+from gateway_client import AUTH, TOKEN, submit, wait_finished, wait_ready_state
 from live_server import free_port, serve_app
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
-from test_readiness import wait_ready_state
 
 from model.lab.phantoms.cohort import WrittenCase
 from service.app import create_app

@@ -70,7 +70,7 @@ def test_probabilities_are_checked() -> None:
 
 
 def test_a_run_with_every_augmentation_trains(tmp_path: Path) -> None:
-    from test_training import _toy_cases
+    from factories import toy_training_cases
 
     cfg = TrainConfig(
         epochs=1,
@@ -80,5 +80,5 @@ def test_a_run_with_every_augmentation_trains(tmp_path: Path) -> None:
         augment=AugmentConfig(geometry=0.5, elastic=0.2, intensity=0.5, mirror=0.5),
     )
     trainer = Trainer(preset("tiny"), cfg, tmp_path, tiny_llama(), {"text_encoder_name": "t"})
-    result = trainer.fit(_toy_cases(4))
+    result = trainer.fit(toy_training_cases(4))
     assert np.isfinite(result.history[0]["loss"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_demo_runs_and_writes_rtstructs(tmp_path: Path) -> None:

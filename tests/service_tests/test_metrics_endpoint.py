@@ -144,7 +144,7 @@ def test_dashboard_and_scrape_config_use_exposed_names(gateway: Gateway) -> None
 
     import service.prometheus
 
-    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
     text = (deploy / "grafana-dashboard.json").read_text() + (deploy / "prometheus.yml").read_text()
     used = {re.sub(r"_(bucket|total|count|sum)$", "", n) for n in re.findall(r"llmctv_\w+", text)}
     documented = set(re.findall(r"``(\w+)(?:\{[^}]*\})?``", service.prometheus.__doc__ or ""))

@@ -12,7 +12,7 @@ import pytest
 from model.settings import setting_paths
 from service.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = REPO / "deploy" / "llmctv.env.example"
 
 

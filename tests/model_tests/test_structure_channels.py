@@ -99,7 +99,7 @@ def test_real_lung1_ct_structures_stay_inside_the_body_in_one_piece() -> None:
     from model.imaging.postprocessing import body_mask
     from workers.model_loading import DEMO_CHECKPOINT
 
-    folder = Path(__file__).resolve().parents[2] / "shared/data/lung1_ct_rtstruct/LUNG1-001/image"
+    folder = Path(__file__).resolve().parents[3] / "shared/data/lung1_ct_rtstruct/LUNG1-001/image"
     if not folder.is_dir():
         pytest.skip(f"shared data absent: {folder}")
     ct = read_ct_series(folder)

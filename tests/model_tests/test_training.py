@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import toy_training_cases
 
 from model.errors import CheckpointMismatchError, DatasetError
 from model.network.checkpoint import load_checkpoint
@@ -25,24 +26,6 @@ from model.training.sampling import (
 from model.training.trainer import TrainConfig, Trainer, lr_lambda, split_cases
 
 
-def _toy_cases(n: int = 6) -> list[TrainingCase]:
-    """Two identical bright blocks left and right; the note says which one is the target."""
-    cases = []
-    for idx in range(n):
-        rng = np.random.default_rng(idx)
-        image = (rng.random((32, 64, 64)) * 0.1).astype(np.float32)
-        image[8:24, 20:44, 6:26] += 0.8
-        image[8:24, 20:44, 38:58] += 0.8
-        label = np.zeros(image.shape, np.uint8)
-        side = "left" if idx % 2 == 0 else "right"
-        if side == "left":  # LPS: patient left is +x, i.e. larger column index
-            label[8:24, 20:44, 38:58] = 1
-        else:
-            label[8:24, 20:44, 6:26] = 1
-        cases.append(TrainingCase(f"c{idx}", image, label, f"N0, cT1, {side} side", (3, 1, 1)))
-    return cases
-
-
 def _trainer(tmp_path: Path, epochs: int) -> Trainer:
     cfg = TrainConfig(
         epochs=epochs,
@@ -57,7 +40,7 @@ def _trainer(tmp_path: Path, epochs: int) -> Trainer:
 
 
 def test_loss_falls_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
-    result = _trainer(tmp_path, epochs=6).fit(_toy_cases())
+    result = _trainer(tmp_path, epochs=6).fit(toy_training_cases())
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 6
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2]), losses
@@ -69,7 +52,7 @@ def test_loss_falls_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
 
 
 def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
-    cases = _toy_cases(4)
+    cases = toy_training_cases(4)
     _trainer(tmp_path, epochs=2).fit(cases)
     resumed = _trainer(tmp_path, epochs=3)
     result = resumed.fit(cases, resume=True)
@@ -78,12 +61,12 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
 
 def test_vision_only_trains_without_encoder(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, device="cpu")
-    result = Trainer(preset("tiny", multimodal=False), cfg, tmp_path).fit(_toy_cases(3))
+    result = Trainer(preset("tiny", multimodal=False), cfg, tmp_path).fit(toy_training_cases(3))
     assert result.history and np.isfinite(result.history[0]["loss"])
 
 
 def test_split_and_schedule() -> None:
-    train, val = split_cases(_toy_cases(5), 0.2, seed=1)
+    train, val = split_cases(toy_training_cases(5), 0.2, seed=1)
     assert len(val) == 1 and len(train) == 4
     assert {c.case_id for c in train}.isdisjoint({c.case_id for c in val})
     f = lr_lambda(total_steps=100, warmup_steps=10)
@@ -92,7 +75,7 @@ def test_split_and_schedule() -> None:
 
 
 def test_crops_cover_the_target() -> None:
-    case = _toy_cases(1)[0]
+    case = toy_training_cases(1)[0]
     rng = np.random.default_rng(0)
     hits = [random_crop(case, (16, 16, 16), rng, pos_fraction=1.0)[1].any() for _ in range(20)]
     assert all(hits)
@@ -103,7 +86,7 @@ def test_crops_cover_the_target() -> None:
 def _counterfactual_cases(n_ct: int = 5) -> list[TrainingCase]:
     """Each toy CT twice: as written and with the side flipped (same image, other target)."""
     cases = []
-    for case in _toy_cases(n_ct):
+    for case in toy_training_cases(n_ct):
         case.group = f"uid-{case.case_id}"
         other = "right" if "left" in case.note else "left"
         label = np.ascontiguousarray(case.label[:, :, ::-1])  # the toy blocks are mirror images
@@ -127,7 +110,7 @@ def test_split_keeps_every_ct_of_one_patient_on_one_side() -> None:
 
     Grouping by CT alone put the two series on different sides for some of these seeds.
     """
-    cases = _toy_cases(8)
+    cases = toy_training_cases(8)
     for n, case in enumerate(cases):
         case.group, case.patient = f"uid-{n}", f"P-{n:016x}"
     cases[5].patient = cases[2].patient  # a second CT of the patient of c2
@@ -144,7 +127,7 @@ def test_split_keeps_every_ct_of_one_patient_on_one_side() -> None:
     # when the patient of c2 is one of them.
     assert len(patient_groups(cases)) == 6
     assert val_sizes == {2, 4}
-    no_patient = _toy_cases(8)
+    no_patient = toy_training_cases(8)
     for n, case in enumerate(no_patient):
         case.group = f"uid-{n}"
     assert len(patient_groups(no_patient)) == 8, "without labels: one group per CT"
@@ -177,7 +160,7 @@ def test_paired_batch_crops_two_notes_of_one_ct_at_one_window() -> None:
 
 def test_warm_start_loads_the_weights_and_records_the_source(tmp_path: Path) -> None:
     first = _trainer(tmp_path / "a", epochs=1)
-    first.fit(_toy_cases(4))
+    first.fit(toy_training_cases(4))
     second = _trainer(tmp_path / "b", epochs=1)
     second.warm_start(tmp_path / "a" / "last")
     for (name, p), q in zip(

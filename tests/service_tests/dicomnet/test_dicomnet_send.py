@@ -38,8 +38,8 @@ from service.dicomnet.errors import (
 from service.dicomnet.listener import DicomListener
 from service.dicomnet.sender import send_instances
 
-REPO = Path(__file__).resolve().parents[1]
-SCENARIO = Path(__file__).with_name("orthanc_scenario.py")
+REPO = Path(__file__).resolve().parents[3]
+SCENARIO = Path(__file__).resolve().parents[2] / "orthanc_scenario.py"
 
 
 class SleepRecorder:
