@@ -4,7 +4,8 @@ PACS (dcmtk ``storescu``) -> our listener -> order -> job -> RTSTRUCT -> C-STORE
 system (a real Orthanc), checked through Orthanc's REST API; then a study-first order whose
 destination is down (the failure and a retry are visible in ``GET /orders/{id}``).
 
-Prints one JSON report on the last line of stdout; ``tests/service_tests/test_orders.py`` asserts on it.
+Prints one JSON report on the last line of stdout; ``tests/service_tests/test_orders.py``
+asserts on it.
 Usage: ``unshare -n python tests/pacs_scenario.py --workdir DIR``
 """
 
