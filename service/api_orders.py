@@ -71,9 +71,14 @@ def _known_id(order_id: str) -> str:
 
 
 def _visible_order(desk: OrderDesk, order_id: str, identity: Identity) -> Order:
-    """The order, if ``identity`` placed it or reviews; else 404 like an unknown id."""
+    """The order, if ``identity`` placed it or reviews; else 404 like an unknown id.
+
+    An order without an author (placed before orders recorded one) stays visible to every
+    submitter, as it was.
+    """
     order = desk.orders.get(_known_id(order_id))
-    if not identity.may(Role.REVIEWER) and order.created_by != identity.name:
+    mine = order.created_by is None or order.created_by == identity.name
+    if not identity.may(Role.REVIEWER) and not mine:
         raise OrderNotFoundError(f"no order {order_id[:64]!r}")
     return order
 
