@@ -55,11 +55,8 @@ from model.evaluation.commissioning import (
     summarize_commissioning,
     surface_dice_name,
 )
-from model.evaluation.commissioning_report import (
-    CaseSnapshot,
-    take_snapshot,
-    write_commissioning_report,
-)
+from model.evaluation.commissioning_figures import CaseSnapshot, take_snapshot
+from model.evaluation.commissioning_report import write_commissioning_report
 from model.inference import Prediction, Predictor
 from model.network.checkpoint import read_config
 from model.network.structures import PHANTOM_ROI_PATTERNS

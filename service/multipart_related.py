@@ -22,8 +22,8 @@ from typing import BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from model.atomic_write import TEMP_SUFFIX
 from service.errors import MalformedMultipartError, UnsupportedMediaTypeError
-from workers.atomic_write import TEMP_SUFFIX
 
 SPOOL_PREFIX = ".stow-"
 #: Largest part header block accepted (a few headers of a few hundred bytes each).

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from model.atomic_write import write_atomically
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.storage import (
     CHANGE_MARKER,
@@ -27,7 +28,6 @@ from service.dicomnet.storage import (
     identity_marker,
     touch_change_marker,
 )
-from workers.atomic_write import write_atomically
 from workers.jobs import utcnow
 
 log = logging.getLogger(__name__)

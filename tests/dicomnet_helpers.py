@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
+from service.dicomnet.admission import AdmissionLimits
 from service.dicomnet.assembly import ReceivedSeries
+from service.dicomnet.events import DicomEvents
 from service.dicomnet.listener import DicomListener
 from service.dicomnet.pdu_stream import PduLimits
 
@@ -76,6 +78,8 @@ def running_listener(
     on_complete: Callable[[ReceivedSeries], None] | None = None,
     port: int = 0,
     pdu_limits: PduLimits | None = None,
+    admission: AdmissionLimits | None = None,
+    events: DicomEvents | None = None,
 ) -> Iterator[tuple[DicomListener, Recorder]]:
     """A started listener on a free loopback port that records completed series."""
     recorder = Recorder()
@@ -89,6 +93,8 @@ def running_listener(
         storage_root=root,
         series_timeout_s=timeout_s,
         on_complete=on_complete or recorder,
+        admission=admission,
+        events=events,
     )
     listener.start()
     try:

@@ -139,6 +139,27 @@ def _surface(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return np.asarray(mask & ~ndimage.binary_erosion(mask, structure=_FACES))
 
 
+def distances_or_empty_value(
+    pred: npt.NDArray[np.generic],
+    truth: npt.NDArray[np.generic],
+    spacing: Sequence[float],
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | float:
+    """:func:`surface_distances` of two masks, or the value of a distance metric when a mask
+    is empty: 0.0 when both are, infinity when only one is (a structure missed or spurious).
+
+    Raises
+    ------
+    ConfigurationError
+        On shape or spacing errors.
+    """
+    p, t = mask_pair(pred, truth)
+    checked_spacing(spacing)
+    has_p, has_t = bool(p.any()), bool(t.any())
+    if not (has_p and has_t):
+        return 0.0 if has_p == has_t else math.inf
+    return surface_distances(p, t, spacing)
+
+
 def surface_distances(
     pred: npt.NDArray[np.generic],
     truth: npt.NDArray[np.generic],
@@ -217,12 +238,10 @@ def hd95(
     """
     if pooling not in ("pooled", "max"):
         raise ConfigurationError(f"pooling must be 'pooled' or 'max', got {pooling!r}")
-    p, t = mask_pair(pred, truth)
-    checked_spacing(spacing)
-    has_p, has_t = bool(p.any()), bool(t.any())
-    if not (has_p and has_t):
-        return 0.0 if has_p == has_t else math.inf
-    to_t, to_p = surface_distances(p, t, spacing)
+    found = distances_or_empty_value(pred, truth, spacing)
+    if isinstance(found, float):
+        return found
+    to_t, to_p = found
     if pooling == "pooled":
         return float(np.percentile(np.concatenate([to_t, to_p]), 95.0))
     return float(max(np.percentile(to_t, 95.0), np.percentile(to_p, 95.0)))

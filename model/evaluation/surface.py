@@ -44,7 +44,11 @@ from scipy.spatial import cKDTree
 from skimage.measure import find_contours
 
 from model.errors import ConfigurationError
-from model.evaluation.metrics import checked_spacing, mask_pair, surface_distances
+from model.evaluation.metrics import (
+    checked_spacing,
+    distances_or_empty_value,
+    mask_pair,
+)
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -330,12 +334,10 @@ def mean_surface_distance(
     ConfigurationError
         On shape or spacing errors.
     """
-    p, t = mask_pair(pred, truth)
-    checked_spacing(spacing)
-    has_p, has_t = bool(p.any()), bool(t.any())
-    if not (has_p and has_t):
-        return 0.0 if has_p == has_t else math.inf
-    to_t, to_p = surface_distances(p, t, spacing)
+    found = distances_or_empty_value(pred, truth, spacing)
+    if isinstance(found, float):
+        return found
+    to_t, to_p = found
     return float(np.concatenate([to_t, to_p]).mean())
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from model.atomic_write import write_atomically
 from model.dataset.structure_map import StructureMap, load_structure_map, parse_structure_map
 from model.errors import (
     CheckpointMismatchError,
@@ -146,36 +147,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomically(final: Path, data: bytes) -> None:
-    """Temporary sibling, fsync, rename over ``final``, fsync the folder.
-
-    The same steps as :func:`workers.atomic_write.write_atomically`, which the model layer
-    may not import.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".tmp")
-    temp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    try:
-        folder = os.open(final.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
 
 
 def _who(who: str) -> str:

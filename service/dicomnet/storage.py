@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
+from model.atomic_write import TEMP_SUFFIX, write_atomically
 from model.dicom.series import PARSE_ERRORS
 from service.dicomnet.errors import (
     DicomStorageError,
@@ -30,7 +31,6 @@ from service.dicomnet.errors import (
     InstanceConflictError,
     InvalidUidError,
 )
-from workers.atomic_write import TEMP_SUFFIX, write_atomically
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from dicomnet_helpers import (
     require_tool,
     running_listener,
 )
+from fake_engine import HoldingDispatcher
 from pynetdicom import AE
 
 from model.dicom.series import inspect_ct_series
@@ -42,25 +43,10 @@ CLINICAL = {
 }
 
 
-class _Holding:
-    """A dispatcher that only records what was submitted."""
-
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def describe(self) -> dict[str, object]:
-        return {}
-
-    def submit(self, job_id: str) -> None:
-        self.submitted.append(job_id)
-
-
-def _desk(tmp_path: Path, **settings: object) -> tuple[OrderDesk, _Holding]:
+def _desk(tmp_path: Path, **settings: object) -> tuple[OrderDesk, HoldingDispatcher]:
     config = Settings.from_env(storage_dir=tmp_path, dicom_listener=False, **settings)
     files = JobFiles(tmp_path)
-    holding = _Holding()
+    holding = HoldingDispatcher()
     desk = OrderDesk(config, OrderStore(tmp_path), FileJobStore(files), files, holding)
     return desk, holding
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, SHARED_DATA
+from fake_engine import HoldingDispatcher
 from gateway_client import AUTH, TOKEN
 from live_server import serve_app
 from private_network import namespace_problem, run_scenario
@@ -84,23 +85,10 @@ def test_order_waits_and_is_readable(orders_gateway: str) -> None:
     assert httpx.get(f"{orders_gateway}/orders/0123abcd", headers=AUTH).status_code == 404
 
 
-class _Holding:
-    def __init__(self) -> None:
-        self.submitted: list[str] = []
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def describe(self) -> dict[str, object]:
-        return {}
-
-    def submit(self, job_id: str) -> None:
-        self.submitted.append(job_id)
-
-
-def _desk(tmp_path: Path) -> tuple[OrderDesk, _Holding]:
+def _desk(tmp_path: Path) -> tuple[OrderDesk, HoldingDispatcher]:
     settings = Settings.from_env(storage_dir=tmp_path, dicom_listener=False)
     files = JobFiles(tmp_path)
-    holding = _Holding()
+    holding = HoldingDispatcher()
     desk = OrderDesk(settings, OrderStore(tmp_path), FileJobStore(files), files, holding)
     return desk, holding
 

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from dicomnet_helpers import AE_TITLE, Recorder
+from dicomnet_helpers import AE_TITLE, Recorder, running_listener
 from factories import CtSpec, make_ct_slice
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -41,24 +41,15 @@ def listener_with(
     events: DicomEvents | None = None,
     allowed: tuple[str, ...] = ("PACS", "TPS"),
 ) -> Iterator[DicomListener]:
-    listener = DicomListener(
-        ae_title=AE_TITLE,
-        host="127.0.0.1",
-        port=0,
-        allowed_aets=allowed,
-        transfer_syntaxes=[],
-        storage_root=root / "received",
-        series_timeout_s=0.3,
-        on_complete=Recorder(),
-        admission=admission,
+    with running_listener(
+        root / "received",
+        allowed=allowed,
+        timeout_s=0.3,
         pdu_limits=PduLimits(artim_timeout_s=1.0, pdu_timeout_s=5.0),
+        admission=admission,
         events=events,
-    )
-    listener.start()
-    try:
+    ) as (listener, _):
         yield listener
-    finally:
-        listener.stop()
 
 
 def _associate(port: int, calling: str, source: str = "127.0.0.1") -> Association:

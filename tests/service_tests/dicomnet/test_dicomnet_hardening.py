@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicomnet_helpers import AE_TITLE, LUNG1_CT, Recorder, require_lung1, require_tool
+from dicomnet_helpers import (
+    AE_TITLE,
+    LUNG1_CT,
+    Recorder,
+    require_lung1,
+    require_tool,
+    running_listener,
+)
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
@@ -38,23 +45,14 @@ def guarded_listener(
     admission: AdmissionLimits | None = None,
     allowed: tuple[str, ...] = ("TESTER", "ECHOSCU"),
 ) -> Iterator[DicomListener]:
-    listener = DicomListener(
-        ae_title=AE_TITLE,
-        host="127.0.0.1",
-        port=0,
-        allowed_aets=allowed,
-        transfer_syntaxes=[],
-        storage_root=root,
-        series_timeout_s=0.3,
-        on_complete=Recorder(),
-        admission=admission,
+    with running_listener(
+        root,
+        allowed=allowed,
+        timeout_s=0.3,
         pdu_limits=pdu or PduLimits(artim_timeout_s=1.0, pdu_timeout_s=2.0),
-    )
-    listener.start()
-    try:
+        admission=admission,
+    ) as (listener, _):
         yield listener
-    finally:
-        listener.stop()
 
 
 def _item(kind: int, value: bytes) -> bytes:
