@@ -130,16 +130,17 @@ def rank_run(args: argparse.Namespace) -> int:
 def one_job(args: argparse.Namespace, procs: int, cache: Path, device: str) -> dict[str, Any]:
     """One torchrun job of ``procs`` ranks; its rank-0 result."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        threads = max(1, (os.cpu_count() or 1) // procs)
+        # The thread count goes to the child through env(1): nothing here reads the environment.
+        command = ["env", f"OMP_NUM_THREADS={threads}"]
+        command += [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         command += [f"--nproc_per_node={procs}", str(HERE), "--rank-run", tmp]
         command += ["--cache", str(cache), "--cases", str(args.cases), "--steps", str(args.steps)]
         command += ["--preset", args.preset, "--text-encoder", args.text_encoder]
         command += ["--batch-size", str(args.batch_size), "--workers", str(args.workers)]
         command += ["--device", device]
-        threads = max(1, (os.cpu_count() or 1) // procs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads((Path(tmp) / "result.json").read_text())
