@@ -22,7 +22,7 @@ from typing import BinaryIO
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from model.atomic_write import TEMP_SUFFIX
+from model.files import TEMP_SUFFIX
 from service.errors import MalformedMultipartError, UnsupportedMediaTypeError
 
 SPOOL_PREFIX = ".stow-"

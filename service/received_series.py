@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from model.atomic_write import write_atomically
+from model.files import write_atomically
 from service.dicomnet.assembly import ReceivedSeries
 from service.dicomnet.storage import (
     CHANGE_MARKER,

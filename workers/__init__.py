@@ -1,7 +1,7 @@
 """Job execution: one job from stored CT files to RTSTRUCT, wherever it runs.
 
 - job records: :mod:`workers.jobs` (files), :mod:`workers.redis_store` (Redis),
-  :mod:`workers.records`, :mod:`model.atomic_write`;
+  :mod:`workers.records`, :mod:`model.files`;
 - one job: :mod:`workers.pipeline` claims it, keeps its lease, stops it on a cancel or a
   time limit, and makes its one domain call,
   :func:`model.contouring.structure_set.contour_structure_set`, with the engine of

@@ -13,17 +13,17 @@ which still links the entries of one study without naming it.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from model.files import folder_lock
 from workers.settings import StorageSettings
 
 log = logging.getLogger(__name__)
@@ -101,15 +101,8 @@ class AuditLog:
             settings.storage_dir / "audit", settings.audit_max_bytes, settings.audit_retention_days
         )
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with (self.folder / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[None]:
+        return folder_lock(self.folder)
 
     def record(
         self,

@@ -13,8 +13,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from model.atomic_write import write_atomically
 from model.errors import LlmctvError
+from model.files import write_atomically
 
 M = TypeVar("M", bound=BaseModel)
 

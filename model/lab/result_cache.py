@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from model import __version__
-from model.network.checkpoint import WEIGHTS, file_digest
+from model.files import file_digest
+from model.network.checkpoint import WEIGHTS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ stored encoder identity with the attached encoder; any difference is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.errors import CheckpointMismatchError, ConfigurationError, ModelNotFoundError
+from model.files import file_digest
 from model.network.config import NetworkConfig
 from model.network.context import PromptContext, state_digest
 from model.network.segmenter import ContourNet
@@ -50,15 +50,6 @@ class Checkpoint:
     def short_hash(self) -> str:
         """First 12 hex digits of the weights file's SHA-256 (names the model version)."""
         return self.digest[:12]
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(

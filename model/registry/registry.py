@@ -26,16 +26,14 @@ returns to the version promoted before the current one.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +41,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model.atomic_write import write_atomically
 from model.dataset.structure_map import StructureMap, load_structure_map, parse_structure_map
 from model.errors import (
     CheckpointMismatchError,
@@ -53,6 +50,7 @@ from model.errors import (
     PromotionRefusedError,
     UnknownModelVersionError,
 )
+from model.files import file_digest, folder_lock, write_atomically
 from model.registry.model_card import (
     ModelCard,
     build_card,
@@ -138,15 +136,6 @@ class RegistryEvent:
 
 
 EventSink = Callable[[RegistryEvent], None]
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _who(who: str) -> str:
@@ -279,22 +268,15 @@ class ModelRegistry:
         folder = self.folder(version)
         for name, digest in card.files.items():
             path = folder / name
-            if not path.is_file() or sha256_file(path) != digest:
+            if not path.is_file() or file_digest(path) != digest:
                 raise CheckpointMismatchError(
                     f"model version {version}: {name} is missing or changed since registration"
                 )
         return card
 
     # --- changing ------------------------------------------------------------------------------
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def _locked(self) -> AbstractContextManager[None]:
+        return folder_lock(self.root)
 
     def register(
         self,
@@ -418,7 +400,7 @@ class ModelRegistry:
                     shutil.copyfile(path, target)
             report_doc = _read_json(temp / REPORT_DIR / REPORT_JSON, "the commissioning report")
         files = {
-            path.relative_to(temp).as_posix(): sha256_file(path)
+            path.relative_to(temp).as_posix(): file_digest(path)
             for path in sorted(temp.rglob("*"))
             if path.is_file()
         }

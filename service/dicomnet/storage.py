@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from model.atomic_write import TEMP_SUFFIX, write_atomically
 from model.dicom.series import PARSE_ERRORS
+from model.files import TEMP_SUFFIX, write_atomically
 from service.dicomnet.errors import (
     DicomStorageError,
     IdentityConflictError,

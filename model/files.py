@@ -1,9 +1,14 @@
-"""Atomic file writes: readers see the old file or the whole new one, never a partial one."""
+"""Files shared by several processes: atomic writes (readers see the old file or the whole new
+one, never a partial one), an exclusive lock on a folder, and file digests."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_SUFFIX = ".tmp"
@@ -42,3 +47,25 @@ def write_atomically(final: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(final.parent)
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder/.lock`` (created with the folder) while inside:
+    serialises changes by processes and threads that take the same lock."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
