@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         class_map=parse_class_map(args.class_map),
         ddp=args.ddp,
+        convention_variants=args.convention_variants,
     )
     result = train_from_dicom(options)
     if not result.main:  # another rank of a torchrun job: rank 0 reports
@@ -281,6 +282,13 @@ def register_phantoms(subparsers: argparse._SubParsersAction[Any]) -> argparse.A
         action="store_true",
         help="also write each case's text perturbations (same CT, recomputed target): training",
     )
+    parser.add_argument(
+        "--department-export",
+        type=int,
+        metavar="FIRST",
+        help="site S only: write the synthetic department's export instead (rt-utils RTSTRUCTs "
+        "with its ROI names, PTV, BODY, union; cases FIRST, FIRST+1, ...; docs/site-adaptation.md)",
+    )
     parser.set_defaults(func=cmd_phantoms)
     return parser
 
@@ -294,6 +302,19 @@ def _report_case(written: WrittenCase) -> None:
 def cmd_phantoms(args: argparse.Namespace) -> int:
     """Write the cohort described by ``args``; errors propagate to the CLI (exit 2)."""
     start = time.perf_counter()
+    if args.department_export is not None:
+        from model.lab.department import DEPARTMENT_SITE, write_department_export
+
+        if args.site != DEPARTMENT_SITE or args.counterfactuals:
+            raise ConfigurationError("--department-export: --site S, without --counterfactuals")
+        exported = write_department_export(
+            args.out, args.cases, args.seed, args.scale, first=args.department_export
+        )
+        elapsed = time.perf_counter() - start
+        print(
+            f"wrote the department export of {len(exported)} cases to {args.out} in {elapsed:.1f} s"
+        )
+        return 0
     from model.lab.phantoms.cohort import write_cohort
 
     written = write_cohort(
@@ -372,6 +393,13 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
         help="share of template notes rewritten to another with the same target: N and T "
         "stage redrawn within the nodal class (N0/N1mi; N1-N3 with suffixes), clauses of "
         "bilateral notes in a random order",
+    )
+    p.add_argument(
+        "--convention-variants",
+        action="store_true",
+        help="with --structure-map: also train each case under the other N stages whose "
+        "target the map's n_stages rule derives from its label (same CT; pair them with "
+        "--pair-fraction)",
     )
     p.add_argument(
         "--augment-geometry",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.dataset.structure_map import StructureMap, load_structure_map
+from model.dataset.structure_map import NODE_POSITIVE_BASES, StructureMap, load_structure_map
 from model.dataset.structure_targets import MapRule, map_meta
 from model.dicom.rtstruct.reader import RoiRule
 from model.dicom.series import CtSeries, read_ct_series
@@ -106,6 +106,8 @@ class TrainOptions:
 
     ``class_map`` renames or drops the classes of ``init_from`` (:mod:`model.training.heads`);
     ``ddp`` requires a ``torchrun`` launch (a run under torchrun is distributed anyway).
+    ``convention_variants`` derives counterfactual notes by the structure map's N-stage rule
+    (:mod:`model.training.convention_variants`).
     """
 
     data: DataOptions
@@ -120,6 +122,7 @@ class TrainOptions:
     resume: bool = False
     class_map: ClassMap = ()
     ddp: bool = False
+    convention_variants: bool = False
 
 
 def train_from_dicom(options: TrainOptions) -> TrainResult:
@@ -179,12 +182,41 @@ def _train(options: TrainOptions, dist: DistContext, started: float) -> TrainRes
     if structure_map is not None:  # the map, not the patterns, chose the ROIs
         meta["roi_rule"] = None
         meta["structure_map"] = map_meta(structure_map)
+    train_config = options.train
+    if options.convention_variants:
+        train_config = replace(train_config, stage_rule=_stage_rule(structure_map, train_config))
     trainer = Trainer(
-        config, options.train, options.out, encoder, meta, dist=dist, clock_start=started
+        config, train_config, options.out, encoder, meta, dist=dist, clock_start=started
     )
     if options.init_from is not None and not options.resume:
         trainer.warm_start(options.init_from, options.class_map)
     return trainer.fit(cases, resume=options.resume)
+
+
+def _stage_rule(
+    structure_map: StructureMap | None, train: TrainConfig
+) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Nodal class (1-based, map order) -> the N stages it is drawn for, from the map.
+
+    Raises
+    ------
+    ConfigurationError
+        Without a structure map, or with ``note_augment``, which rewrites N1-N3 into each
+        other and so contradicts a map whose nodal structures tell those stages apart.
+    """
+    if structure_map is None:
+        raise ConfigurationError("--convention-variants needs --structure-map (its n_stages)")
+    rule = tuple(
+        (index, entry.n_stages)
+        for index, entry in enumerate(structure_map.structures, start=1)
+        if entry.nodal
+    )
+    if train.note_augment > 0 and any(stages != NODE_POSITIVE_BASES for _, stages in rule):
+        raise ConfigurationError(
+            "--note-augment rewrites N1-N3 into each other, but the structure map draws "
+            "some nodal structures for some of those stages only: leave it at 0"
+        )
+    return rule
 
 
 def _target_map(target: TargetRule) -> StructureMap | None:

@@ -26,8 +26,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(storage: Path, checkpoint: Path) -> Iterator[tuple[str, str]]:
-    """``llmctv serve`` as a child process on a free loopback port; yields (URL, token)."""
+def running_service(
+    storage: Path, checkpoint: Path, models_dir: Path | None = None
+) -> Iterator[tuple[str, str]]:
+    """``llmctv serve`` as a child process on a free loopback port; yields (URL, token).
+
+    With ``models_dir`` it serves that models folder's promoted version (``LLMCTV_MODELS_DIR``)
+    instead of ``checkpoint``. The token is an administrator's.
+    """
     token = secrets.token_urlsafe(24)
     port = _free_port()
     env = {
@@ -36,7 +42,11 @@ def running_service(storage: Path, checkpoint: Path) -> Iterator[tuple[str, str]
         "PATH": "/usr/bin:/bin",
     }
     command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    command += ["--storage-dir", str(storage), "--checkpoint", str(checkpoint)]
+    command += ["--storage-dir", str(storage)]
+    if models_dir is None:
+        command += ["--checkpoint", str(checkpoint)]
+    else:
+        env["LLMCTV_MODELS_DIR"] = str(models_dir)
     command += ["--log-level", "warning"]
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"

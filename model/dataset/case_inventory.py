@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model.dataset.problems import CheckOptions, Problem, problem
-from model.dataset.structure_map import StructureMap
+from model.dataset.structure_map import NODE_POSITIVE_BASES, StructureMap
 from model.text.clinical import ClinicalRecord, Surgery
 
 
@@ -164,6 +164,30 @@ def check_clinical(case: CaseInventory, record: ClinicalRecord, smap: StructureM
                 problem(
                     "nodal_present_node_negative",
                     f"side {side} is N{diagnosis.n_stage} but has {', '.join(nodal)}",
+                    case.case_id,
+                )
+            )
+        if diagnosis.node_positive:
+            _check_stage_rule(case, smap, side, diagnosis.n_stage, here)
+
+
+def _check_stage_rule(
+    case: CaseInventory, smap: StructureMap, side: str, n_stage: str, here: set[str]
+) -> None:
+    """Nodal structures whose map names the N stages they are drawn for (``n_stages``,
+    e.g. internal mammary nodes for N2-N3 only): present on a side of another stage, or
+    absent from a side of one of them."""
+    for entry in smap.structures:
+        if not entry.nodal or entry.n_stages == NODE_POSITIVE_BASES:
+            continue
+        expected, found = entry.drawn_for(n_stage), entry.name in here
+        if expected != found:
+            rule = "N" + "-N".join(entry.n_stages)
+            what = "has" if found else "lacks"
+            case.problems.append(
+                problem(
+                    "nodal_vs_stage_rule",
+                    f"side {side} is N{n_stage} and {what} {entry.name} (drawn for {rule})",
                     case.case_id,
                 )
             )

@@ -50,6 +50,7 @@ PROBLEM_CODES: dict[str, tuple[Severity, str]] = {
     "structure_vs_surgery": (W, "breast after mastectomy, or chest wall after conserving"),
     "nodal_absent_node_positive": (W, "N1-N3 side without any nodal structure"),
     "nodal_present_node_negative": (W, "N0/N1mi side with a nodal structure"),
+    "nodal_vs_stage_rule": (W, "a nodal structure present or absent against the map's n_stages"),
     "outside_body": (B, "a structure lies largely outside the body"),
     "partly_outside_body": (W, "a structure lies partly outside the body"),
     "union_differs_from_structures": (W, "the union ROI and the union of the structures differ"),

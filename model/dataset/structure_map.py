@@ -15,6 +15,7 @@ A TOML file (format: ``docs/dataset-check.md``; example: ``deploy/structure-map.
     [structures.axilla]
     patterns = ["CTVn_Axilla*"]
     nodal = true                  # default: true for axilla, scf and imn
+    n_stages = ["1", "2", "3"]    # nodal only: the N stages it is drawn for (default all)
 
 A pattern is a shell glob (``*``, ``?``, ``[...]``) or, after ``re:``, a Python regular
 expression; both are case-insensitive and must match the **whole** ROI name. A name is
@@ -42,7 +43,9 @@ MAP_VERSION = 1
 REGEX_PREFIX = "re:"
 _STRUCTURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _TOP_KEYS = frozenset({"version", "sides", "union", "ignore", "structures"})
-_STRUCTURE_KEYS = frozenset({"patterns", "nodal"})
+_STRUCTURE_KEYS = frozenset({"patterns", "nodal", "n_stages"})
+#: N stages (without a/b/c) of a node-positive side; N0 and N1mi never have a nodal CTV.
+NODE_POSITIVE_BASES: tuple[str, ...] = ("1", "2", "3")
 _NODAL_NAMES = frozenset(s.value for s in NODAL)
 
 #: Side forms used when the map has no ``[sides]`` table: ``(left, right)`` pairs.
@@ -117,11 +120,23 @@ class SideForm:
 
 @dataclass(frozen=True)
 class StructureEntry:
-    """One structure of the map: its name, ROI-name patterns, and whether it is nodal."""
+    """One structure of the map: its name, ROI-name patterns, whether it is nodal, and for a
+    nodal one the N stages (``"1"``, ``"2"``, ``"3"``; suffixes a/b/c ignored) whose side the
+    department draws it for (e.g. internal mammary nodes only for N2-N3)."""
 
     name: str
     patterns: tuple[NamePattern, ...]
     nodal: bool
+    n_stages: tuple[str, ...] = NODE_POSITIVE_BASES
+
+    def drawn_for(self, n_stage: str) -> bool:
+        """Whether the department draws this structure for a side of ``n_stage`` (``"2a"``).
+
+        Non-nodal structures are drawn whatever the stage; nodal ones never for N0/N1mi.
+        """
+        if not self.nodal:
+            return True
+        return n_stage not in ("0", "1mi") and n_stage[:1] in self.n_stages
 
     def matches(self, roi_name: str) -> bool:
         """Whether any pattern matches the whole ``roi_name``."""
@@ -227,7 +242,11 @@ class StructureMap:
             "source": self.source,
             "sha256": self.digest,
             "structures": {
-                s.name: {"patterns": [p.text for p in s.patterns], "nodal": s.nodal}
+                s.name: {
+                    "patterns": [p.text for p in s.patterns],
+                    "nodal": s.nodal,
+                    **({"n_stages": list(s.n_stages)} if s.nodal else {}),
+                }
                 for s in self.structures
             },
             "union": [p.text for p in self.union],
@@ -335,10 +354,28 @@ def _structures(value: object, source: str) -> tuple[StructureEntry, ...]:
         nodal = entry.get("nodal", name in _NODAL_NAMES)
         if not isinstance(nodal, bool):
             raise ConfigurationError(f"{where}.nodal: must be true or false")
-        out.append(
-            StructureEntry(name, _patterns(entry.get("patterns"), f"{where}.patterns"), nodal)
-        )
+        patterns = _patterns(entry.get("patterns"), f"{where}.patterns")
+        out.append(StructureEntry(name, patterns, nodal, _n_stages(entry, nodal, where)))
     return tuple(out)
+
+
+def _n_stages(entry: dict[str, Any], nodal: bool, where: str) -> tuple[str, ...]:
+    """The ``n_stages`` of a structure entry (default N1-N3), checked."""
+    if "n_stages" not in entry:
+        return NODE_POSITIVE_BASES
+    value = entry["n_stages"]
+    if not nodal:
+        raise ConfigurationError(f"{where}.n_stages: only a nodal structure has N stages")
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(v not in NODE_POSITIVE_BASES for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ConfigurationError(
+            f'{where}.n_stages: a non-empty list of distinct stages from ["1", "2", "3"]'
+        )
+    return tuple(sorted(value))
 
 
 def _no_repeated_patterns(

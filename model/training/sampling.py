@@ -36,7 +36,9 @@ class TrainingCase:
     the PatientID, :mod:`model.training.dataset`; empty where unknown). ``source`` is the
     cache entry whose memory maps ``image`` and ``label`` are (empty: arrays in memory); such a
     case pickles as its path and maps the file again where it is unpickled (a DataLoader
-    worker started by ``spawn``).
+    worker started by ``spawn``). ``dropped_classes``: label classes that count as background
+    in this case's crops (a counterfactual note whose target lacks them,
+    :mod:`model.training.convention_variants`); the arrays stay shared.
     """
 
     case_id: str
@@ -47,6 +49,7 @@ class TrainingCase:
     group: str = ""
     patient: str = ""
     source: str = ""
+    dropped_classes: tuple[int, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -99,8 +102,10 @@ def _cut(
     case: TrainingCase, roi: tuple[int, int, int], window: tuple[slice, ...]
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
     image = _pad_to(case.image, roi)
-    label = _pad_to(case.label, roi)
-    return np.asarray(image[window], dtype=np.float32), np.asarray(label[window], dtype=np.uint8)
+    label = np.asarray(_pad_to(case.label, roi)[window], dtype=np.uint8)
+    if case.dropped_classes:
+        label = np.where(np.isin(label, case.dropped_classes), np.uint8(0), label)
+    return np.asarray(image[window], dtype=np.float32), label
 
 
 def random_crop(

@@ -43,6 +43,7 @@ from model.network.segmenter import ContourNet
 from model.text.encoders import TextEncoder
 from model.training.augmentation import AugmentConfig
 from model.training.batches import Batch, BatchPlan, StepBatches
+from model.training.convention_variants import convention_variants
 from model.training.distributed import SINGLE, DistContext, all_reduce_sum, barrier, device_for
 from model.training.heads import (
     HEAD_BIAS,
@@ -94,6 +95,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     pair_fraction: float = 0.0  # share of steps whose batch pairs two notes of one CT
     note_augment: float = 0.0  # share of notes rewritten to another with the same target
+    # nodal class -> N stages it is drawn for: derive counterfactual notes by the site's rule
+    stage_rule: tuple[tuple[int, tuple[str, ...]], ...] = ()
     # (case-id regex, weight) pairs: cases (and CT groups) matching are drawn that much more often
     oversample: tuple[tuple[str, float], ...] = ()
     # geometry, intensity and text-aware mirror augmentation of the crops (off by default)
@@ -351,6 +354,8 @@ class Trainer:
         """
         start = time.perf_counter()
         train, val = split_cases(cases, self.cfg.val_fraction, self.cfg.seed)
+        if self.cfg.stage_rule:  # after the split: variants stay with their case's side
+            train = train + convention_variants(train, dict(self.cfg.stage_rule))
         steps = self._steps(len(train))
         total = steps * self.cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(

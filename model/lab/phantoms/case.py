@@ -205,7 +205,7 @@ def generate_case(
         scale=scale,
         grid=grid,
         hu=hu,
-        masks=ctv_masks(anatomy, clinical),
+        masks=ctv_masks(anatomy, clinical, profile.convention),
         clinical=clinical,
         anatomy=anatomy,
         uids=case_uids(case_id, profile.name, rng_seed, scale, grid.shape[0]),
@@ -263,7 +263,12 @@ def side_n_switched(case: PhantomCase, side: Side) -> PhantomCase:
     )
     record = case.clinical.model_copy(update={"diagnoses": diagnoses})
     kind = f"n_switch_{side.value}"
-    return replace(case, clinical=record, masks=ctv_masks(case.anatomy, record), perturbation=kind)
+    return replace(
+        case,
+        clinical=record,
+        masks=ctv_masks(case.anatomy, record, case.profile.convention),
+        perturbation=kind,
+    )
 
 
 def perturb(case: PhantomCase, kind: str) -> PhantomCase:
@@ -273,4 +278,9 @@ def perturb(case: PhantomCase, kind: str) -> PhantomCase:
     ``perturbation`` change.
     """
     record = perturbed_record(case.clinical, kind)
-    return replace(case, clinical=record, masks=ctv_masks(case.anatomy, record), perturbation=kind)
+    return replace(
+        case,
+        clinical=record,
+        masks=ctv_masks(case.anatomy, record, case.profile.convention),
+        perturbation=kind,
+    )

@@ -279,7 +279,8 @@ def sample_params(rng: np.random.Generator, profile: SiteProfile) -> PhantomPara
     """Draw every parameter of one phantom (both sides, all surgical options).
 
     The breasts' cranial ends lie near a random table position; the scan runs from 70-100 mm
-    above the highest breast top to 20-40 mm below the lowest breast bottom (LPS ``z``).
+    (the site convention's ``scan_above_top``) above the highest breast top to 20-40 mm below
+    the lowest breast bottom (LPS ``z``).
     """
     scanner = _sample_scanner(rng, profile)
     body = _sample_body(rng)
@@ -288,7 +289,9 @@ def sample_params(rng: np.random.Generator, profile: SiteProfile) -> PhantomPara
     breasts = {s: _sample_breast(rng, s, body.a, table_top) for s in sides}
     surgical = {s: _sample_surgical(rng) for s in sides}
     nodes = {s: _sample_nodes(rng) for s in sides}
-    scan_top = max(p.top for p in breasts.values()) + uniform(rng, (70, 100))
+    scan_top = max(p.top for p in breasts.values()) + uniform(
+        rng, profile.convention.scan_above_top
+    )
     scan_bottom = min(p.bottom for p in breasts.values()) - uniform(rng, (20, 40))
     return PhantomParams(
         scanner=scanner,

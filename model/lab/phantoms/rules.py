@@ -8,8 +8,10 @@ Coordinates: LPS millimetres; arrays ``(k, j, i)``. For each treated side:
   ribs, over the footprint the breast had;
 * N1-N3 -> ``CTV_LN_Axilla``, ``CTV_LN_SCF``, ``CTV_LN_IMN`` of that side.
 
-``CTV`` is the union. "Below the skin" is the 3-D Euclidean distance (voxel centre to voxel
-centre, in mm) to the nearest air voxel outside the body.
+A site's :class:`~model.lab.phantoms.sites.CtvConvention` may differ: IMN only for some N
+stages, the SCF reaching higher. ``CTV`` is the union. "Below the skin" is the 3-D
+Euclidean distance (voxel centre to voxel centre, in mm) to the nearest air voxel outside
+the body.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from scipy.ndimage import distance_transform_edt
 from model.lab.phantoms.anatomy import Anatomy
 from model.lab.phantoms.params import SIDE_SIGN
 from model.lab.phantoms.shapes import BoolArray, Box, F32Array, box_from_ranges, ellipsoid
-from model.text.clinical import ClinicalRecord, Side, Surgery
+from model.lab.phantoms.sites import SPEC_CONVENTION, CtvConvention
+from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
 
 ROI_CTV = "CTV"
 ROI_BREAST = "CTV_Breast"
@@ -121,16 +124,21 @@ def _axilla(anatomy: Anatomy, side: Side) -> BoolArray:
     return box.to_full(local & anterior[None, :, None], anatomy.shape) & anatomy.body
 
 
-def _scf(anatomy: Anatomy, side: Side) -> BoolArray:
-    """Supraclavicular fossa: ellipsoid at x = +/-0.3a, z from top + 20 to top + 70 (LPS mm)."""
+_SCF_BOTTOM_MM = 20.0
+
+
+def _scf(anatomy: Anatomy, side: Side, top_mm: float = SPEC_CONVENTION.scf_top_mm) -> BoolArray:
+    """Supraclavicular fossa: ellipsoid at x = +/-0.3a, z from top + 20 to top + ``top_mm``
+    (the spec: 70; LPS mm)."""
     body, breast = anatomy.params.body, anatomy.params.breasts[side]
     n = anatomy.params.nodes[side]
     centre = (
         body.cx + SIDE_SIGN[side] * 0.3 * body.a,
         body.cy - n.scf_y_frac * body.b,
-        breast.top + 45.0,
+        breast.top + (_SCF_BOTTOM_MM + top_mm) / 2.0,
     )
-    box, local = ellipsoid(anatomy.coords, centre, (n.scf_semi_x, n.scf_semi_y, 25.0))
+    semi_z = (top_mm - _SCF_BOTTOM_MM) / 2.0
+    box, local = ellipsoid(anatomy.coords, centre, (n.scf_semi_x, n.scf_semi_y, semi_z))
     return box.to_full(local, anatomy.shape) & anatomy.body
 
 
@@ -166,37 +174,45 @@ def _imn(anatomy: Anatomy, side: Side) -> BoolArray:
     return box.to_full(local, anatomy.shape) & anatomy.body
 
 
-def node_regions(anatomy: Anatomy, side: Side) -> dict[str, BoolArray]:
+def node_regions(
+    anatomy: Anatomy, side: Side, convention: CtvConvention = SPEC_CONVENTION
+) -> dict[str, BoolArray]:
     """The three node regions of ``side`` (full-size masks, intersected with the body)."""
     return {
         ROI_AXILLA: _axilla(anatomy, side),
-        ROI_SCF: _scf(anatomy, side),
+        ROI_SCF: _scf(anatomy, side, convention.scf_top_mm),
         ROI_IMN: _imn(anatomy, side),
     }
 
 
 def side_volumes(
-    anatomy: Anatomy, side: Side, surgery: Surgery, node_positive: bool
+    anatomy: Anatomy, diagnosis: Diagnosis, convention: CtvConvention = SPEC_CONVENTION
 ) -> dict[str, BoolArray]:
-    """The sub-volumes the rule gives one treated side."""
-    if surgery is Surgery.BREAST_CONSERVING:
+    """The sub-volumes the rule (of ``convention``) gives one treated side."""
+    side = diagnosis.side
+    if diagnosis.surgery is Surgery.BREAST_CONSERVING:
         volumes = {ROI_BREAST: breast_ctv(anatomy, side)}
     else:
         volumes = {ROI_CHEST_WALL: chest_wall_ctv(anatomy, side)}
-    if node_positive:
-        volumes.update(node_regions(anatomy, side))
+    if diagnosis.node_positive:
+        nodes = node_regions(anatomy, side, convention)
+        if not convention.treats_imn(diagnosis.n_stage):
+            del nodes[ROI_IMN]
+        volumes.update(nodes)
     return volumes
 
 
-def ctv_masks(anatomy: Anatomy, record: ClinicalRecord) -> dict[str, BoolArray]:
+def ctv_masks(
+    anatomy: Anatomy, record: ClinicalRecord, convention: CtvConvention = SPEC_CONVENTION
+) -> dict[str, BoolArray]:
     """Ground truth for ``record`` on ``anatomy``: ``CTV`` and the non-empty sub-volumes.
 
     Sub-volumes of two treated sides are merged under one name. Keys come in the order
-    ``CTV`` then :data:`SUB_VOLUMES`.
+    ``CTV`` then :data:`SUB_VOLUMES`. ``convention``: the site's rule (default the spec's).
     """
     merged: dict[str, BoolArray] = {}
     for d in record.diagnoses:
-        for name, mask in side_volumes(anatomy, d.side, d.surgery, d.node_positive).items():
+        for name, mask in side_volumes(anatomy, d, convention).items():
             merged[name] = merged[name] | mask if name in merged else mask
     subs = {name: merged[name] for name in SUB_VOLUMES if name in merged and merged[name].any()}
     ctv = np.zeros(anatomy.shape, dtype=bool)

@@ -20,6 +20,47 @@ SPEC_VERSION = "1.1"
 
 
 @dataclass(frozen=True)
+class CtvConvention:
+    """How a department draws the nodal CTV: the spec's rule, or a site's own guideline.
+
+    Attributes
+    ----------
+    name
+        ``"spec"`` (``breast-phantom.md``) or a site's name.
+    imn_n_stages
+        Base N stages (``"1"``, ``"2"``, ``"3"``; a/b/c suffixes ignored) whose nodal CTV
+        includes the internal mammary nodes. The spec: N1-N3. Many centres: N2-N3 only.
+    scf_top_mm
+        Cranial end of the supraclavicular CTV above the breast top (mm; the spec: 70). Its
+        caudal end stays at 20 mm.
+    scan_above_top
+        Range (mm) of the scan's extent above the highest breast top (the spec: 70-100); a
+        convention whose SCF reaches higher scans higher, as its CT protocol would.
+    """
+
+    name: str
+    imn_n_stages: frozenset[str] = frozenset({"1", "2", "3"})
+    scf_top_mm: float = 70.0
+    scan_above_top: tuple[float, float] = (70.0, 100.0)
+
+    def treats_imn(self, n_stage: str) -> bool:
+        """Whether a node-positive side of ``n_stage`` (e.g. ``"2a"``) gets the IMN CTV."""
+        return n_stage[:1] in self.imn_n_stages
+
+
+SPEC_CONVENTION = CtvConvention(name="spec")
+"""The ground-truth rule of ``breast-phantom.md``."""
+
+IMN_N2_CONVENTION = CtvConvention(
+    name="imn-n2-scf-high",
+    imn_n_stages=frozenset({"2", "3"}),
+    scf_top_mm=85.0,
+    scan_above_top=(90.0, 115.0),
+)
+"""A department unlike the spec: IMN only for N2-N3, the SCF CTV 15 mm higher."""
+
+
+@dataclass(frozen=True)
 class SiteProfile:
     """One scanner profile and clinical mix.
 
@@ -46,6 +87,8 @@ class SiteProfile:
         ``False``: int16 pixels with RescaleIntercept 0.
     acquisition_extras
         Draw couch, arms, contrast and numbering order (:mod:`model.lab.phantoms.acquisition`).
+    convention
+        The CTV rule the site's clinicians follow (:class:`CtvConvention`).
     domain_randomised
         Draw abdominal organs under the lungs (a liver dome that may reach the caudal breast
         slices, spleen, stomach gas) and breasts from small and flat to large
@@ -63,6 +106,7 @@ class SiteProfile:
     unsigned_storage: bool
     acquisition_extras: bool = False
     domain_randomised: bool = False
+    convention: CtvConvention = SPEC_CONVENTION
 
 
 SITES: dict[str, SiteProfile] = {
@@ -196,3 +240,16 @@ def sample_clinical(rng: np.random.Generator, profile: SiteProfile) -> ClinicalR
     return ClinicalRecord(
         diagnoses=diagnoses, age=age, pathology=pathology, neoadjuvant_chemotherapy=chemo
     )
+
+
+# A synthetic department for site adaptation (issue 24): site A's scanners, more node-positive
+# patients, and its own convention (IMN only for N2-N3, a higher SCF). Not in the spec; its
+# cases teach and test fine-tuning to a department, never the shipped model.
+SITES["S"] = replace(
+    SITES["A"],
+    name="S",
+    laterality=(0.5, 0.5, 0.0),
+    n_stage=(0.25, 0.05, 0.35, 0.20, 0.15),
+    mastectomy=0.3,
+    convention=IMN_N2_CONVENTION,
+)
