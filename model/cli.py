@@ -10,15 +10,14 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.errors import ConfigurationError, LlmctvError
+from model.lab.phantoms_cli import register_phantoms
 
 if TYPE_CHECKING:
-    from model.lab.phantoms.cohort import WrittenCase
     from model.network.config import NetworkChoice
     from model.workflows import DataOptions, WindowOptions
 
@@ -253,82 +252,6 @@ def _add_window_options(p: argparse.ArgumentParser) -> None:
 
 
 Registrar = Callable[["argparse._SubParsersAction[Any]"], argparse.ArgumentParser]
-
-
-def register_phantoms(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
-    """Add ``phantoms``: write a synthetic breast-RT cohort."""
-    from model.lab.phantoms.sites import SITES, SPEC_VERSION
-
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "phantoms",
-        help="write a synthetic breast-RT cohort (CT + ground-truth RTSTRUCT + clinical CSV)",
-        description=(
-            f"Generate synthetic breast phantoms (spec v{SPEC_VERSION}): per case an axial CT "
-            "series and a ground-truth RTSTRUCT, plus clinical.csv and cohort.json."
-        ),
-    )
-    parser.add_argument("--out", type=Path, required=True, help="new or empty output folder")
-    parser.add_argument("--cases", type=int, required=True, help="number of cases")
-    parser.add_argument("--site", choices=sorted(SITES), required=True, help="scanner profile")
-    parser.add_argument("--seed", type=int, required=True, help="cohort seed (>= 0)")
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="matrix scale in (0, 1]: 0.25 gives 128x128 slices over the same field of view",
-    )
-    parser.add_argument(
-        "--counterfactuals",
-        action="store_true",
-        help="also write each case's text perturbations (same CT, recomputed target): training",
-    )
-    parser.add_argument(
-        "--department-export",
-        type=int,
-        metavar="FIRST",
-        help="site S only: write the synthetic department's export instead (rt-utils RTSTRUCTs "
-        "with its ROI names, PTV, BODY, union; cases FIRST, FIRST+1, ...; docs/site-adaptation.md)",
-    )
-    parser.set_defaults(func=cmd_phantoms)
-    return parser
-
-
-def _report_case(written: WrittenCase) -> None:
-    """Print one line per written case."""
-    diagnoses = written.summary["prompt"]
-    print(f"{written.case_id}: {len(written.ct_files)} slices; {diagnoses}", flush=True)
-
-
-def cmd_phantoms(args: argparse.Namespace) -> int:
-    """Write the cohort described by ``args``; errors propagate to the CLI (exit 2)."""
-    start = time.perf_counter()
-    if args.department_export is not None:
-        from model.lab.department import DEPARTMENT_SITE, write_department_export
-
-        if args.site != DEPARTMENT_SITE or args.counterfactuals:
-            raise ConfigurationError("--department-export: --site S, without --counterfactuals")
-        exported = write_department_export(
-            args.out, args.cases, args.seed, args.scale, first=args.department_export
-        )
-        elapsed = time.perf_counter() - start
-        print(
-            f"wrote the department export of {len(exported)} cases to {args.out} in {elapsed:.1f} s"
-        )
-        return 0
-    from model.lab.phantoms.cohort import write_cohort
-
-    written = write_cohort(
-        args.out,
-        args.cases,
-        args.site,
-        args.seed,
-        args.scale,
-        progress=_report_case,
-        counterfactuals=args.counterfactuals,
-    )
-    elapsed = time.perf_counter() - start
-    print(f"wrote {len(written)} cases to {args.out} in {elapsed:.1f} s")
-    return 0
 
 
 def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
