@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import numpy.typing as npt
 import torch
 from monai.inferers.utils import sliding_window_inference
 
+from model.dataset.stage_rule import StageRule
 from model.errors import ConfigurationError
 from model.imaging.confidence import confidence_of_sides, structure_confidence
 from model.imaging.geometry import Volume
@@ -101,6 +102,9 @@ class Prediction:
         the CT showed the lungs they need.
     confidence
         Mean class probability per kept (structure, side) (:mod:`model.imaging.confidence`).
+    stage_rule_removed_cc
+        Structures the version's N-stage rule removed, cc by label
+        (:mod:`model.dataset.stage_rule`; :meth:`Predictor.predict_record` only).
     """
 
     mask: npt.NDArray[np.bool_]
@@ -111,6 +115,7 @@ class Prediction:
     cleaning: CleaningReport | None = None
     plausibility: PlausibilityReport | None = None
     confidence: dict[tuple[str, str], float] = field(default_factory=dict)
+    stage_rule_removed_cc: dict[str, float] = field(default_factory=dict)
 
 
 class Predictor:
@@ -133,6 +138,9 @@ class Predictor:
         Postprocessing on the CT grid: body mask, islands (:mod:`model.imaging.postprocessing`).
     checkpoint_hash
         Short hash of the checkpoint (recorded with results).
+    stage_rule
+        The department's N-stage rule the checkpoint was trained with, applied by
+        :meth:`predict_record` (``None``: none).
 
     The text encoder, when attached, is moved to the same device as the network.
     """
@@ -149,6 +157,7 @@ class Predictor:
         cache: ContextStore | None = None,
         checkpoint_hash: str = "",
         cleaning: CleaningPolicy | None = None,
+        stage_rule: StageRule | None = None,
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
@@ -161,6 +170,7 @@ class Predictor:
         self.cache: ContextStore = cache if cache is not None else ContextCache()
         self.checkpoint_hash = checkpoint_hash
         self.cleaning = cleaning or CleaningPolicy()
+        self.stage_rule = stage_rule
 
     @classmethod
     def from_checkpoint(
@@ -203,6 +213,7 @@ class Predictor:
             overlap=overlap,
             sw_batch_size=sw_batch_size,
             cache=cache,
+            stage_rule=StageRule.of_checkpoint(ckpt.meta),
         )
 
     def context_for(self, note: str) -> torch.Tensor:
@@ -285,17 +296,33 @@ class Predictor:
         note and keeps only its own side's structures (:func:`merged_sides`), which costs a
         second network pass. The context of a bilateral note encodes its second clause's N
         stage weakly, while one-sided notes are read well on either side (measured in
-        ``docs/structure-sets.md``).
+        ``docs/structure-sets.md``). The version's N-stage rule (:attr:`stage_rule`) then
+        removes what it does not draw for a side's N stage.
         """
         parts = record.per_side() if self.network.config.structures else ()
         if not parts:
-            return self.predict(volume, record.prompt_text(), progress=progress)
-        predictions = []
-        for index, part in enumerate(parts):
-            share = scaled_progress(progress, index / len(parts), 1 / len(parts))
-            predictions.append(self.predict(volume, part.prompt_text(), progress=share))
-        sides = tuple(p.diagnoses[0].side.letter for p in parts)
-        return merged_sides(predictions, sides)
+            prediction = self.predict(volume, record.prompt_text(), progress=progress)
+        else:
+            predictions = []
+            for index, part in enumerate(parts):
+                share = scaled_progress(progress, index / len(parts), 1 / len(parts))
+                predictions.append(self.predict(volume, part.prompt_text(), progress=share))
+            sides = tuple(p.diagnoses[0].side.letter for p in parts)
+            prediction = merged_sides(predictions, sides)
+        if self.stage_rule is None or not prediction.structures:
+            return prediction
+        voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
+        kept, union, removed = self.stage_rule.apply(prediction.structures, record, voxel_cc)
+        if union is None:
+            return prediction
+        confidence = {k: v for k, v in prediction.confidence.items() if k in kept}
+        return replace(
+            prediction,
+            mask=union,
+            structures=kept,
+            confidence=confidence,
+            stage_rule_removed_cc=removed,
+        )
 
     def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:
         if self.network.alignment is None:

@@ -252,7 +252,13 @@ def _contour(url: str, token: str, case: Path, clinical: dict[str, Any]) -> dict
     rtstruct = case.parent.parent / f"job-{links['job_id']}.dcm"
     rtstruct.write_bytes(httpx.get(url + links["rtstruct_url"], headers=headers).content)
     names = [roi.name for roi in read_structure_set(rtstruct).rois]
-    return {"status": "succeeded", "model_version": status.get("model_version"), "rois": names}
+    return {
+        "status": "succeeded",
+        "model_version": status.get("model_version"),
+        "rois": names,
+        "warnings": status.get("warnings", []),
+        "attention": status.get("attention", []),
+    }
 
 
 def deploy(out: Path) -> dict[str, Any]:
@@ -269,6 +275,9 @@ def deploy(out: Path) -> dict[str, Any]:
     llmctv("models", "promote", "shipped-v1", "--override-reason", OVERRIDE, *base)
     test = out / "test"
     case_id, record = next(iter(read_clinical_csv(test / "clinical.csv").items()))
+    # The case's CT with an N1 note: the site draws no internal mammary nodes for N1.
+    diagnoses = tuple(d.model_copy(update={"n_stage": "1"}) for d in record.diagnoses)
+    record = record.model_copy(update={"diagnoses": diagnoses})
     clinical = record.model_dump(mode="json")
     storage = out / "service"
     shutil.rmtree(storage, ignore_errors=True)

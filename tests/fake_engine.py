@@ -30,7 +30,11 @@ class FakeEngine(ContourEngine):
     def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
         network = SimpleNamespace(alignment=None, config=SimpleNamespace(structures=()))
         stub = SimpleNamespace(
-            checkpoint_hash="fake0000", network=network, context=None, cache=ContextCache()
+            checkpoint_hash="fake0000",
+            network=network,
+            context=None,
+            cache=ContextCache(),
+            stage_rule=None,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.delay_s = delay_s

@@ -12,20 +12,26 @@ from collections.abc import Mapping
 import numpy as np
 
 from model.contouring.consistency import SIDE_LETTER, SIDE_WORD, BoolArray
+from model.dataset.stage_rule import StageRule
 from model.imaging.plausibility import PlausibilityReport
 from model.network.structures import NODAL, Structure
 from model.text.clinical import ClinicalRecord, Surgery
 
 
-def _required(record: ClinicalRecord) -> list[tuple[str, str]]:
-    """(structure, side) pairs the note calls for."""
+def _required(record: ClinicalRecord, rule: StageRule | None = None) -> list[tuple[str, str]]:
+    """(structure, side) pairs the note calls for (nodal ones as the version's N-stage rule
+    draws them, e.g. no internal mammary nodes for N1 at a site that treats them for N2-N3)."""
     keys = []
     for d in record.diagnoses:
         side = SIDE_LETTER[d.side]
         main = Structure.CHEST_WALL if d.surgery is Surgery.TOTAL_MASTECTOMY else Structure.BREAST
         keys.append((main.value, side))
         if d.node_positive:
-            keys += [(s.value, side) for s in NODAL]
+            keys += [
+                (s.value, side)
+                for s in sorted(NODAL)
+                if rule is None or rule.drawn(s.value, d.n_stage)
+            ]
     return keys
 
 
@@ -38,11 +44,13 @@ def attention_findings(
     implausible_share: float = 0.2,
     confidence: Mapping[tuple[str, str], float] | None = None,
     flag_below: float = 0.0,
+    rule: StageRule | None = None,
 ) -> list[str]:
     """Needs-attention findings: what a reviewer must check before the RTSTRUCT may leave.
 
     * the CT shows no lungs: the anatomical rules could not check anything;
-    * a structure the note requires is missing (under ``min_cc``) after the rules;
+    * a structure the note requires (nodal ones by ``rule``, the version's N-stage rule) is
+      missing (under ``min_cc``) after the rules;
     * more than ``implausible_share`` of a required structure was implausible (removed);
     * a structure reaches the edge of the field of view (the CT cuts the patient there);
     * a structure's confidence (:mod:`model.imaging.confidence`) is below ``flag_below``.
@@ -66,7 +74,7 @@ def attention_findings(
         )
     if any(name == "ctv" for name, _ in structures):
         return found
-    for name, side in _required(record):
+    for name, side in _required(record, rule):
         mask = structures.get((name, side))
         kept = 0.0 if mask is None else float(np.count_nonzero(mask)) * voxel_cc
         removed = plausibility.removed_of((name, side)) if plausibility is not None else 0.0

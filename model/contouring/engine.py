@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
+from model.dataset.stage_rule import StageRule
 from model.errors import NoteTooLongError
 from model.imaging.confidence import confidence_of_sides
 from model.imaging.geometry import Grid, Volume
@@ -105,19 +106,42 @@ class ContourEngine:
 
         A structure network contours a bilateral record without a free-text note side by side:
         each side with its own one-sided note, keeping that side's structures (as
-        :meth:`model.inference.Predictor.predict_record`); otherwise one :meth:`contour`.
+        :meth:`model.inference.Predictor.predict_record`); otherwise one :meth:`contour`. The
+        version's N-stage rule then removes what it does not draw for a side's N stage (a
+        ``site rule: ...`` entry of ``removed_cc``).
         """
         parts = record.per_side() if self.multimodal and self.has_structures else ()
         if not parts:
-            return self.contour(volume, record.prompt_text(), progress)
-        from model.inference import scaled_progress
+            result = self.contour(volume, record.prompt_text(), progress)
+        else:
+            from model.inference import scaled_progress
 
-        results = []
-        for index, part in enumerate(parts):
-            start, share = index / len(parts), 1 / len(parts)
-            step = scaled_progress(progress, start, share)
-            results.append(self.contour(volume, part.prompt_text(), step))
-        return _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
+            results = []
+            for index, part in enumerate(parts):
+                start, share = index / len(parts), 1 / len(parts)
+                step = scaled_progress(progress, start, share)
+                results.append(self.contour(volume, part.prompt_text(), step))
+            result = _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
+        rule = self.stage_rule
+        if rule is None or not result.structures:
+            return result
+        voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
+        kept, union, removed = rule.apply(result.structures, record, voxel_cc)
+        if union is None:
+            return result
+        confidence = {k: v for k, v in result.confidence.items() if k in kept}
+        return replace(
+            result,
+            mask=union,
+            structures=kept,
+            removed_cc={**result.removed_cc, **removed},
+            confidence=confidence,
+        )
+
+    @property
+    def stage_rule(self) -> StageRule | None:
+        """The version's N-stage rule (:mod:`model.dataset.stage_rule`), if it has one."""
+        return self.predictor.stage_rule
 
     @property
     def has_structures(self) -> bool:

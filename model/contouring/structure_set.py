@@ -248,6 +248,7 @@ def contour_and_check(
             min_cc,
             confidence=result.confidence,
             flag_below=policy.confidence_flag_below,
+            rule=engine.stage_rule,
         )
     warnings += removal_warnings(result.removed_cc, policy.removed_warning_cc)
     timings["consistency"] = time.perf_counter() - t0

@@ -54,9 +54,15 @@ def test_a_department_adapts_commissions_promotes_and_rolls_back(tmp_path: Path)
     assert first["rois"][0] == "CTV"
     assert all(n.endswith(suffix) and len(n) <= 16 for n in first["rois"][1:])
     assert any(n.startswith(("CTV Breast", "CTV CW")) for n in first["rois"])
+    # The note says N1: the site's rule (IMN for N2-N3 only) holds in the served version,
+    # and a removal says why; the shipped model draws the IMN for N1 (the spec's rule).
+    assert deploy["note"].startswith("N1, ")
+    assert not any(n.startswith("CTVn IMC") for n in first["rois"])
+    assert not any("imn" in a for a in first["attention"])
     # ... and one rollback later the shipped model again, with its TG-263 names.
     assert deploy["rollback_status"] == 200
     assert deploy["after_rollback_promoted"] == "shipped-v1"
     assert second["status"] == "succeeded", second
     assert second["model_version"].startswith("model shipped v1 ")
     assert any(n.startswith(("CTVp_Breast", "CTVp_ChestWall")) for n in second["rois"])
+    assert any(n.startswith("CTVn_IMN") for n in second["rois"])

@@ -1,4 +1,5 @@
-"""Counterfactual notes by the department's rule (``llmctv train --convention-variants``).
+"""The department's N-stage rule: counterfactual notes in training (``llmctv train
+--convention-variants``) and the rule in the served version (:mod:`model.dataset.stage_rule`).
 
 Labels are network-grid class maps ``(k, j, i)``: 1 breast, 2 chest wall, 3 axilla, 4 SCF,
 5 IMN (the structure map's order). The department draws the IMN for N2-N3 only.
@@ -13,9 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.contouring.attention import attention_findings
+from model.dataset.stage_rule import StageRule
 from model.dataset.structure_map import parse_structure_map
 from model.errors import ConfigurationError
 from model.lab.department import SITE_STRUCTURE_MAP
+from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery
 from model.training.convention_variants import convention_variants
 from model.training.sampling import TrainingCase, random_crop
 from model.training.trainer import TrainConfig
@@ -103,3 +107,36 @@ def test_bad_n_stages_are_refused(value: str, message: str) -> None:
     )
     with pytest.raises(ConfigurationError, match="only a nodal structure"):
         parse_structure_map(breast)
+
+
+# --- the rule in the served version ---------------------------------------------------------------
+def _record(*sides: tuple[str, str]) -> ClinicalRecord:
+    return ClinicalRecord(
+        diagnoses=tuple(
+            Diagnosis(side=Side(s), surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage=n)
+            for s, n in sides
+        )
+    )
+
+
+def test_the_served_rule_removes_what_the_site_does_not_draw_and_says_so() -> None:
+    """IMN drawn for an N1 side is removed (with its cc and why); the N2 side keeps its IMN;
+    a map without n_stages has no rule; attention does not ask for the IMN of N1."""
+    rule = StageRule.of_map(parse_structure_map(SITE_STRUCTURE_MAP))
+    assert rule is not None and rule.stages == (("imn", ("2", "3")),)
+    assert StageRule.of_map(parse_structure_map(SITE_STRUCTURE_MAP.replace(
+        'n_stages = ["2", "3"]', ""))) is None  # fmt: skip
+    shape = (4, 6, 6)
+    blob = np.zeros(shape, dtype=bool)
+    blob[1:3, 1:3, 1:3] = True  # 8 voxels
+    structures = {(n, s): blob.copy() for n in ("breast", "axilla", "scf", "imn") for s in "LR"}
+    record = _record(("left", "1"), ("right", "2a"))
+    kept, union, removed = rule.apply(structures, record, voxel_cc=0.5)
+    assert set(structures) - set(kept) == {("imn", "L")}
+    assert removed == {"site rule: imn L: N1, drawn for N2-N3": 4.0}
+    assert union is not None and union.sum() == 8
+    assert rule.apply(structures, _record(("left", "3"), ("right", "2")), 0.5)[1] is None
+    required = attention_findings(record, kept, None, 0.5, 1.0, rule=rule)
+    assert not any("imn" in finding for finding in required)
+    without_rule = attention_findings(record, kept, None, 0.5, 1.0)
+    assert any("internal" in f or "imn" in f for f in without_rule)

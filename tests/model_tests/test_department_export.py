@@ -81,8 +81,8 @@ def test_the_site_scf_reaches_15_mm_higher_inside_its_scan() -> None:
 def test_the_rt_utils_export_reads_back_in_place_with_the_site_names(tmp_path: Path) -> None:
     """Each ROI rt-utils wrote, rasterised by our reader on the CT, matches the mask it was
     given: Dice >= 0.85 from 20 cc (rt-utils' polygons run through boundary voxel centres,
-    half a 4 mm voxel inside) and centroids within a voxel (4 mm); a wrong slice order or a transposed mask would
-    put the CTV elsewhere (Dice near 0)."""
+    half a 4 mm voxel inside) and centroids within a voxel (4 mm); a wrong slice order or a
+    transposed mask would put the CTV elsewhere (Dice near 0)."""
     out = tmp_path / "export"
     exported = write_department_export(out, 2, seed=5, scale=0.25, first=7)
     assert [e.case_id for e in exported] == ["case0007", "case0008"]

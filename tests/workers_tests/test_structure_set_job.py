@@ -39,7 +39,11 @@ class TruthEngine(ContourEngine):
         structures = tuple(_PHANTOM_NAMES.values())
         network = SimpleNamespace(alignment=None, config=SimpleNamespace(structures=structures))
         stub = SimpleNamespace(
-            checkpoint_hash="truth000", network=network, context=None, cache=ContextCache()
+            checkpoint_hash="truth000",
+            network=network,
+            context=None,
+            cache=ContextCache(),
+            stage_rule=None,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.masks = masks
@@ -126,7 +130,11 @@ class NoteReadingEngine(ContourEngine):
             alignment=object(), config=SimpleNamespace(structures=("breast", "axilla"))
         )
         stub = SimpleNamespace(
-            checkpoint_hash="sides000", network=network, context=None, cache=ContextCache()
+            checkpoint_hash="sides000",
+            network=network,
+            context=None,
+            cache=ContextCache(),
+            stage_rule=None,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.notes: list[str] = []

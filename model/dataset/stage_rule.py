@@ -1,0 +1,109 @@
+"""The department's N-stage rule, applied to what a model version draws.
+
+A structure map may say that a nodal structure is drawn only for some N stages
+(``n_stages``: e.g. the internal mammary nodes for N2-N3 only; :mod:`model.dataset.structure_map`).
+A checkpoint trained with that map carries it (``structure_map`` in its metadata), and the rule
+is part of the version as served: wherever a clinical record is contoured (the job path,
+``llmctv evaluate`` and ``llmctv commission``), a structure the rule does not draw for its
+side's N stage is removed and reported, and is not required by the needs-attention findings.
+
+The network may have learnt the rule too (``llmctv train --convention-variants``); the rule
+makes the department's protocol hold whatever the network learnt, the way a written protocol
+would, and says so in the job's warnings. Structure keys are ``(name, side)`` with side
+``"L"``/``"R"`` (patient sides, LPS +x = left).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from model.dataset.structure_map import NODE_POSITIVE_BASES, StructureMap
+from model.dataset.structure_targets import map_from_meta
+from model.text.clinical import ClinicalRecord
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class StageRule:
+    """Nodal structures drawn only for some N stages: ``(structure, stages)`` pairs."""
+
+    stages: tuple[tuple[str, tuple[str, ...]], ...]
+
+    @classmethod
+    def of_map(cls, structure_map: StructureMap | None) -> StageRule | None:
+        """The rule of a structure map; ``None`` when no structure restricts its stages."""
+        if structure_map is None:
+            return None
+        pairs = tuple(
+            (s.name, s.n_stages)
+            for s in structure_map.structures
+            if s.nodal and s.n_stages != NODE_POSITIVE_BASES
+        )
+        return cls(pairs) if pairs else None
+
+    @classmethod
+    def of_checkpoint(cls, meta: Mapping[str, Any]) -> StageRule | None:
+        """The rule of the structure map a checkpoint was trained with (its metadata)."""
+        return cls.of_map(map_from_meta(dict(meta)))
+
+    def drawn(self, structure: str, n_stage: str) -> bool:
+        """Whether ``structure`` is drawn for a node-positive side of ``n_stage`` (``"2a"``).
+
+        Structures the rule does not name are drawn (the usual N1-N3 rule applies to them).
+        """
+        for name, stages in self.stages:
+            if name == structure:
+                return n_stage[:1] in stages
+        return True
+
+    def excluded(self, keys: Iterable[Key], record: ClinicalRecord) -> list[Key]:
+        """The keys the rule does not draw for their side's N stage (sorted).
+
+        Only node-positive sides are judged: what N0/N1mi sides must not have is the
+        consistency checks' business, and a side the record does not name is left alone.
+        """
+        stage = {d.side.letter: d.n_stage for d in record.diagnoses if d.node_positive}
+        return sorted(
+            (name, side)
+            for name, side in keys
+            if side in stage and not self.drawn(name, stage[side])
+        )
+
+    def describe(self, key: Key, record: ClinicalRecord) -> str:
+        """``"imn L: N1, drawn for N2-N3"`` for a removed key (no patient data)."""
+        name, side = key
+        stages = dict(self.stages)[name]
+        n_stage = next(d.n_stage for d in record.diagnoses if d.side.letter == side)
+        return f"{name} {side}: N{n_stage}, drawn for N" + "-N".join(stages)
+
+    def apply(
+        self,
+        structures: Mapping[Key, npt.NDArray[np.bool_]],
+        record: ClinicalRecord,
+        voxel_cc: float,
+    ) -> tuple[dict[Key, npt.NDArray[np.bool_]], npt.NDArray[np.bool_] | None, dict[str, float]]:
+        """``(kept structures, their union or None if none was removed, removed cc by label)``.
+
+        Labels read ``"site rule: imn L: N1, drawn for N2-N3"``.
+        """
+        gone = self.excluded(structures, record)
+        if not gone:
+            return dict(structures), None, {}
+        kept = {key: mask for key, mask in structures.items() if key not in gone}
+        removed = {
+            f"site rule: {self.describe(key, record)}": round(
+                float(np.count_nonzero(structures[key])) * voxel_cc, 2
+            )
+            for key in gone
+        }
+        shape = next(iter(structures.values())).shape
+        union = np.zeros(shape, dtype=bool)
+        for mask in kept.values():
+            union |= mask
+        return kept, union, removed
