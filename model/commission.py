@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.dataset.stage_rule import StageRule
 from model.dataset.structure_map import load_structure_map
 from model.dataset.structure_targets import map_from_meta
 from model.dicom.rtstruct.reader import RoiRule
@@ -205,6 +206,7 @@ def evaluate_models(
     metrics: MetricConfig | None = None,
     worst: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    rule_removals: dict[str, int] | None = None,
 ) -> tuple[list[CaseResult], list[CaseSnapshot], list[dict[str, str]], dict[str, float]]:
     """Contour every case with every model and measure every structure.
 
@@ -222,6 +224,9 @@ def evaluate_models(
         How many of the candidate's worst cases to keep snapshots of.
     progress
         Called with ``(done, total)`` after each case.
+    rule_removals
+        When given, counts per model the (case, structure, side) that the version's N-stage
+        rule removed (:mod:`model.dataset.stage_rule`).
 
     Returns
     -------
@@ -258,6 +263,9 @@ def evaluate_models(
             started = time.perf_counter()
             prediction = predictor.predict_record(volume, record)
             seconds[name] += time.perf_counter() - started
+            if rule_removals is not None:
+                removed = len(prediction.stage_rule_removed_cc)
+                rule_removals[name] = rule_removals.get(name, 0) + removed
             # A structure network is measured on every reference structure (one it has no
             # class for is missed wherever the reference has it); a CTV network on the CTV.
             drawn = structures if predictor.network.config.structures else []
@@ -327,6 +335,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
         for name, path in options.models.items()
     }
     started = time.perf_counter()
+    removals: dict[str, int] = {}
     cases, snapshots, skipped, seconds = evaluate_models(
         predictors,
         options.data,
@@ -334,6 +343,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
         csv_path=options.csv,
         metrics=acceptance.metrics,
         worst=options.worst,
+        rule_removals=removals,
     )
     summary = summarize_commissioning(
         cases,
@@ -350,6 +360,8 @@ def commission(options: CommissionOptions) -> CommissionResult:
             "structures": list(predictors[name].network.config.structure_names),
             "text_encoder": metas[name].get("text_encoder_name"),
             "inference_seconds": round(seconds[name], 2),
+            "stage_rule": _rule_text(predictors[name].stage_rule),
+            "stage_rule_removed": removals.get(name, 0),
         }
         for n, name in enumerate(names)
     }
@@ -492,3 +504,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward batch")
     p.set_defaults(func=cmd_commission)
     return p
+
+
+def _rule_text(rule: StageRule | None) -> list[str]:
+    """``["imn: N2-N3"]``: the structures a version's N-stage rule draws for some stages only."""
+    if rule is None:
+        return []
+    return [f"{name}: N" + "-N".join(stages) for name, stages in rule.stages]

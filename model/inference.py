@@ -145,6 +145,8 @@ class Predictor:
     The text encoder, when attached, is moved to the same device as the network.
     """
 
+    stage_rule: StageRule | None = None
+
     def __init__(
         self,
         network: ContourNet,

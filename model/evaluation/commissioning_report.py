@@ -139,7 +139,7 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         "reviewed by a qualified person before clinical use.</p>",
         "<h2>Models</h2>",
         _table(
-            ["name", "role", "checkpoint", "hash", "structures", "verdict"],
+            ["name", "role", "checkpoint", "hash", "structures", "N-stage rule", "verdict"],
             [
                 [
                     _e(name),
@@ -147,6 +147,7 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
                     f"<code>{_e(info['path'])}</code>",
                     _e(info.get("checkpoint_hash", "")),
                     _e(", ".join(info.get("structures", []))),
+                    _e(_rule_cell(info)),
                     _badge(summary["verdicts"][name]),
                 ]
                 for name, info in doc["models"].items()
@@ -411,3 +412,11 @@ def write_commissioning_report(
     html_path = out / "report.html"
     html_path.write_text(_html(doc, doc["figures"]), encoding="utf-8")
     return [json_path, html_path, *written]
+
+
+def _rule_cell(info: dict[str, Any]) -> str:
+    """The version's N-stage rule and how often it removed a structure (``-``: none)."""
+    rule = info.get("stage_rule") or []
+    if not rule:
+        return "-"
+    return f"{'; '.join(rule)} (removed {info.get('stage_rule_removed', 0)} structure(s))"
