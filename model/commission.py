@@ -90,6 +90,7 @@ class CommissionOptions:
     worst: int = 5
     text_encoder: str | None = None
     window: WindowOptions = field(default_factory=WindowOptions)
+    stage_rule: bool = True  # apply each checkpoint's N-stage rule (as served)
 
 
 @dataclass(frozen=True)
@@ -334,6 +335,9 @@ def commission(options: CommissionOptions) -> CommissionResult:
         )
         for name, path in options.models.items()
     }
+    if not options.stage_rule:  # the networks alone, as trained
+        for predictor in predictors.values():
+            predictor.stage_rule = None
     started = time.perf_counter()
     removals: dict[str, int] = {}
     cases, snapshots, skipped, seconds = evaluate_models(
@@ -426,6 +430,7 @@ def options_from_args(args: argparse.Namespace) -> CommissionOptions:
         seed=args.seed,
         worst=args.worst,
         text_encoder=args.text_encoder,
+        stage_rule=not args.without_stage_rule,
         window=WindowOptions(
             device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size
         ),
@@ -475,6 +480,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--worst", type=int, default=5, help="worst cases shown with overlays")
+    p.add_argument(
+        "--without-stage-rule",
+        action="store_true",
+        help="measure the networks alone: do not apply a checkpoint's N-stage rule",
+    )
     p.add_argument(
         "--roi-include",
         nargs="+",
