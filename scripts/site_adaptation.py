@@ -58,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3e-4,
         "pair_fraction": 0.5,
         "bootstrap": 1000,
+        "network_report": True,
     },
     # The same path in about a minute, for the test suite (numbers meaningless).
     "tiny": {
@@ -71,6 +72,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lr": 3e-4,
         "pair_fraction": 0.5,
         "bootstrap": 50,
+        "network_report": False,
     },
 }
 SEED = 2400
@@ -193,7 +195,8 @@ def _n1_imn(report: dict[str, Any], model: str) -> tuple[int, int]:
 
 
 def commission(out: Path, preset: dict[str, Any]) -> dict[str, Any]:
-    """Step 4: the candidate against the shipped model, and the shipped model alone."""
+    """Step 4: the candidate against the shipped model, and the shipped model alone; with
+    the full preset also the candidate's network without the site's N-stage rule."""
     common = ["--data", str(out / "test"), "--structure-map", str(out / "site.toml"),
               "--acceptance", str(out / "acceptance.toml"),
               "--bootstrap", str(preset["bootstrap"])]  # fmt: skip
@@ -202,6 +205,8 @@ def commission(out: Path, preset: dict[str, Any]) -> dict[str, Any]:
         "candidate": ["--model", candidate, "--model", f"current={SHIPPED}"],
         "shipped": ["--model", f"candidate={SHIPPED}"],
     }
+    if preset["network_report"]:  # the fine-tuned network without the site's N-stage rule
+        runs["network"] = [*runs["candidate"], "--without-stage-rule"]
     result: dict[str, Any] = {}
     for name, models in runs.items():
         folder = out / f"report-{name}"
@@ -344,6 +349,14 @@ def table(summary: dict[str, Any]) -> str:
         f"verdicts: adapted {rep['verdict']}, "
         f"shipped {summary['commission']['shipped']['verdict']}",
     ]
+    network = summary["commission"].get("network")
+    if network is not None:
+        n = network["candidate"]
+        lines.append(
+            f"adapted network without the site rule: verdict {network['verdict']}, IMN Dice "
+            f"{_fmt(n['imn']['dice'])}, IMN drawn for N1 {n['imn_drawn_for_n1']['cases']}/"
+            f"{n['imn_drawn_for_n1']['of']}, CTV Dice {_fmt(n['ctv']['dice'])}"
+        )
     d = summary["deploy"]
     lines.append(
         f"service: promote site-v1 -> HTTP {d['promote_status']}, job model "
