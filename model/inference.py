@@ -311,19 +311,22 @@ class Predictor:
                 predictions.append(self.predict(volume, part.prompt_text(), progress=share))
             sides = tuple(p.diagnoses[0].side.letter for p in parts)
             prediction = merged_sides(predictions, sides)
-        if self.stage_rule is None or not prediction.structures:
+        rule = self.stage_rule
+        outcome = (
+            None
+            if rule is None
+            else rule.apply(
+                prediction.structures, prediction.confidence, record, volume.grid.spacing
+            )
+        )
+        if outcome is None:
             return prediction
-        voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
-        kept, union, removed = self.stage_rule.apply(prediction.structures, record, voxel_cc)
-        if union is None:
-            return prediction
-        confidence = {k: v for k, v in prediction.confidence.items() if k in kept}
         return replace(
             prediction,
-            mask=union,
-            structures=kept,
-            confidence=confidence,
-            stage_rule_removed_cc=removed,
+            mask=outcome.union,
+            structures=outcome.structures,
+            confidence=outcome.confidence,
+            stage_rule_removed_cc=outcome.removed_cc,
         )
 
     def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:

@@ -123,19 +123,19 @@ class ContourEngine:
                 results.append(self.contour(volume, part.prompt_text(), step))
             result = _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
         rule = self.stage_rule
-        if rule is None or not result.structures:
+        outcome = (
+            None
+            if rule is None
+            else rule.apply(result.structures, result.confidence, record, volume.grid.spacing)
+        )
+        if outcome is None:
             return result
-        voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
-        kept, union, removed = rule.apply(result.structures, record, voxel_cc)
-        if union is None:
-            return result
-        confidence = {k: v for k, v in result.confidence.items() if k in kept}
         return replace(
             result,
-            mask=union,
-            structures=kept,
-            removed_cc={**result.removed_cc, **removed},
-            confidence=confidence,
+            mask=outcome.union,
+            structures=outcome.structures,
+            removed_cc={**result.removed_cc, **outcome.removed_cc},
+            confidence=outcome.confidence,
         )
 
     @property

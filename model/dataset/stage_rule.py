@@ -85,16 +85,16 @@ class StageRule:
     def apply(
         self,
         structures: Mapping[Key, npt.NDArray[np.bool_]],
+        confidence: Mapping[Key, float],
         record: ClinicalRecord,
-        voxel_cc: float,
-    ) -> tuple[dict[Key, npt.NDArray[np.bool_]], npt.NDArray[np.bool_] | None, dict[str, float]]:
-        """``(kept structures, their union or None if none was removed, removed cc by label)``.
-
-        Labels read ``"site rule: imn L: N1, drawn for N2-N3"``.
-        """
+        spacing: tuple[float, float, float],
+    ) -> RuleOutcome | None:
+        """What is left of ``structures`` (masks on a grid of ``spacing`` mm) under the rule;
+        ``None`` when the rule removes nothing."""
         gone = self.excluded(structures, record)
         if not gone:
-            return dict(structures), None, {}
+            return None
+        voxel_cc = float(np.prod(spacing)) / 1000.0
         kept = {key: mask for key, mask in structures.items() if key not in gone}
         removed = {
             f"site rule: {self.describe(key, record)}": round(
@@ -102,8 +102,19 @@ class StageRule:
             )
             for key in gone
         }
-        shape = next(iter(structures.values())).shape
-        union = np.zeros(shape, dtype=bool)
+        union = np.zeros(next(iter(structures.values())).shape, dtype=bool)
         for mask in kept.values():
             union |= mask
-        return kept, union, removed
+        kept_confidence = {key: value for key, value in confidence.items() if key in kept}
+        return RuleOutcome(kept, union, kept_confidence, removed)
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """The structures an N-stage rule kept, their union, their confidence, and what it
+    removed (cc by label, ``"site rule: imn L: N1, drawn for N2-N3"``)."""
+
+    structures: dict[Key, npt.NDArray[np.bool_]]
+    union: npt.NDArray[np.bool_]
+    confidence: dict[Key, float]
+    removed_cc: dict[str, float]

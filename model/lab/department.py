@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +35,7 @@ from pydicom.dataset import Dataset
 from scipy.ndimage import distance_transform_edt
 
 from model.errors import ConfigurationError
+from model.files import staged_folder
 from model.lab.phantoms.case import PhantomCase, generate_case
 from model.lab.phantoms.cohort import case_id_for, case_seed
 from model.lab.phantoms.ctwriter import ct_datasets, write_ct_series
@@ -215,11 +214,9 @@ def write_department_export(
         raise ConfigurationError("cases and first must be at least 1")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigurationError(f"output folder {out} exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     written: list[ExportedCase] = []
     records = []
-    try:
+    with staged_folder(out) as staging:
         for index in range(first, first + cases):
             patient_id = case_id_for(profile.name, index)
             case = generate_case(
@@ -244,10 +241,4 @@ def write_department_export(
             if progress is not None:
                 progress(exported)
         write_clinical_csv(staging / "clinical.csv", records)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return written

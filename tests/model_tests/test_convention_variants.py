@@ -131,11 +131,15 @@ def test_the_served_rule_removes_what_the_site_does_not_draw_and_says_so() -> No
     blob[1:3, 1:3, 1:3] = True  # 8 voxels
     structures = {(n, s): blob.copy() for n in ("breast", "axilla", "scf", "imn") for s in "LR"}
     record = _record(("left", "1"), ("right", "2a"))
-    kept, union, removed = rule.apply(structures, record, voxel_cc=0.5)
-    assert set(structures) - set(kept) == {("imn", "L")}
-    assert removed == {"site rule: imn L: N1, drawn for N2-N3": 4.0}
-    assert union is not None and union.sum() == 8
-    assert rule.apply(structures, _record(("left", "3"), ("right", "2")), 0.5)[1] is None
+    confidence = dict.fromkeys(structures, 0.9)
+    outcome = rule.apply(structures, confidence, record, (5.0, 10.0, 10.0))  # 0.5 cc voxels
+    assert outcome is not None
+    kept = outcome.structures
+    assert set(structures) - set(kept) == {("imn", "L")} and set(outcome.confidence) == set(kept)
+    assert outcome.removed_cc == {"site rule: imn L: N1, drawn for N2-N3": 4.0}
+    assert outcome.union.sum() == 8
+    both_n2_n3 = _record(("left", "3"), ("right", "2"))
+    assert rule.apply(structures, confidence, both_n2_n3, (5.0, 10.0, 10.0)) is None
     required = attention_findings(record, kept, None, 0.5, 1.0, rule=rule)
     assert not any("imn" in finding for finding in required)
     without_rule = attention_findings(record, kept, None, 0.5, 1.0)

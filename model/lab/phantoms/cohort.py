@@ -13,8 +13,6 @@ Geometry of the written files: DICOM LPS millimetres; masks ``(k, j, i)`` on the
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,6 +30,7 @@ from model.dicom.rtstruct import (
     write_rtstruct,
 )
 from model.errors import ConfigurationError
+from model.files import staged_folder
 from model.lab.phantoms.case import (
     LATERALITY_FLIP,
     N_SWITCH,
@@ -194,9 +193,7 @@ def write_cohort(
     profile = get_site(site)
     out = Path(out)
     _check_cohort_args(out, cases, seed, scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         written = []
         for index in range(1, cases + 1):
             case_id = case_id_for(profile.name, index)
@@ -222,10 +219,4 @@ def write_cohort(
             "counterfactuals": counterfactuals,
         }
         _write_index(staging, written, header)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [_relocated(w, staging, out) for w in written]
