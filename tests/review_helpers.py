@@ -57,6 +57,11 @@ class NoteEngine(ContourEngine):
         return "note-engine"
 
     @property
+    def stage_rule(self) -> None:
+        """No N-stage rule (the spec's convention)."""
+        return None
+
+    @property
     def multimodal(self) -> bool:
         """Reads the note."""
         return True
