@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import numpy.typing as npt
 
-from model.imaging.geometry import Grid
+from model.imaging.geometry import Grid, marginal_counts, mask_box, mask_voxels
 from model.network.structures import NODAL, Structure
 from model.text.clinical import ClinicalRecord, Side, Surgery
 
@@ -32,8 +32,28 @@ SIDE_WORD = {"L": "left", "R": "right"}
 
 
 def _ctv_x(grid: Grid, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-    """LPS x (mm) of every mask voxel, through the grid's affine ``(i, j, k, 1) -> LPS``."""
-    return grid.lps_coordinate(np.argwhere(mask), 0)
+    """LPS x (mm) of every mask voxel, through the grid's affine ``(i, j, k, 1) -> LPS``, in
+    ``np.argwhere`` order (the voxels are searched in the mask's bounding box only)."""
+    box = mask_box(mask)
+    if box is None:
+        return np.zeros(0, dtype=np.float64)
+    return grid.lps_coordinate(mask_voxels(mask, box), 0)
+
+
+def _left_fraction(grid: Grid, mask: npt.NDArray[np.bool_], mid: float) -> float:
+    """The fraction of the (non-empty) mask's voxels whose LPS x exceeds ``mid``.
+
+    Equal to ``(_ctv_x(grid, mask) > mid).mean()``. Where only the column moves x (rows and
+    slices have no x component: axial series), x is computed once per column, with the
+    same arithmetic as :meth:`Grid.lps_coordinate`, and weighed by the mask's voxels in it.
+    """
+    row = grid.affine_lps()[0]
+    box = mask_box(mask)
+    if box is None or row[1] != 0.0 or row[2] != 0.0:
+        return float((_ctv_x(grid, mask) > mid).mean())
+    per_column = marginal_counts(mask[box])[2]
+    x = row[3] + row[0] * np.arange(box[2].start, box[2].stop)
+    return int(per_column[x > mid].sum()) / int(per_column.sum())
 
 
 def midline_x(hu: npt.NDArray[np.floating], grid: Grid, slices: npt.NDArray[np.intp]) -> float:
@@ -41,16 +61,19 @@ def midline_x(hu: npt.NDArray[np.floating], grid: Grid, slices: npt.NDArray[np.i
 
     The centroid is taken in index space from the marginal voxel counts and mapped once
     through the grid (the index-to-LPS map is affine, so this is the exact LPS centroid).
+    The slices are thresholded one at a time (no copy of the CT's slices).
     """
     chosen = np.asarray(slices, dtype=np.intp) if len(slices) else np.arange(hu.shape[0])
-    body = hu[chosen] > BODY_HU
-    total = int(np.count_nonzero(body))
+    body = np.empty((len(chosen), *hu.shape[1:]), dtype=bool)
+    for n, k in enumerate(chosen):
+        np.greater(hu[k], BODY_HU, out=body[n])
+    per_slice, per_row, per_column = marginal_counts(body)
+    total = int(per_slice.sum())
     if total == 0:
         return float(grid.index_to_lps(np.asarray(hu.shape, float) / 2.0)[0])
-    per_slice = body.sum(axis=(1, 2))
     k = float(np.dot(per_slice, chosen)) / total
-    j = float(np.dot(body.sum(axis=(0, 2)), np.arange(hu.shape[1]))) / total
-    i = float(np.dot(body.sum(axis=(0, 1)), np.arange(hu.shape[2]))) / total
+    j = float(np.dot(per_row, np.arange(hu.shape[1]))) / total
+    i = float(np.dot(per_column, np.arange(hu.shape[2]))) / total
     return float(grid.index_to_lps(np.array([k, j, i]))[0])
 
 
@@ -62,18 +85,17 @@ def laterality_warnings(
     if len(slices) == 0:
         return ["no CTV was found on this CT"]
     mid = midline_x(hu, grid, slices)
-    x = _ctv_x(grid, mask)
-    left = float((x > mid).mean())
+    left = _left_fraction(grid, mask, mid)
     sides = {d.side for d in record.diagnoses}
     if sides == {Side.LEFT} and left < LATERAL_FRACTION:
         return [
             f"the note says left, but {100 * (1 - left):.0f}% of the CTV lies right of the "
-            f"midline (CTV centroid {x.mean() - mid:+.0f} mm from it, + is left)"
+            f"midline (CTV centroid {_ctv_x(grid, mask).mean() - mid:+.0f} mm from it, + is left)"
         ]
     if sides == {Side.RIGHT} and 1 - left < LATERAL_FRACTION:
         return [
             f"the note says right, but {100 * left:.0f}% of the CTV lies left of the midline "
-            f"(CTV centroid {x.mean() - mid:+.0f} mm from it, + is left)"
+            f"(CTV centroid {_ctv_x(grid, mask).mean() - mid:+.0f} mm from it, + is left)"
         ]
     if len(sides) == 2 and min(left, 1 - left) < BILATERAL_MIN_FRACTION:
         lacking = "left" if left < BILATERAL_MIN_FRACTION else "right"

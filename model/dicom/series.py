@@ -424,6 +424,10 @@ def _decode_volume(slices: Sequence[Dataset], shape: tuple[int, int, int]) -> np
         pixels = _stored_values(ds)
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        if slope == 1.0:
+            # One pass, the same values: float32(p) * 1 is float32(p), then + intercept.
+            np.add(pixels, np.float32(intercept), out=out[k], dtype=np.float32, casting="unsafe")
+            continue
         np.multiply(pixels, np.float32(slope), out=out[k], casting="unsafe")
         if intercept:
             out[k] += np.float32(intercept)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from model.imaging.geometry import Grid
+from model.imaging.geometry import Grid, mask_box
 from model.imaging.postprocessing import SIDES, left_of_midline
 
 
@@ -35,20 +35,24 @@ def structure_confidence(
     ``labels`` are the structure labels 1..S of :func:`model.imaging.postprocessing.tidy_labels`
     (``None`` for a single-CTV network); only foreground voxels (background <= 0.5) count.
     """
-    foreground = probs[0] <= 0.5
-    full = tuple(slice(0, n) for n in probs.shape[1:])
-    left = left_of_midline(grid, mid_x, full)
     found: dict[tuple[str, str], float] = {}
+    # Only the foreground's box is read: the voxels of each region, in the same order.
+    box = mask_box(probs[0] <= 0.5)
+    if box is None:
+        return found
+    foreground = probs[0][box] <= 0.5
+    left = left_of_midline(grid, mid_x, box)
+    in_box = None if labels is None else labels[box]
     for side, on_side in zip(SIDES, (left, ~left), strict=True):
-        if labels is None:
+        if in_box is None:
             region = foreground & on_side
             if region.any():
-                found[("ctv", side)] = round(float(1.0 - probs[0][region].mean()), 4)
+                found[("ctv", side)] = round(float(1.0 - probs[0][box][region].mean()), 4)
             continue
         for label, name in enumerate(names, start=1):
-            region = foreground & on_side & (labels == label)
+            region = foreground & on_side & (in_box == label)
             if region.any():
-                found[(name, side)] = round(float(probs[label][region].mean()), 4)
+                found[(name, side)] = round(float(probs[label][box][region].mean()), 4)
     return found
 
 

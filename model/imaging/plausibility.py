@@ -44,7 +44,7 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from model.imaging.geometry import Grid, Volume
+from model.imaging.geometry import FloatArray, Grid, Volume, mask_box, mask_voxels
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -182,8 +182,8 @@ def _lungs(air: BoolArray) -> BoolArray:
         return air
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = np.flatnonzero(sizes >= LUNG_PIECE_FRACTION * sizes.max())
-    lungs: BoolArray = np.isin(labels, keep)
+    keep = sizes >= LUNG_PIECE_FRACTION * sizes.max()  # by label (never 0: its size is 0)
+    lungs: BoolArray = keep[labels]
     return lungs
 
 
@@ -203,16 +203,19 @@ def check_structures(
     voxel_cc = float(np.prod(grid.spacing)) / 1000.0
     report = PlausibilityReport(lungs_found=marks.found)
     kept: dict[tuple[str, str], BoolArray] = {}
+    hulls: dict[int, FloatArray | None] = {}  # per slice, shared by the structures
     for key, mask in structures.items():
-        points = _points(mask)
-        if len(points) == 0:
+        box = mask_box(mask)
+        if box is None:
             continue
-        bad = _implausible(key, points, volume, marks, mid_x, report, voxel_cc)
+        points = _points(mask, box)
+        bad = _implausible(key, points, volume, marks, mid_x, report, voxel_cc, hulls)
         if not bad.any():
             kept[key] = mask
             _note_fov_edge(report, key, points, grid.shape)
             continue
-        cleaned = mask.copy()
+        cleaned = np.zeros(mask.shape, dtype=bool)  # the mask, copied in its box only
+        cleaned[box] = mask[box]
         cleaned[tuple(points[bad].T)] = False
         left = int(len(points) - bad.sum())
         if left * voxel_cc >= min_cc:
@@ -233,20 +236,10 @@ def _note_fov_edge(
         report.fov_edge_slices[key] = len(np.unique(points[edge, 0]))
 
 
-def _points(mask: BoolArray) -> IntArray:
-    """``np.argwhere(mask)``, searched only in the mask's bounding box (masks are small).
-
-    The box comes from one projection over the whole array (the slices that hold the mask),
-    then projections of those slices only: a fraction of ``find_objects``' cost on a large CT.
-    """
-    ks = np.flatnonzero(mask.any(axis=(1, 2)))
-    if len(ks) == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    slab = mask[ks[0] : ks[-1] + 1]
-    js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
-    box = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in (ks, js, is_))
-    points: IntArray = np.argwhere(mask[box]) + np.array([b.start for b in box])
+def _points(mask: BoolArray, box: tuple[slice, ...]) -> IntArray:
+    """``np.argwhere(mask)`` (voxel indices ``(k, j, i)``, in that order), searched only in
+    the mask's bounding ``box`` (masks are small)."""
+    points: IntArray = mask_voxels(mask, box)
     return points
 
 
@@ -258,8 +251,12 @@ def _implausible(
     mid_x: float,
     report: PlausibilityReport,
     voxel_cc: float,
+    hulls: dict[int, FloatArray | None],
 ) -> BoolArray:
-    """Which of ``points`` (``(n, 3)`` voxel indices of structure ``key``) break a rule."""
+    """Which of ``points`` (``(n, 3)`` voxel indices of structure ``key``) break a rule.
+
+    ``hulls`` keeps the lungs' hull of each slice once found (for the next structures).
+    """
     name, side = key
     k, jc, ic = points[:, 0], points[:, 1] // marks.step, points[:, 2] // marks.step
     x = volume.grid.lps_coordinate(points, 0)
@@ -275,7 +272,7 @@ def _implausible(
     lung_z = marks.z_range.get(side)
     if name in SUPERFICIAL:
         rule("inside a lung", marks.lung[k, jc, ic])
-        rule("inside the thorax (between or under the lungs)", _in_lung_hull(points, marks))
+        rule("inside the thorax (between or under the lungs)", _in_lung_hull(points, marks, hulls))
         if lung_z is not None:
             rule("below the lung bases (abdomen)", z < lung_z[0])
             rule("above the lung apices", z > lung_z[1])
@@ -301,32 +298,55 @@ def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
     bright: BoolArray = np.asarray(volume.array[tuple(points.T)] > BONE_HU)
     if not bright.any():
         return bright
-    low = points.min(axis=0)
-    shape = tuple(int(v) for v in points.max(axis=0) - low + 1)
+    # The bright pieces, labelled in the bright points' own box (a bone is a few percent of
+    # a CTV's box); their sizes from those points.
+    on_bright = points[bright]
+    low = on_bright.min(axis=0)
+    shape = tuple(int(v) for v in on_bright.max(axis=0) - low + 1)
     grid = np.zeros(shape, dtype=bool)
-    local = points[bright] - low
-    grid[tuple(local.T)] = True
+    local = tuple((on_bright - low).T)
+    grid[local] = True
     labels, _ = ndimage.label(grid, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel()) * voxel_cc
+    at = labels[local]
+    sizes = np.bincount(at) * voxel_cc
     bone = np.zeros(len(points), dtype=bool)
-    bone[np.flatnonzero(bright)] = sizes[labels[tuple(local.T)]] >= CLIP_CC
+    bone[np.flatnonzero(bright)] = sizes[at] >= CLIP_CC
     return bone
 
 
-def _in_lung_hull(points: IntArray, marks: Landmarks) -> BoolArray:
-    """Whether each point lies inside the convex hull of both lungs on its slice (coarse)."""
+def _in_lung_hull(
+    points: IntArray, marks: Landmarks, hulls: dict[int, FloatArray | None] | None = None
+) -> BoolArray:
+    """Whether each point lies inside the convex hull of both lungs on its slice (coarse).
+
+    ``hulls`` caches each slice's hull equations (``None``: no hull on that slice).
+    """
+    hulls = {} if hulls is None else hulls
     inside = np.zeros(len(points), dtype=bool)
     coarse = np.column_stack([points[:, 1] / marks.step, points[:, 2] / marks.step])
-    for k in np.unique(points[:, 0]):
-        lung = np.argwhere(marks.lung[k])
-        if len(lung) < 3:
+    ks = points[:, 0]
+    # Runs of points on one slice (argwhere order: one run per slice).
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    for start, stop in zip(starts, [*starts[1:], len(ks)], strict=True):
+        k = int(ks[start])
+        if k not in hulls:
+            hulls[k] = _lung_hull(marks.lung[k])
+        eq = hulls[k]
+        if eq is None:
             continue
-        try:
-            hull = ConvexHull(lung.astype(np.float64))
-        except QhullError:
-            continue
-        on = np.flatnonzero(points[:, 0] == k)
-        eq = hull.equations
-        dist = coarse[on] @ eq[:, :2].T + eq[:, 2]
-        inside[on] = (dist <= -0.5).all(axis=1)  # half a coarse pixel inside every edge
+        dist = coarse[start:stop] @ eq[:, :2].T + eq[:, 2]
+        inside[start:stop] = (dist <= -0.5).all(axis=1)  # half a coarse pixel inside every edge
     return inside
+
+
+def _lung_hull(lung: BoolArray) -> FloatArray | None:
+    """Equations of the convex hull of one slice's lung pixels ``(j, i)``, or ``None``."""
+    pixels = np.argwhere(lung)
+    if len(pixels) < 3:
+        return None
+    try:
+        hull = ConvexHull(pixels.astype(np.float64))
+    except QhullError:
+        return None
+    equations: FloatArray = hull.equations
+    return equations

@@ -23,9 +23,19 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from model.imaging.geometry import Grid, Volume
+from model.imaging.geometry import (
+    Grid,
+    Volume,
+    in_plane_morphology,
+    in_plane_opening,
+    marginal_counts,
+    mask_box,
+    mask_voxels,
+    upsample_blocks,
+)
 
 BoolArray = npt.NDArray[np.bool_]
+IndexArray = npt.NDArray[np.intp]
 SIDES = ("L", "R")
 #: In-plane resolution (mm) at which the body region is found.
 COARSE_MM = 4.0
@@ -94,18 +104,18 @@ def body_mask(volume: Volume, policy: CleaningPolicy = CleaningPolicy()) -> Bool
     step = max(1, int(COARSE_MM // pixel))
     coarse = hu[:, ::step, ::step] > policy.body_hu
     disk = _disk(max(1, round(policy.contact_break_mm / (pixel * step))))
-    labels, count = ndimage.label(ndimage.binary_opening(coarse, structure=disk))
+    labels, count = ndimage.label(in_plane_opening(coarse, disk))
     if count == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    region = ndimage.binary_dilation(labels == int(np.argmax(sizes)), structure=disk) & coarse
+    region = in_plane_morphology(labels == int(np.argmax(sizes)), disk, erode=False) & coarse
     region = _fill_holes_per_slice(region)
     ring = _disk(1)
     # Well inside the region: body. Its edge band: body where the CT itself shows tissue.
-    inner = ndimage.binary_erosion(region, structure=ring)
-    band = ndimage.binary_dilation(region, structure=ring) & ~inner
-    body = _upsample(inner, step, hu.shape)
+    inner = in_plane_morphology(region, ring, erode=True)
+    band = in_plane_morphology(region, ring, erode=False) & ~inner
+    body = upsample_blocks(inner, step, hu.shape)
     _refine_band(body, band, step, hu, policy.body_hu)
     return body
 
@@ -115,31 +125,31 @@ def _fill_holes_per_slice(mask: BoolArray) -> BoolArray:
     complement connects (4-connected, in-plane) to the slice's border; the rest is filled."""
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    labels, _ = ndimage.label(~mask, structure=in_plane)
-    edges = (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1])
-    outside = np.unique(np.concatenate([e.ravel() for e in edges]))
-    filled: BoolArray = ~np.isin(labels, outside[outside > 0])
+    labels, count = ndimage.label(~mask, structure=in_plane)
+    outside = np.zeros(count + 1, dtype=bool)  # by label: touches the slice's border
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0: the mask itself
+    filled: BoolArray = ~outside[labels]
     return filled
-
-
-def _upsample(mask: BoolArray, step: int, shape: tuple[int, ...]) -> BoolArray:
-    """Each pixel of a ``[:, ::step, ::step]`` mask as its ``step x step`` block, at ``shape``
-    (one pass: a broadcast view reshaped, then cropped)."""
-    if step == 1:
-        return mask.copy()
-    k, nj, ni = mask.shape
-    blocks = np.broadcast_to(mask[:, :, None, :, None], (k, nj, step, ni, step))
-    full = blocks.reshape(k, nj * step, ni * step)
-    return np.ascontiguousarray(full[:, : shape[1], : shape[2]])
 
 
 def _refine_band(
     body: BoolArray, band: BoolArray, step: int, hu: npt.NDArray[np.floating], body_hu: float
 ) -> None:
     """Set the full-resolution voxels of the coarse ``band`` pixels from the CT: tissue
-    (HU above ``body_hu``) is body. Only the band's voxels are read (a few percent)."""
+    (HU above ``body_hu``) is body. Only the band's voxels are read (a few percent).
+
+    When the grid is whole blocks (a 512 matrix and a step of 2, 4 or 8), the band's blocks
+    are read and written as ``step x step`` tiles of a ``(k, j, step, i, step)`` view.
+    """
     k, jc, ic = np.nonzero(band)
     if len(k) == 0:
+        return
+    nk, nj, ni = body.shape
+    if nj % step == 0 and ni % step == 0 and hu.flags.c_contiguous and body.flags.c_contiguous:
+        tiles = (nk, nj // step, step, ni // step, step)
+        body.reshape(tiles)[k, jc, :, ic, :] = hu.reshape(tiles)[k, jc, :, ic, :] > body_hu
         return
     offsets = np.arange(step)
     j = (jc[:, None] * step + offsets[None, :])[:, :, None]
@@ -147,19 +157,20 @@ def _refine_band(
     kk = np.broadcast_to(k[:, None, None], (len(k), step, step))
     j = np.broadcast_to(j, kk.shape)
     i = np.broadcast_to(i, kk.shape)
-    inside = (j < body.shape[1]) & (i < body.shape[2])
+    inside = (j < nj) & (i < ni)
     kk, j, i = kk[inside], j[inside], i[inside]
     body[kk, j, i] = hu[kk, j, i] > body_hu
 
 
 def midline_x(body: BoolArray, grid: Grid) -> float:
     """LPS x (mm) of the body centroid (exact: the index-to-LPS map is affine)."""
-    total = int(np.count_nonzero(body))
+    counts = marginal_counts(body)  # voxels per slice, row and column
+    total = int(counts[0].sum())
     if total == 0:
         return float(grid.index_to_lps(np.asarray(body.shape, float) / 2.0)[0])
     centre = [
-        float(np.dot(body.sum(axis=tuple(a for a in range(3) if a != axis)), np.arange(n))) / total
-        for axis, n in enumerate(body.shape)
+        float(np.dot(count, np.arange(n))) / total
+        for count, n in zip(counts, body.shape, strict=True)
     ]
     return float(grid.index_to_lps(np.array(centre))[0])
 
@@ -185,16 +196,6 @@ def left_of_midline(grid: Grid, mid_x: float, box: tuple[slice, ...]) -> BoolArr
     return left
 
 
-def _bbox(mask: BoolArray) -> tuple[slice, ...] | None:
-    spans = []
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        if len(hit) == 0:
-            return None
-        spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(spans)
-
-
 def keep_components(
     mask: BoolArray,
     largest_only: bool,
@@ -206,29 +207,84 @@ def keep_components(
     With ``anchors`` (same shape), only components that overlap them are candidates: the
     others are islands and go whatever their size.
     """
-    box = _bbox(mask)
+    box = mask_box(mask)
     if box is None:
         return mask
-    labels, count = ndimage.label(mask[box], structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1 and anchors is None:
+    voxels = mask_voxels(mask, box)
+    on_anchor = None if anchors is None else anchors[tuple(voxels.T)]
+    start = np.array([s.start for s in box])
+    labels, keep, _ = _selection(
+        mask[box], voxels - start, largest_only, keep_fraction, on_anchor, None
+    )
+    if labels is None:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    if anchors is not None:
-        anchored = np.zeros(count + 1, dtype=bool)
-        anchored[np.unique(labels[anchors[box]])] = True
-        sizes[~anchored] = 0
     out = np.zeros(mask.shape, dtype=bool)
+    _write_kept(out[box], labels, keep)
+    return out
+
+
+LabelArray = npt.NDArray[np.integer]
+
+
+def _selection(
+    mask: BoolArray,
+    voxels: IndexArray,
+    largest_only: bool,
+    keep_fraction: float,
+    on_anchor: BoolArray | None,
+    scratch: npt.NDArray[np.uint16] | None,
+) -> tuple[LabelArray | None, BoolArray, int]:
+    """The components of ``mask`` (26-connectivity) that :func:`keep_components` keeps.
+
+    ``voxels`` are the mask's True voxels (``(n, 3)``, :func:`mask_voxels` of it) and
+    ``on_anchor`` whether each is an anchor. Returns the components' labels (``None`` when the
+    mask is kept whole), whether each label is kept, and the voxels kept. The labels go into
+    ``scratch`` (16 bits, at least ``mask.size``) when it is given and they fit.
+    """
+    labels, count = _label(mask, scratch)
+    if count <= 1 and on_anchor is None:
+        return None, np.ones(1, dtype=bool), len(voxels)
+    # Sizes and anchors from the mask's voxels only, not from every voxel of its box.
+    at = labels[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
+    sizes = np.bincount(at, minlength=count + 1)
+    sizes[0] = 0
+    if on_anchor is not None:
+        anchored = np.zeros(count + 1, dtype=bool)
+        anchored[at[on_anchor]] = True
+        sizes[~anchored] = 0
     if sizes.max() == 0:
-        return out
+        return labels, np.zeros(count + 1, dtype=bool), 0
     if largest_only:
         keep = sizes == sizes.max()
         keep[np.flatnonzero(keep)[1:]] = False
     else:
         keep = sizes >= keep_fraction * sizes.max()
     keep[0] = False
-    out[box] = keep[labels]
-    return out
+    return labels, keep, int(sizes[keep].sum())
+
+
+def _label(mask: BoolArray, scratch: npt.NDArray[np.uint16] | None) -> tuple[LabelArray, int]:
+    """``ndimage.label`` with 26-connectivity, into ``scratch`` while the labels fit 16 bits
+    (less fresh memory to write than 32-bit labels; scipy refuses labels that do not fit)."""
+    structure = np.ones((3, 3, 3), dtype=bool)
+    if scratch is not None:
+        labels = scratch[: mask.size].reshape(mask.shape)
+        try:
+            return labels, int(ndimage.label(mask, structure=structure, output=labels))
+        except RuntimeError:  # over 65535 components: 32 bits
+            pass
+    found, count = ndimage.label(mask, structure=structure)
+    return found, int(count)
+
+
+def _write_kept(out: BoolArray, labels: LabelArray, keep: BoolArray) -> None:
+    """``out[...] = keep[labels]``, written in place; one kept component (always, for the
+    largest) is a comparison, cheaper than a lookup per voxel."""
+    kept = np.flatnonzero(keep)
+    if len(kept) == 1:
+        np.equal(labels, kept[0], out=out)
+    else:
+        out[...] = keep[labels]
 
 
 def tidy_labels(
@@ -243,15 +299,17 @@ def tidy_labels(
     islands. Returns the filled labels (1..S) and the seeds (0 elsewhere).
     """
     foreground = probs[0] <= 0.5
-    raw = np.argmax(probs[1:], axis=0).astype(np.uint8) + 1
-    full = tuple(slice(0, n) for n in raw.shape)
-    left = left_of_midline(grid, mid_x, full)
+    raw = _first_argmax(probs[1:]) + 1
     seeds = np.zeros(raw.shape, dtype=np.uint8)
-    for label in range(1, len(probs)):
-        for on_side in (left, ~left):
-            part = foreground & (raw == label) & on_side
-            if part.any():
-                seeds[keep_components(part, True, 1.0)] = label
+    box = mask_box(foreground)  # the seeds are found in the foreground's box only
+    if box is not None:
+        inside, classes, in_box = foreground[box], raw[box], seeds[box]
+        left = left_of_midline(grid, mid_x, box)
+        for label in range(1, len(probs)):
+            for on_side in (left, ~left):
+                part = inside & (classes == label) & on_side
+                if part.any():
+                    in_box[keep_components(part, True, 1.0)] = label
     if not seeds.any():
         return raw, seeds
     nearest = ndimage.distance_transform_edt(
@@ -259,6 +317,20 @@ def tidy_labels(
     )
     filled: npt.NDArray[np.uint8] = seeds[tuple(nearest)]
     return filled, seeds
+
+
+def _first_argmax(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    """``np.argmax(values, axis=0)`` as uint8 (the first of equal maxima), class by class:
+    whole arrays compared in turn instead of a reduction across the leading axis."""
+    best = values[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, len(values)):
+        index[values[c] > best] = c
+        np.maximum(best, values[c], out=best)  # NaN spreads: then argmax decides
+    if np.isnan(best).any():
+        found: npt.NDArray[np.uint8] = np.argmax(values, axis=0).astype(np.uint8)
+        return found
+    return index
 
 
 def clean_prediction(
@@ -297,74 +369,86 @@ def clean_prediction(
     voxel_cc = float(np.prod(volume.grid.spacing)) / 1000.0
     report = CleaningReport()
     body = body_mask(volume, policy) if body is None else body
-    if policy.restrict_to_body:
-        report.outside_body_cc = round(float(np.count_nonzero(union & ~body)) * voxel_cc, 2)
-        union = union & body
     structures: dict[tuple[str, str], BoolArray] = {}
     # np.zeros (calloc) rather than zeros_like (a written fill): pages outside the boxes are
     # never touched, which matters for one full-grid mask per structure on a 512 matrix.
     cleaned = np.zeros(union.shape, dtype=bool)
-    box = _bbox(union)
-    if box is None:
+    points = _in_body(union, body if policy.restrict_to_body else None, report, voxel_cc)
+    if len(points) == 0:
         return CleanedPrediction(cleaned, structures, report)
-    inside = union[box]
     mid_x = midline_x(body, volume.grid) if mid_x is None else mid_x
-    codes, boxes = _side_codes(
-        inside, None if labels is None else labels[box], volume.grid, mid_x, box
-    )
+    pairs = _side_pairs(points, labels, volume.grid, mid_x)
     largest_only = policy.keep_largest and labels is not None
-    for code, sub in sorted(boxes.items()):
-        part = codes[sub] == code
-        kept = part
-        where = tuple(
-            slice(b.start + a.start, b.start + a.stop) for b, a in zip(box, sub, strict=True)
-        )
-        if policy.keep_largest:
-            anchors = None if seeds is None else seeds[where]
-            kept = keep_components(part, largest_only, policy.keep_fraction, anchors)
-        if float(np.count_nonzero(kept)) * voxel_cc < policy.min_structure_cc:
-            continue
+    # One label buffer for every pair, sized for the largest box: fresh memory is not free.
+    volumes = [int(np.prod([s.stop - s.start for s in where])) for where, _ in pairs.values()]
+    scratch = np.empty(max(volumes, default=0), dtype=np.uint16) if policy.keep_largest else None
+    kept_total = 0
+    for code, (where, voxels) in sorted(pairs.items()):
+        # The pair's voxels are set in its own full-grid mask, labelled there and replaced by
+        # the kept components: no other array of the box's size is written.
         full = np.zeros(union.shape, dtype=bool)
-        full[where] = kept
-        cleaned[where] |= kept
+        part = full[where]
+        local = voxels - np.array([s.start for s in where])
+        part[tuple(local.T)] = True
+        parts: tuple[LabelArray | None, BoolArray, int] = (None, np.ones(1, bool), len(voxels))
+        if policy.keep_largest:
+            on_anchor = None if seeds is None else seeds[tuple(voxels.T)]
+            parts = _selection(part, local, largest_only, policy.keep_fraction, on_anchor, scratch)
+        components, keep, kept = parts
+        if float(kept) * voxel_cc < policy.min_structure_cc:
+            continue
+        if components is not None:
+            _write_kept(part, components, keep)
+        cleaned[where] |= part
         structures[(names[(code - 1) // 2], SIDES[(code - 1) % 2])] = full
-    removed = np.count_nonzero(union) - np.count_nonzero(cleaned)
+        kept_total += kept
+    removed = len(points) - kept_total
     if removed:
         report.islands_cc["islands"] = round(float(removed) * voxel_cc, 2)
     return CleanedPrediction(cleaned, structures, report)
 
 
-def _side_codes(
-    inside: BoolArray,
-    labels: npt.NDArray[np.uint8] | None,
-    grid: Grid,
-    mid_x: float,
-    box: tuple[slice, ...],
-) -> tuple[npt.NDArray[np.uint8], dict[int, tuple[slice, ...]]]:
-    """One code per (structure, side) in ``box``: ``2 s - 1`` left, ``2 s`` right, 0 outside,
-    and the bounding box of each code (box-relative index slices).
+def _in_body(
+    union: BoolArray, body: BoolArray | None, report: CleaningReport, voxel_cc: float
+) -> IndexArray:
+    """The voxels ``(k, j, i)`` of ``union & body`` (of ``union`` without a body), ``(n, 3)``
+    in ``np.argwhere`` order; what lies outside the body is reported. Only the union's box
+    is searched (the CTV is a few percent of the CT), the body only at the union's voxels."""
+    outer = mask_box(union)
+    if outer is None:
+        return np.zeros((0, 3), dtype=np.intp)
+    points = mask_voxels(union, outer)
+    if body is not None:
+        in_body = body[points[:, 0], points[:, 1], points[:, 2]]
+        outside = len(points) - int(np.count_nonzero(in_body))
+        report.outside_body_cc = round(float(outside) * voxel_cc, 2)
+        points = points[in_body]
+    return points
 
-    ``s`` is the structure's label (1..S; 1 for a single CTV). One array for every pair, so
-    that each pair is then processed in its own bounding box only. The side of a voxel is its
-    LPS x (through the grid, at its box-relative index plus the box's start) against
-    ``mid_x``; only the CTV's voxels are evaluated.
+
+def _side_pairs(
+    points: IndexArray, labels: npt.NDArray[np.uint8] | None, grid: Grid, mid_x: float
+) -> dict[int, tuple[tuple[slice, ...], IndexArray]]:
+    """The voxels ``(n, 3)`` of each (structure, side) among ``points`` and their bounding box.
+
+    Pairs are coded ``2 s - 1`` (left) and ``2 s`` (right), ``s`` the structure's label (1..S,
+    from ``labels`` on the CT grid; 1 for a single CTV), so that each pair is then processed
+    in its own bounding box only. The side of a voxel is its LPS x (through the grid)
+    against ``mid_x``.
     """
-    k, j, i = np.unravel_index(np.flatnonzero(inside), inside.shape)
-    starts = [s.start for s in box]
-    x = grid.lps_coordinate(np.column_stack([k + starts[0], j + starts[1], i + starts[2]]), 0)
+    x = grid.lps_coordinate(points, 0)
+    k, j, i = points.T
     structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
     voxel_codes = np.where(structure > 0, structure * 2 - (x > mid_x).astype(np.uint8), 0)
-    codes = np.zeros(inside.shape, dtype=np.uint8)
-    codes[k, j, i] = voxel_codes
-    boxes: dict[int, tuple[slice, ...]] = {}
+    pairs: dict[int, tuple[tuple[slice, ...], IndexArray]] = {}
     for code in np.unique(voxel_codes):
         if code == 0:
             continue
-        at = voxel_codes == code
-        boxes[int(code)] = tuple(
-            slice(int(axis[at].min()), int(axis[at].max()) + 1) for axis in (k, j, i)
-        )
-    return codes, boxes
+        voxels = points[voxel_codes == code]
+        low, high = voxels.min(axis=0), voxels.max(axis=0)
+        where = tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
+        pairs[int(code)] = (where, voxels)
+    return pairs
 
 
 def structures_of_sides(
