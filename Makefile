@@ -51,7 +51,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup apt
-	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -q
+	OMP_NUM_THREADS=2 $(VENV)/bin/pytest -q --durations=15
 
 test: lint typecheck pytest
 

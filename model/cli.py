@@ -168,6 +168,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         class_map=parse_class_map(args.class_map),
         ddp=args.ddp,
         convention_variants=args.convention_variants,
+        partial_labels=args.partial_labels,
+        teacher_labels=args.teacher_labels,
     )
     result = train_from_dicom(options)
     if not result.main:  # another rank of a torchrun job: rank 0 reports
@@ -323,6 +325,18 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
         help="with --structure-map: also train each case under the other N stages whose "
         "target the map's n_stages rule derives from its label (same CT; pair them with "
         "--pair-fraction)",
+    )
+    p.add_argument(
+        "--partial-labels",
+        action="store_true",
+        help="with --structure-map: a nodal structure its n_stages rule does not draw for a "
+        "case's N stage is unlabelled there, not background (the served rule removes it)",
+    )
+    p.add_argument(
+        "--teacher-labels",
+        action="store_true",
+        help="with --partial-labels and --init-from: the --init-from model draws those "
+        "unlabelled structures before training starts (so the anatomy is not forgotten)",
     )
     p.add_argument(
         "--augment-geometry",

@@ -106,8 +106,11 @@ class TrainOptions:
 
     ``class_map`` renames or drops the classes of ``init_from`` (:mod:`model.training.heads`);
     ``ddp`` requires a ``torchrun`` launch (a run under torchrun is distributed anyway).
-    ``convention_variants`` derives counterfactual notes by the structure map's N-stage rule
-    (:mod:`model.training.convention_variants`).
+    ``convention_variants`` derives counterfactual notes by the structure map's N-stage rule,
+    and ``partial_labels`` leaves a structure the rule does not draw for a case's N stage
+    unlabelled instead of background (:mod:`model.training.convention_variants`);
+    ``teacher_labels`` draws it there with the ``init_from`` model before the first step
+    (:mod:`model.training.teacher_labels`).
     """
 
     data: DataOptions
@@ -123,6 +126,8 @@ class TrainOptions:
     class_map: ClassMap = ()
     ddp: bool = False
     convention_variants: bool = False
+    partial_labels: bool = False
+    teacher_labels: bool = False
 
 
 def train_from_dicom(options: TrainOptions) -> TrainResult:
@@ -135,6 +140,11 @@ def train_from_dicom(options: TrainOptions) -> TrainResult:
     started = time.perf_counter()
     if options.class_map and options.init_from is None:
         raise ConfigurationError("--class-map maps the classes of --init-from: give both")
+    if options.teacher_labels and (options.init_from is None or not options.partial_labels):
+        raise ConfigurationError(
+            "--teacher-labels draws the unlabelled structures of --partial-labels with the "
+            "--init-from model: give all three"
+        )
     with distributed(resolve_device(options.train.device), options.ddp) as dist:
         return _train(options, dist, started)
 
@@ -183,12 +193,20 @@ def _train(options: TrainOptions, dist: DistContext, started: float) -> TrainRes
         meta["roi_rule"] = None
         meta["structure_map"] = map_meta(structure_map)
     train_config = options.train
-    if options.convention_variants:
-        train_config = replace(train_config, stage_rule=_stage_rule(structure_map, train_config))
+    if options.convention_variants or options.partial_labels:
+        train_config = replace(
+            train_config,
+            stage_rule=_stage_rule(structure_map, train_config),
+            convention_variants=options.convention_variants,
+            partial_labels=options.partial_labels,
+            teacher_labels=options.teacher_labels,
+        )
     trainer = Trainer(
         config, train_config, options.out, encoder, meta, dist=dist, clock_start=started
     )
-    if options.init_from is not None and not options.resume:
+    # A resumed run restores its own weights; with teacher labels it loads the warm start
+    # first, so that the same teacher draws the same labels before the weights are restored.
+    if options.init_from is not None and (not options.resume or options.teacher_labels):
         trainer.warm_start(options.init_from, options.class_map)
     return trainer.fit(cases, resume=options.resume)
 
@@ -205,7 +223,9 @@ def _stage_rule(
         other and so contradicts a map whose nodal structures tell those stages apart.
     """
     if structure_map is None:
-        raise ConfigurationError("--convention-variants needs --structure-map (its n_stages)")
+        raise ConfigurationError(
+            "--convention-variants and --partial-labels need --structure-map (its n_stages)"
+        )
     rule = tuple(
         (index, entry.n_stages)
         for index, entry in enumerate(structure_map.structures, start=1)

@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_minutes": 20.0,
         "val_fraction": 0.125,
         "lr": 3e-4,
-        "pair_fraction": 0.5,
+        "labels": "partial",
         "bootstrap": 1000,
         "network_report": True,
     },
@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_minutes": 5.0,
         "val_fraction": 0.25,
         "lr": 3e-4,
-        "pair_fraction": 0.5,
+        "labels": "partial",
         "bootstrap": 50,
         "network_report": False,
     },
@@ -97,6 +97,22 @@ surface_dice_3mm = 0.65
 [metrics]
 apl_tolerance_mm = 2.0
 """
+#: How the site's N-stage rule enters the training (``--labels``). ``partial``: a structure the
+#: rule does not draw for a case's stage is unlabelled there (the served rule removes it) and
+#: drawn there by the shipped model before training (its anatomy is not forgotten: no
+#: training case shows a chest wall's IMN), with counterfactual N0/N1mi and N1 notes paired
+#: with their CT; ``background``: the counterfactual notes alone teach the network to leave it
+#: out (session 8's runs).
+LABELS = {
+    "partial": [
+        "--partial-labels",
+        "--teacher-labels",
+        "--convention-variants",
+        "--pair-fraction",
+        "0.5",
+    ],
+    "background": ["--convention-variants", "--pair-fraction", "0.5"],
+}
 OVERRIDE = "status quo: the shipped model in use before site commissioning (site memo 24)"
 
 
@@ -168,7 +184,7 @@ def fine_tune(out: Path, preset: dict[str, Any]) -> dict[str, Any]:
         "--spacing", "6", "4", "4", "--epochs", str(preset["epochs"]),
         "--steps-per-epoch", str(preset["steps"]), "--batch-size", "2", "--lr", str(preset["lr"]),
         "--val-fraction", str(preset["val_fraction"]), "--mirror", "0.3", "--seed", "0",
-        "--convention-variants", "--pair-fraction", str(preset["pair_fraction"]),
+        *LABELS[preset["labels"]],
         "--device", "cpu", "--max-minutes", str(preset["max_minutes"]), "--out", str(run),
         log=out / "train.log",
     )  # fmt: skip
@@ -371,11 +387,11 @@ def main() -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "site")
     parser.add_argument("--fresh", action="store_true", help="start over (delete OUT)")
-    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (preset's: 3e-4)")
-    parser.add_argument("--pair-fraction", type=float, help="paired batches (preset's: 0.5)")
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (full: 1e-3)")
+    parser.add_argument("--labels", choices=sorted(LABELS), help="the rule in training")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
-    for key in ("lr", "pair_fraction"):
+    for key in ("lr", "labels"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     out = args.out.resolve()

@@ -16,6 +16,13 @@ Only single-clause template notes (``"N2, cT3, breast conserving surgery, right 
 Labels are network-grid class maps (0 background, class ``c`` = the map's ``c``-th
 structure); the derived case shares the image and the label arrays and names the classes it
 turns to background (:attr:`~model.training.sampling.TrainingCase.dropped_classes`).
+
+**Partial labels** (``partial=True``, ``llmctv train --partial-labels``): a structure the rule
+does not draw for a node-positive stage is *not drawn*, not background. A case's own N1 side
+then leaves its IMN unlabelled (:func:`with_partial_labels`), and so does an N2 case's N1
+variant: the network is neither taught to draw nor to erase it there
+(:mod:`model.training.partial_loss`), and the served rule removes it. Only the N0 variant, for
+which no department draws nodes, turns them to background.
 """
 
 from __future__ import annotations
@@ -24,12 +31,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from model.training.sampling import TrainingCase
 
 _CLAUSE = re.compile(r"N(?P<n>0|1mi|[123][abc]?)(?P<rest>, cT[^,]+, [a-z ]+, (?:left|right) side)")
 
 #: Stages a variant may be given (one spelling per class of target).
 VARIANT_STAGES = ("0", "1", "2", "3")
+#: The spellings of the node-negative variant, taken in turn from case to case: N1mi has the
+#: target of N0 in every protocol, and a network shown only N0 reads "N1mi" as N1.
+NODE_NEGATIVE_SPELLINGS = ("0", "1mi")
 
 
 def drawn(stage_rule: Mapping[int, Sequence[str]], n_stage: str) -> frozenset[int]:
@@ -39,8 +51,38 @@ def drawn(stage_rule: Mapping[int, Sequence[str]], n_stage: str) -> frozenset[in
     return frozenset(c for c, stages in stage_rule.items() if n_stage[:1] in stages)
 
 
-def convention_variants(
+def _not_drawn(stage_rule: Mapping[int, Sequence[str]], n_stage: str) -> frozenset[int]:
+    """Nodal classes the rule leaves undrawn for a node-positive ``n_stage`` (else none)."""
+    if n_stage in ("0", "1mi"):
+        return frozenset()
+    return frozenset(stage_rule) - drawn(stage_rule, n_stage)
+
+
+def with_partial_labels(
     cases: Sequence[TrainingCase], stage_rule: Mapping[int, Sequence[str]]
+) -> list[TrainingCase]:
+    """The cases, each with the nodal classes the rule does not draw for its stage unlabelled.
+
+    A class the case's label holds anyway (drawn against the rule: ``dataset check`` warns,
+    ``nodal_vs_stage_rule``) stays labelled: what was drawn is trusted.
+    """
+    out = []
+    for case in cases:
+        match = _CLAUSE.fullmatch(case.note)
+        missing = _not_drawn(stage_rule, match["n"]) if match else frozenset()
+        if missing:
+            present = set(np.unique(np.asarray(case.label)).tolist())
+            missing = missing - present
+        unlabelled = tuple(sorted(set(case.unlabelled_classes) | missing))
+        out.append(replace(case, unlabelled_classes=unlabelled) if missing else case)
+    return out
+
+
+def convention_variants(
+    cases: Sequence[TrainingCase],
+    stage_rule: Mapping[int, Sequence[str]],
+    *,
+    partial: bool = False,
 ) -> list[TrainingCase]:
     """For each case, the variants of its note whose target the rule derives from its label.
 
@@ -48,26 +90,42 @@ def convention_variants(
     A variant of stage ``t`` of a case of stage ``s`` exists when every class drawn at ``t``
     is drawn at ``s`` and the two sets differ; its label drops the classes drawn at ``s``
     but not at ``t``. Variants share the case's CT group (and patient), so the split keeps
-    them with their case and paired batches draw them together. Ids: ``<case>~N<t>``.
+    them with their case and paired batches draw them together. Ids: ``<case>~N<t>``. The
+    node-negative variant is written N0 and N1mi in turn (:data:`NODE_NEGATIVE_SPELLINGS`).
+    With ``partial``, the classes a node-positive variant drops are also unlabelled.
     """
     out: list[TrainingCase] = []
+    negatives = 0
     for case in cases:
         match = _CLAUSE.fullmatch(case.note)
         if match is None:
             continue
         own = drawn(stage_rule, match["n"])
+        # nodal classes in the label beyond the rule's (drawn against it, or by the teacher,
+        # :mod:`model.training.teacher_labels`) go wherever the rule's own ones go
+        held = set(np.unique(np.asarray(case.label)).tolist()) & set(stage_rule)
         for stage in VARIANT_STAGES:
             target = drawn(stage_rule, stage)
             if target == own or not target <= own:
                 continue
-            dropped = tuple(sorted(set(case.dropped_classes) | (own - target)))
+            spelling = stage
+            if stage == "0":
+                spelling = NODE_NEGATIVE_SPELLINGS[negatives % len(NODE_NEGATIVE_SPELLINGS)]
+                negatives += 1
+            dropped = tuple(sorted(set(case.dropped_classes) | ((own | held) - target)))
+            unlabelled: tuple[int, ...] = ()  # an N0 side has no nodes, in any protocol
+            if stage not in ("0", "1mi"):
+                unlabelled = case.unlabelled_classes
+                if partial:
+                    unlabelled = tuple(sorted(set(unlabelled) | (own - target)))
             out.append(
                 replace(
                     case,
-                    case_id=f"{case.case_id}~N{stage}",
-                    note=f"N{stage}{match['rest']}",
+                    case_id=f"{case.case_id}~N{spelling}",
+                    note=f"N{spelling}{match['rest']}",
                     group=case.group_key,
                     dropped_classes=dropped,
+                    unlabelled_classes=unlabelled,
                 )
             )
     return out

@@ -18,13 +18,20 @@ structure from its foreground instead (:func:`expand_head`, the older behaviour)
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from model.errors import CheckpointMismatchError, ConfigurationError
+from model.network.checkpoint import Checkpoint, load_checkpoint
+from model.network.context import PromptContext
+from model.network.segmenter import ContourNet
+
+log = logging.getLogger(__name__)
 
 HEAD_WEIGHT = "decoder.head.conv.weight"
 HEAD_BIAS = "decoder.head.conv.bias"
@@ -157,3 +164,58 @@ def expand_head(
         bias = state[HEAD_BIAS]
         state[HEAD_BIAS] = torch.cat([bias[:1]] + [bias[1:2] - math.log(n)] * n)
     return state
+
+
+def load_weights(
+    net: ContourNet,
+    context: PromptContext | None,
+    folder: Path,
+    *,
+    allow_new_structures: bool = False,
+    class_map: ClassMap = (),
+) -> tuple[Checkpoint, dict[str, object] | None]:
+    """Load a checkpoint's network and text-side weights into ``net`` and ``context``.
+
+    The checkpoint must have ``net``'s config and ``context``'s text encoder; with
+    ``allow_new_structures`` only the output structures may differ, and the head is carried
+    over by :func:`plan_head` / :func:`transfer_head` (or :func:`expand_head` from a
+    single-CTV head). Returns the checkpoint and the class plan as recorded (``None`` when the
+    head was copied whole).
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Another network config or another text encoder.
+    """
+    mine = net.config
+    classes = None
+    if not allow_new_structures:
+        ckpt = load_checkpoint(folder, expected=mine)
+        net.load_state_dict(ckpt.network.state_dict())
+    else:
+        ckpt = load_checkpoint(folder)
+        if ckpt.config.with_structures(mine.structures).to_json() != mine.to_json():
+            raise CheckpointMismatchError(f"{folder} has another network config")
+        state = ckpt.network.state_dict()
+        old, new = ckpt.config.structure_names, mine.structure_names
+        if class_map or (old != new and ckpt.config.structures):
+            plan = plan_head(old, new, class_map)
+            state = transfer_head(state, net.state_dict(), old, new, plan)
+            classes = plan.as_meta()
+            log.info(  # names of structures, never of patients
+                "head: %d classes kept, %d new, %d dropped",
+                len(plan.kept),
+                len(plan.new),
+                len(plan.dropped),
+            )
+        elif old != new:
+            state = expand_head(state, len(old), mine.out_channels)
+        net.load_state_dict(state)
+    if context is not None:
+        if ckpt.text_encoder != context.identity:
+            raise CheckpointMismatchError(
+                f"{folder} was trained with text encoder {ckpt.text_encoder}, "
+                f"this run uses {context.identity}"
+            )
+        context.load_state_dict(ckpt.text_state)
+    return ckpt, classes

@@ -39,6 +39,9 @@ class TrainingCase:
     worker started by ``spawn``). ``dropped_classes``: label classes that count as background
     in this case's crops (a counterfactual note whose target lacks them,
     :mod:`model.training.convention_variants`); the arrays stay shared.
+    ``unlabelled_classes``: classes the department's rule does not draw for this case's N
+    stage, so their absence says nothing (partial labels): the crops' background voxels carry
+    them (:func:`encode_unlabelled`) and the loss neither rewards nor punishes them there.
     """
 
     case_id: str
@@ -50,6 +53,7 @@ class TrainingCase:
     patient: str = ""
     source: str = ""
     dropped_classes: tuple[int, ...] = ()
+    unlabelled_classes: tuple[int, ...] = ()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -66,6 +70,30 @@ class TrainingCase:
     def group_key(self) -> str:
         """The CT this case was drawn on (its group), never empty."""
         return self.group or self.case_id
+
+
+#: A crop's background voxel at or above this value also stands for the classes whose bits
+#: (class ``c``: bit ``c - 1``) the rest holds: those classes were not drawn for this case.
+UNLABELLED_FLAG = 128
+#: Classes a flag can name (bits 0-6 of a uint8 label).
+MAX_UNLABELLED_CLASS = 7
+
+
+def encode_unlabelled(
+    label: npt.NDArray[np.uint8], classes: tuple[int, ...]
+) -> npt.NDArray[np.uint8]:
+    """``label`` with its background voxels flagged as "background or any of ``classes``".
+
+    Labels are class maps ``(k, j, i)`` (0 background). Raises for a class a flag cannot name.
+    """
+    if not classes:
+        return label
+    if min(classes) < 1 or max(classes) > MAX_UNLABELLED_CLASS:
+        raise DatasetError(
+            f"unlabelled classes must be 1-{MAX_UNLABELLED_CLASS}, got {list(classes)}"
+        )
+    flag = UNLABELLED_FLAG | sum(1 << (c - 1) for c in set(classes))
+    return np.where(label == 0, np.uint8(flag), label)
 
 
 def _pad_to(array: npt.NDArray[np.generic], roi: tuple[int, ...]) -> npt.NDArray[np.generic]:
@@ -105,6 +133,7 @@ def _cut(
     label = np.asarray(_pad_to(case.label, roi)[window], dtype=np.uint8)
     if case.dropped_classes:
         label = np.where(np.isin(label, case.dropped_classes), np.uint8(0), label)
+    label = encode_unlabelled(label, case.unlabelled_classes)
     return np.asarray(image[window], dtype=np.float32), label
 
 

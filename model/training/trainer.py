@@ -20,42 +20,49 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
-from monai.losses.dice import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from model.errors import CheckpointMismatchError, ConfigurationError, DatasetError
+from model.errors import ConfigurationError
 from model.evaluation.metrics import dice
 from model.inference import resolve_device, sliding_window_classes
-from model.network.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from model.network.checkpoint import Checkpoint, save_checkpoint
 from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
 from model.text.encoders import TextEncoder
-from model.training.augmentation import AugmentConfig
 from model.training.batches import Batch, BatchPlan, StepBatches
-from model.training.convention_variants import convention_variants
+from model.training.convention_variants import convention_variants, with_partial_labels
 from model.training.distributed import SINGLE, DistContext, all_reduce_sum, barrier, device_for
 from model.training.heads import (
     HEAD_BIAS,
     HEAD_WEIGHT,
     ClassMap,
     expand_head,
-    plan_head,
-    transfer_head,
+    load_weights,
 )
+from model.training.partial_loss import PartialDiceCELoss
 from model.training.progress import RunClock, StepBar, stop_on_signals
+from model.training.run_config import (
+    STOP_REASONS,
+    TrainConfig,
+    TrainResult,
+    lr_lambda,
+    sliding_windows,
+    split_cases,
+)
 from model.training.run_state import STATE_FILE, read_state, restore_rng, rng_states, write_state
-from model.training.sampling import TrainingCase, patient_groups
+from model.training.sampling import TrainingCase
+from model.training.teacher_labels import calibrate, fill_unlabelled
 
 __all__ = [
     "HEAD_BIAS",
@@ -70,95 +77,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-#: Why a run stopped before its last epoch.
-STOP_REASONS = ("time_budget", "signal", "requested")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings (paper: AdamW, lr 1e-4, weight decay 1e-5, Dice+CE 1:1)."""
-
-    epochs: int = 100
-    steps_per_epoch: int = 0  # 0: one pass of crops over the training cases
-    batch_size: int = 2  # the global batch: divided among DDP processes
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    warmup_fraction: float = 0.05
-    lambda_dice: float = 1.0
-    lambda_ce: float = 1.0
-    pos_fraction: float = 0.67
-    val_fraction: float = 0.2
-    val_overlap: float = 0.25
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    grad_clip: float = 1.0
-    pair_fraction: float = 0.0  # share of steps whose batch pairs two notes of one CT
-    note_augment: float = 0.0  # share of notes rewritten to another with the same target
-    # nodal class -> N stages it is drawn for: derive counterfactual notes by the site's rule
-    stage_rule: tuple[tuple[int, tuple[str, ...]], ...] = ()
-    # (case-id regex, weight) pairs: cases (and CT groups) matching are drawn that much more often
-    oversample: tuple[tuple[str, float], ...] = ()
-    # geometry, intensity and text-aware mirror augmentation of the crops (off by default)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    workers: int = 0  # DataLoader worker processes building batches (0: in this process)
-    max_minutes: float = 0.0  # time budget of the run (0: none)
-    checkpoint_steps: int = 0  # also save a resumable `last` every N steps (0: epoch ends)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of a run (this invocation: ``steps`` and the rate exclude resumed steps)."""
-
-    best_dice: float
-    best_epoch: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    seconds: float = 0.0
-    steps: int = 0
-    samples_per_second: float = float("nan")  # global training crops per second
-    stopped: str = ""  # "", "time_budget", "signal" or "requested"
-    main: bool = True  # this process is rank 0 (the one that reports)
-
-
-def split_cases(
-    cases: list[TrainingCase], val_fraction: float, seed: int
-) -> tuple[list[TrainingCase], list[TrainingCase]]:
-    """Seeded split into training and validation cases by patient (at least one each when >= 2).
-
-    All notes of one CT (counterfactuals share the CT's group) and all CTs of one patient (the
-    cases' hashed PatientIDs) fall on the same side (:func:`patient_groups`), so the validation
-    Dice is never measured on a CT, or a patient, the network trained on. ``val_fraction`` is
-    a share of those groups.
-    """
-    if not cases:
-        raise DatasetError("no training cases")
-    groups = patient_groups(cases)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    n_val = min(max(1, round(len(keys) * val_fraction)), len(keys) - 1) if len(keys) > 1 else 0
-    val_ids = {id(c) for key in keys[:n_val] for c in groups[key]}
-    return [c for c in cases if id(c) not in val_ids], [c for c in cases if id(c) in val_ids]
-
-
-def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Linear warm-up to 1, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
-def sliding_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
-    """How many sliding windows cover a volume of ``shape`` (a validation cost estimate)."""
-    count = 1
-    for size, r in zip(shape, roi, strict=True):
-        stride = max(1, int(r * (1 - overlap)))
-        count *= 1 if size <= r else math.ceil((size - r) / stride) + 1
-    return count
 
 
 class _Joint(torch.nn.Module):
@@ -214,12 +132,7 @@ class Trainer:
         if self.context is not None:
             params += [p for p in self.context.parameters() if p.requires_grad]
         self.optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.loss = DiceCELoss(
-            to_onehot_y=True,
-            softmax=True,
-            lambda_dice=config.lambda_dice,
-            lambda_ce=config.lambda_ce,
-        )
+        self.loss = PartialDiceCELoss(config.lambda_dice, config.lambda_ce)
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0  # completed epochs
@@ -309,20 +222,31 @@ class Trainer:
 
     # --- validation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def _dice_scores(self, cases: list[TrainingCase]) -> list[float]:
+    def _probabilities(self, case: TrainingCase) -> npt.NDArray[np.float32]:
+        """Class probabilities ``(C, k, j, i)`` of a whole case (the network in eval mode)."""
         self.net.eval()
         if self.context is not None:
             self.context.eval()
+        try:
+            probs, _ = sliding_window_classes(
+                self.net,
+                np.asarray(case.image, np.float32),
+                self._g([case.note]),
+                overlap=self.cfg.val_overlap,
+            )
+        finally:
+            self.net.train()
+            if self.context is not None:
+                self.context.train()
+        return probs
+
+    def _dice_scores(self, cases: list[TrainingCase]) -> list[float]:
         scores = []
         for case in cases:
-            g = self._g([case.note])
-            probs, _ = sliding_window_classes(
-                self.net, np.asarray(case.image, np.float32), g, overlap=self.cfg.val_overlap
-            )
-            scores.append(dice(probs[0] <= 0.5, case.label > 0))  # foreground = 1 - background
-        self.net.train()
-        if self.context is not None:
-            self.context.train()
+            probs = self._probabilities(case)
+            # foreground = 1 - background, and 1 - the classes the case leaves unlabelled
+            background = probs[0] + sum((probs[c] for c in case.unlabelled_classes), 0.0)
+            scores.append(dice(background <= 0.5, case.label > 0))
         return scores
 
     def validate(self, cases: list[TrainingCase]) -> float:
@@ -330,6 +254,26 @@ class Trainer:
         if not cases:
             return float("nan")
         return float(np.mean(self._dice_scores(cases)))
+
+    def _teacher_fill(
+        self, train: list[TrainingCase], val: list[TrainingCase]
+    ) -> tuple[list[TrainingCase], list[TrainingCase]]:
+        """``train`` and ``val`` with their unlabelled classes drawn by the warm-start weights,
+        cut at thresholds calibrated on ``train``'s drawn structures
+        (:mod:`model.training.teacher_labels`); recorded in the checkpoint's metadata."""
+        if "init_from" not in self.meta:
+            raise ConfigurationError("--teacher-labels needs --init-from (the teacher)")
+        classes = sorted({c for case in train + val for c in case.unlabelled_classes})
+        thresholds = calibrate(train, self._probabilities, classes)
+        train, mine = fill_unlabelled(train, self._probabilities, thresholds)
+        val, theirs = fill_unlabelled(val, self._probabilities, thresholds)
+        voxels = {str(c): mine.voxels.get(c, 0) + theirs.voxels.get(c, 0) for c in classes}
+        self.meta["teacher_labels"] = {
+            "cases": mine.cases + theirs.cases,
+            "voxels": voxels,
+            "thresholds": {str(c): t for c, t in thresholds.items()},
+        }
+        return train, val
 
     def _validate_shared(self, val: list[TrainingCase]) -> float:
         """Mean Dice over ``val``, each rank scoring every ``world_size``-th case."""
@@ -354,8 +298,13 @@ class Trainer:
         """
         start = time.perf_counter()
         train, val = split_cases(cases, self.cfg.val_fraction, self.cfg.seed)
-        if self.cfg.stage_rule:  # after the split: variants stay with their case's side
-            train = train + convention_variants(train, dict(self.cfg.stage_rule))
+        rule = dict(self.cfg.stage_rule)
+        if rule and self.cfg.partial_labels:
+            train, val = with_partial_labels(train, rule), with_partial_labels(val, rule)
+            if self.cfg.teacher_labels:  # before any step: the warm-start model draws them
+                train, val = self._teacher_fill(train, val)
+        if rule and self.cfg.convention_variants:  # after the split: variants stay on its side
+            train = train + convention_variants(train, rule, partial=self.cfg.partial_labels)
         steps = self._steps(len(train))
         total = steps * self.cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -530,38 +479,13 @@ class Trainer:
         self, folder: Path, allow_new_structures: bool = False, class_map: ClassMap = ()
     ) -> tuple[Checkpoint, dict[str, object] | None]:
         """Load a checkpoint's network and text-side weights (same config and encoder)."""
-        mine = self.net.config
-        classes = None
-        if not allow_new_structures:
-            ckpt = load_checkpoint(folder, expected=mine)
-            self.net.load_state_dict(ckpt.network.state_dict())
-        else:
-            ckpt = load_checkpoint(folder)
-            if ckpt.config.with_structures(mine.structures).to_json() != mine.to_json():
-                raise CheckpointMismatchError(f"{folder} has another network config")
-            state = ckpt.network.state_dict()
-            old, new = ckpt.config.structure_names, mine.structure_names
-            if class_map or (old != new and ckpt.config.structures):
-                plan = plan_head(old, new, class_map)
-                state = transfer_head(state, self.net.state_dict(), old, new, plan)
-                classes = plan.as_meta()
-                log.info(  # names of structures, never of patients
-                    "head: %d classes kept, %d new, %d dropped",
-                    len(plan.kept),
-                    len(plan.new),
-                    len(plan.dropped),
-                )
-            elif old != new:
-                state = expand_head(state, len(old), mine.out_channels)
-            self.net.load_state_dict(state)
-        if self.context is not None:
-            if ckpt.text_encoder != self.context.identity:
-                raise CheckpointMismatchError(
-                    f"{folder} was trained with text encoder {ckpt.text_encoder}, "
-                    f"this run uses {self.context.identity}"
-                )
-            self.context.load_state_dict(ckpt.text_state)
-        return ckpt, classes
+        return load_weights(
+            self.net,
+            self.context,
+            folder,
+            allow_new_structures=allow_new_structures,
+            class_map=class_map,
+        )
 
     def _resume(self, sched: Any, steps: int) -> None:
         """Continue from ``<out>/last``: weights, optimiser, schedule, step, random states."""

@@ -44,7 +44,8 @@ def _classes(case: TrainingCase) -> set[int]:
 
 def test_variants_follow_the_site_rule_and_never_invent_a_structure() -> None:
     """N2 -> N1 (without IMN) and N0 (no nodes); N1 -> N0 only (the IMN of N2 was never
-    drawn); N0, N1mi and free text give nothing. Variants share their CT's group."""
+    drawn); N0, N1mi and free text give nothing. The node-negative variant is written N0 and
+    N1mi in turn. Variants share their CT's group."""
     note = "{}, cT2, breast conserving surgery, left side"
     cases = [
         _case("n2", note.format("N2a"), (1, 3, 4, 5)),
@@ -54,17 +55,18 @@ def test_variants_follow_the_site_rule_and_never_invent_a_structure() -> None:
         _case("free", "left breast, four positive nodes", (1, 3, 4, 5)),
     ]
     variants = {v.case_id: v for v in convention_variants(cases, SITE_RULE)}
-    assert set(variants) == {"n2~N0", "n2~N1", "n1~N0"}
+    assert set(variants) == {"n2~N0", "n2~N1", "n1~N1mi"}
     assert variants["n2~N1"].note == "N1, cT2, breast conserving surgery, left side"
+    assert variants["n1~N1mi"].note == "N1mi, cT2, breast conserving surgery, left side"
     assert _classes(variants["n2~N1"]) == {1, 3, 4}
     assert _classes(variants["n2~N0"]) == {1}
-    assert _classes(variants["n1~N0"]) == {1}
+    assert _classes(variants["n1~N1mi"]) == {1}
     assert _classes(cases[0]) == {1, 3, 4, 5}  # the case itself is untouched (shared arrays)
     assert variants["n2~N1"].label is cases[0].label
     assert {v.group for v in variants.values()} == {"ct-n2", "ct-n1"}
     # At the spec's rule (IMN for N1-N3) N2 and N1 have the same target: no N1 variant.
     spec = {3: ("1", "2", "3"), 4: ("1", "2", "3"), 5: ("1", "2", "3")}
-    assert {v.case_id for v in convention_variants(cases, spec)} == {"n2~N0", "n1~N0"}
+    assert {v.case_id for v in convention_variants(cases, spec)} == {"n2~N0", "n1~N1mi"}
 
 
 def test_a_variant_keeps_its_dropped_classes_through_a_worker_process(tmp_path: Path) -> None:
@@ -88,7 +90,7 @@ def test_the_rule_comes_from_the_map_and_refuses_what_contradicts_it() -> None:
         (4, ("1", "2", "3")),
         (5, ("2", "3")),
     )
-    with pytest.raises(ConfigurationError, match="needs --structure-map"):
+    with pytest.raises(ConfigurationError, match="need --structure-map"):
         _stage_rule(None, TrainConfig())
     with pytest.raises(ConfigurationError, match="--note-augment"):
         _stage_rule(site_map, TrainConfig(note_augment=0.5))
