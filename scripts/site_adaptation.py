@@ -387,7 +387,7 @@ def main() -> int:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "site")
     parser.add_argument("--fresh", action="store_true", help="start over (delete OUT)")
-    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (full: 1e-3)")
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate (presets: 3e-4)")
     parser.add_argument("--labels", choices=sorted(LABELS), help="the rule in training")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])

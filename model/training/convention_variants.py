@@ -21,8 +21,9 @@ turns to background (:attr:`~model.training.sampling.TrainingCase.dropped_classe
 does not draw for a node-positive stage is *not drawn*, not background. A case's own N1 side
 then leaves its IMN unlabelled (:func:`with_partial_labels`), and so does an N2 case's N1
 variant: the network is neither taught to draw nor to erase it there
-(:mod:`model.training.partial_loss`), and the served rule removes it. Only the N0 variant, for
-which no department draws nodes, turns them to background.
+(:mod:`model.training.partial_loss`), and the served rule removes it. Only the node-negative
+(N0 or N1mi) variant, for which no department draws nodes, turns them all to background,
+including nodes the warm-start model drew (:mod:`model.training.teacher_labels`).
 """
 
 from __future__ import annotations
@@ -33,27 +34,25 @@ from dataclasses import replace
 
 import numpy as np
 
+from model.training.note_variants import NODE_NEGATIVE_STAGES
 from model.training.sampling import TrainingCase
 
 _CLAUSE = re.compile(r"N(?P<n>0|1mi|[123][abc]?)(?P<rest>, cT[^,]+, [a-z ]+, (?:left|right) side)")
 
 #: Stages a variant may be given (one spelling per class of target).
 VARIANT_STAGES = ("0", "1", "2", "3")
-#: The spellings of the node-negative variant, taken in turn from case to case: N1mi has the
-#: target of N0 in every protocol, and a network shown only N0 reads "N1mi" as N1.
-NODE_NEGATIVE_SPELLINGS = ("0", "1mi")
 
 
 def drawn(stage_rule: Mapping[int, Sequence[str]], n_stage: str) -> frozenset[int]:
     """Nodal classes drawn for a side of ``n_stage`` under ``stage_rule`` (class -> stages)."""
-    if n_stage in ("0", "1mi"):
+    if n_stage in NODE_NEGATIVE_STAGES:
         return frozenset()
     return frozenset(c for c, stages in stage_rule.items() if n_stage[:1] in stages)
 
 
 def _not_drawn(stage_rule: Mapping[int, Sequence[str]], n_stage: str) -> frozenset[int]:
     """Nodal classes the rule leaves undrawn for a node-positive ``n_stage`` (else none)."""
-    if n_stage in ("0", "1mi"):
+    if n_stage in NODE_NEGATIVE_STAGES:
         return frozenset()
     return frozenset(stage_rule) - drawn(stage_rule, n_stage)
 
@@ -91,7 +90,8 @@ def convention_variants(
     is drawn at ``s`` and the two sets differ; its label drops the classes drawn at ``s``
     but not at ``t``. Variants share the case's CT group (and patient), so the split keeps
     them with their case and paired batches draw them together. Ids: ``<case>~N<t>``. The
-    node-negative variant is written N0 and N1mi in turn (:data:`NODE_NEGATIVE_SPELLINGS`).
+    node-negative variant is written N0 and N1mi in turn (N1mi has the target of N0 in every
+    protocol, and a network shown only N0 reads "N1mi" as N1).
     With ``partial``, the classes a node-positive variant drops are also unlabelled.
     """
     out: list[TrainingCase] = []
@@ -110,11 +110,11 @@ def convention_variants(
                 continue
             spelling = stage
             if stage == "0":
-                spelling = NODE_NEGATIVE_SPELLINGS[negatives % len(NODE_NEGATIVE_SPELLINGS)]
+                spelling = NODE_NEGATIVE_STAGES[negatives % len(NODE_NEGATIVE_STAGES)]
                 negatives += 1
             dropped = tuple(sorted(set(case.dropped_classes) | ((own | held) - target)))
             unlabelled: tuple[int, ...] = ()  # an N0 side has no nodes, in any protocol
-            if stage not in ("0", "1mi"):
+            if stage != "0":
                 unlabelled = case.unlabelled_classes
                 if partial:
                     unlabelled = tuple(sorted(set(unlabelled) | (own - target)))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from model.evaluation.metrics import dice
 from model.training.sampling import TrainingCase
 
 #: Class probabilities ``(C, k, j, i)`` of a case on its network grid.
@@ -49,11 +50,6 @@ class TeacherSummary:
 
     cases: int
     voxels: dict[int, int]
-
-
-def _dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / total if total else 1.0
 
 
 def calibrate(
@@ -73,7 +69,7 @@ def calibrate(
         probs = np.asarray(teacher(case))
         for c in present:
             drawn = label == c
-            scores[c].append([_dice(probs[c] >= t, drawn) for t in THRESHOLDS])
+            scores[c].append([dice(probs[c] >= t, drawn) for t in THRESHOLDS])
     return {
         c: THRESHOLDS[int(np.argmax(np.mean(rows, axis=0)))] for c, rows in scores.items() if rows
     }
