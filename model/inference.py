@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from model.imaging.plausibility import (
 from model.imaging.postprocessing import (
     CleaningPolicy,
     CleaningReport,
+    OnVoxels,
     added,
     body_mask,
     clean_prediction,
@@ -43,11 +45,12 @@ from model.imaging.postprocessing import (
     structures_of_sides,
     tidy_labels,
 )
-from model.imaging.preprocessing import (
-    PreprocessConfig,
-    preprocess_ct,
-    source_box_of,
-    to_source_box,
+from model.imaging.preprocessing import PreprocessConfig, preprocess_ct
+from model.imaging.source_sampling import (
+    MapOnSource,
+    NearestOnSource,
+    network_box,
+    source_box_of_network_box,
 )
 from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
 from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
@@ -87,7 +90,8 @@ class Prediction:
         inside the body, islands removed.
     probability
         float32 foreground probability (1 - background) on the same grid, before cleaning;
-        0 where the network's foreground is below 0.25 in every nearby voxel.
+        0 where the network's foreground is below 0.25 in every nearby voxel: an array, or
+        the network's map resampled on demand (:meth:`probability_map` gives the array).
     timings
         Seconds per stage (``preprocess``, ``context``, ``network``, ``postprocess``).
     windows
@@ -108,7 +112,7 @@ class Prediction:
     """
 
     mask: npt.NDArray[np.bool_]
-    probability: npt.NDArray[np.float32]
+    probability: npt.NDArray[np.float32] | MapOnSource
     timings: dict[str, float] = field(default_factory=dict)
     windows: int = 0
     structures: dict[tuple[str, str], npt.NDArray[np.bool_]] = field(default_factory=dict)
@@ -116,6 +120,12 @@ class Prediction:
     plausibility: PlausibilityReport | None = None
     confidence: dict[tuple[str, str], float] = field(default_factory=dict)
     stage_rule_removed_cc: dict[str, float] = field(default_factory=dict)
+
+    def probability_map(self) -> npt.NDArray[np.float32]:
+        """:attr:`probability` as a float32 array on the CT grid."""
+        if isinstance(self.probability, MapOnSource):
+            return self.probability.full()
+        return self.probability
 
 
 class Predictor:
@@ -253,39 +263,60 @@ class Predictor:
         timings["network"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         fg = np.clip(1.0 - probs[0], 0.0, 1.0)
-        on_ct = np.zeros(volume.grid.shape, dtype=np.float32)
-        box = source_box_of(fg >= 0.25, plan)
-        if box is not None:
-            on_ct[box] = to_source_box(fg, plan, box, mode="linear")
+        reach = network_box(fg >= 0.25)  # what the CTV's interpolation can read
+        box = None if reach is None else source_box_of_network_box(reach, plan)
+        foreground = MapOnSource(fg, plan, box)
         body = body_mask(volume, self.cleaning)
-        labels = seeds = net_labels = None
+        labels: OnVoxels | None = None
+        seeds: OnVoxels | None = None
+        net_labels = None
         mid_x = midline_x(body, volume.grid)
-        if len(probs) > 2 and box is not None:
-            net_labels, net_seeds = tidy_labels(probs, plan.target, mid_x)
-            labels = np.zeros(volume.grid.shape, dtype=np.uint8)
-            labels[box] = to_source_box(net_labels, plan, box, mode="nearest")
-            seeds = np.zeros(volume.grid.shape, dtype=bool)
-            seeds[box] = to_source_box(net_seeds, plan, box, mode="nearest") > 0
+        if len(probs) > 2 and reach is not None:
+            net_labels, net_seeds = tidy_labels(probs, plan.target, mid_x, region=reach)
+            # Read at the CTV's voxels only, from the network grid (nearest voxel).
+            nearest = NearestOnSource(plan)
+            labels = partial(nearest, net_labels)
+            seeds = partial(_seed_at, nearest, net_seeds)
         names = self.network.config.structure_names
         cleaned = clean_prediction(
-            volume, on_ct >= 0.5, labels, names, self.cleaning, body=body, seeds=seeds, mid_x=mid_x
+            volume,
+            foreground.at_least(0.5),
+            labels,
+            names,
+            self.cleaning,
+            body=body,
+            seeds=seeds,
+            mid_x=mid_x,
         )
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         marks = find_landmarks(volume, body, mid_x)
         structures, plausibility = check_structures(
-            volume, cleaned.structures, marks, mid_x, self.cleaning.min_structure_cc
+            volume,
+            cleaned.structures,
+            marks,
+            mid_x,
+            self.cleaning.min_structure_cc,
+            boxes=cleaned.boxes,
         )
-        union = cleaned.union
-        if plausibility.removed_cc:
-            union = np.zeros(volume.grid.shape, dtype=bool)
-            for mask in structures.values():
-                union |= mask
+        union = cleaned.union  # the structures' union, less what the rules removed
+        for key, mask in cleaned.structures.items():
+            left = structures.get(key)
+            if left is not mask:
+                where = cleaned.boxes[key]
+                union[where] &= ~mask[where] if left is None else ~mask[where] | left[where]
         timings["plausibility"] = time.perf_counter() - t0
         confidence = structure_confidence(probs, net_labels, plan.target, mid_x, names)
         confidence = {key: value for key, value in confidence.items() if key in structures}
         return Prediction(
-            union, on_ct, timings, windows, structures, cleaned.report, plausibility, confidence
+            union,
+            foreground,
+            timings,
+            windows,
+            structures,
+            cleaned.report,
+            plausibility,
+            confidence,
         )
 
     def predict_record(
@@ -339,6 +370,14 @@ class Predictor:
         return self.context_for(note).to(self.device)
 
 
+def _seed_at(
+    nearest: NearestOnSource, seeds: npt.NDArray[np.uint8], points: npt.NDArray[np.intp]
+) -> npt.NDArray[np.bool_]:
+    """Whether each CT voxel's nearest network voxel is a seed (:func:`tidy_labels`)."""
+    found: npt.NDArray[np.bool_] = nearest(seeds, points) > 0
+    return found
+
+
 def scaled_progress(progress: ProgressFn | None, start: float, share: float) -> ProgressFn | None:
     """``progress`` for one of several passes: fraction ``f`` is reported as ``start + share f``."""
     if progress is None:
@@ -360,7 +399,7 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
         outside_body_cc=sum(r.outside_body_cc for r in reports),
         islands_cc=added([r.islands_cc for r in reports]),
     )
-    probability = np.maximum.reduce([p.probability for p in predictions])
+    probability = np.maximum.reduce([p.probability_map() for p in predictions])
     timings = added([p.timings for p in predictions])
     windows = sum(p.windows for p in predictions)
     plausibility = plausibility_of_sides([p.plausibility for p in predictions], sides)

@@ -11,16 +11,20 @@ Conventions used everywhere in llmctv:
   = PixelSpacing[0], column spacing = PixelSpacing[1]).
 
 Masks on a grid (bool ``(k, j, i)`` arrays) have index-space helpers here: their bounding
-box, voxel counts per slice, row and column, in-plane morphology and block upsampling, each
-equal to the plain numpy/scipy expression it replaces and cheaper on a 512 matrix.
+box, voxel counts per slice, row and column, connected components, in-plane morphology and
+block upsampling, each equal to the plain numpy/scipy expression it replaces and cheaper on
+a 512 matrix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
+import cc3d
 import numpy as np
 import numpy.typing as npt
+from scipy import ndimage
 
 from model.errors import ConfigurationError
 
@@ -154,6 +158,34 @@ def mask_voxels(mask: BoolArray, box: tuple[slice, ...] | None = None) -> npt.ND
     slab = mask[slices]
     k, j, i = np.unravel_index(np.flatnonzero(slab), slab.shape)
     return np.column_stack([k + (slices.start or 0), j, i])
+
+
+#: Masks smaller than this are labelled by scipy (a fraction of a millisecond), and so are
+#: line-shaped ones: connected-components-3d 4.1.1 underestimates its union-find table for a
+#: mask with two axes of length 1 under 26-connectivity and raises.
+_SMALL_MASK = 1 << 15
+
+
+def label_components(
+    mask: BoolArray, connectivity: Literal[6, 26] = 26
+) -> tuple[npt.NDArray[Any], int]:
+    """The connected components of a ``(k, j, i)`` mask: labels ``1..n`` (0 outside), and n.
+
+    The same labels as ``ndimage.label`` with the full 3x3x3 structure (``connectivity=26``)
+    or its default cross (``6``), numbered in the same raster order, computed by
+    connected-components-3d on large masks (several times faster on a CT); the label type
+    is the smallest that holds them.
+    """
+    if connectivity not in (6, 26):
+        raise ConfigurationError(f"connectivity must be 6 or 26, got {connectivity}")
+    if mask.size < _SMALL_MASK or sorted(mask.shape)[1] == 1:
+        rank = 1 if connectivity == 6 else 3
+        labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, rank))
+        return labels, int(count)
+    found, n = cc3d.connected_components(
+        np.ascontiguousarray(mask), connectivity=connectivity, return_N=True, binary_image=True
+    )
+    return found, int(n)
 
 
 def marginal_counts(

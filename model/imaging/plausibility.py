@@ -44,7 +44,14 @@ import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from model.imaging.geometry import FloatArray, Grid, Volume, mask_box, mask_voxels
+from model.imaging.geometry import (
+    FloatArray,
+    Grid,
+    Volume,
+    label_components,
+    mask_box,
+    mask_voxels,
+)
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -177,7 +184,7 @@ def _column_x(grid: Grid, step: int, shape: tuple[int, ...]) -> npt.NDArray[np.f
 
 
 def _lungs(air: BoolArray) -> BoolArray:
-    labels, count = ndimage.label(air)
+    labels, count = label_components(air, 6)
     if count == 0:
         return air
     sizes = np.bincount(labels.ravel())
@@ -193,11 +200,13 @@ def check_structures(
     marks: Landmarks,
     mid_x: float,
     min_cc: float = 0.5,
+    boxes: dict[tuple[str, str], tuple[slice, ...]] | None = None,
 ) -> tuple[dict[tuple[str, str], BoolArray], PlausibilityReport]:
     """Remove the implausible voxels of each (structure, side); report them in cc.
 
     A structure with less than ``min_cc`` left is dropped (its remnant reported too).
-    ``structures`` is not modified.
+    ``structures`` is not modified. ``boxes`` may give an index box around each mask
+    (:class:`~model.imaging.postprocessing.CleanedPrediction`): only that box is read.
     """
     grid = volume.grid
     voxel_cc = float(np.prod(grid.spacing)) / 1000.0
@@ -205,7 +214,7 @@ def check_structures(
     kept: dict[tuple[str, str], BoolArray] = {}
     hulls: dict[int, FloatArray | None] = {}  # per slice, shared by the structures
     for key, mask in structures.items():
-        box = mask_box(mask)
+        box = (boxes or {}).get(key) or mask_box(mask)
         if box is None:
             continue
         points = _points(mask, box)
@@ -306,7 +315,7 @@ def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
     grid = np.zeros(shape, dtype=bool)
     local = tuple((on_bright - low).T)
     grid[local] = True
-    labels, _ = ndimage.label(grid, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = label_components(grid, 26)
     at = labels[local]
     sizes = np.bincount(at) * voxel_cc
     bone = np.zeros(len(points), dtype=bool)

@@ -17,7 +17,9 @@ relative to the body's centroid, never from array halves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +30,7 @@ from model.imaging.geometry import (
     Volume,
     in_plane_morphology,
     in_plane_opening,
+    label_components,
     marginal_counts,
     mask_box,
     mask_voxels,
@@ -36,6 +39,9 @@ from model.imaging.geometry import (
 
 BoolArray = npt.NDArray[np.bool_]
 IndexArray = npt.NDArray[np.intp]
+#: Values at CT voxels: a CT-grid array, or a function giving them at voxels ``(n, 3)``
+#: (e.g. network-grid labels read through :class:`~model.imaging.source_sampling.NearestOnSource`).
+OnVoxels = npt.NDArray[Any] | Callable[[IndexArray], npt.NDArray[Any]]
 SIDES = ("L", "R")
 #: In-plane resolution (mm) at which the body region is found.
 COARSE_MM = 4.0
@@ -79,11 +85,14 @@ class CleaningReport:
 
 @dataclass
 class CleanedPrediction:
-    """The union CTV, the per-(structure, side) masks and what cleaning removed."""
+    """The union CTV, the per-(structure, side) masks and what cleaning removed; ``boxes``
+    holds an index box ``(k, j, i)`` around each mask (nothing of it outside), so that later
+    steps read a structure's box rather than the whole grid."""
 
     union: BoolArray
     structures: dict[tuple[str, str], BoolArray]
     report: CleaningReport
+    boxes: dict[tuple[str, str], tuple[slice, ...]] = field(default_factory=dict)
 
 
 def _disk(radius: int) -> BoolArray:
@@ -104,7 +113,7 @@ def body_mask(volume: Volume, policy: CleaningPolicy = CleaningPolicy()) -> Bool
     step = max(1, int(COARSE_MM // pixel))
     coarse = hu[:, ::step, ::step] > policy.body_hu
     disk = _disk(max(1, round(policy.contact_break_mm / (pixel * step))))
-    labels, count = ndimage.label(in_plane_opening(coarse, disk))
+    labels, count = label_components(in_plane_opening(coarse, disk), 6)
     if count == 0:
         return np.zeros(hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
@@ -213,9 +222,7 @@ def keep_components(
     voxels = mask_voxels(mask, box)
     on_anchor = None if anchors is None else anchors[tuple(voxels.T)]
     start = np.array([s.start for s in box])
-    labels, keep, _ = _selection(
-        mask[box], voxels - start, largest_only, keep_fraction, on_anchor, None
-    )
+    labels, keep, _ = _selection(mask[box], voxels - start, largest_only, keep_fraction, on_anchor)
     if labels is None:
         return mask
     out = np.zeros(mask.shape, dtype=bool)
@@ -232,18 +239,17 @@ def _selection(
     largest_only: bool,
     keep_fraction: float,
     on_anchor: BoolArray | None,
-    scratch: npt.NDArray[np.uint16] | None,
-) -> tuple[LabelArray | None, BoolArray, int]:
+) -> tuple[LabelArray | None, BoolArray, BoolArray | None]:
     """The components of ``mask`` (26-connectivity) that :func:`keep_components` keeps.
 
     ``voxels`` are the mask's True voxels (``(n, 3)``, :func:`mask_voxels` of it) and
     ``on_anchor`` whether each is an anchor. Returns the components' labels (``None`` when the
-    mask is kept whole), whether each label is kept, and the voxels kept. The labels go into
-    ``scratch`` (16 bits, at least ``mask.size``) when it is given and they fit.
+    mask is kept whole), whether each label is kept, and whether each voxel is kept
+    (``None``: all).
     """
-    labels, count = _label(mask, scratch)
+    labels, count = _label(mask)
     if count <= 1 and on_anchor is None:
-        return None, np.ones(1, dtype=bool), len(voxels)
+        return None, np.ones(1, dtype=bool), None
     # Sizes and anchors from the mask's voxels only, not from every voxel of its box.
     at = labels[voxels[:, 0], voxels[:, 1], voxels[:, 2]]
     sizes = np.bincount(at, minlength=count + 1)
@@ -253,28 +259,19 @@ def _selection(
         anchored[at[on_anchor]] = True
         sizes[~anchored] = 0
     if sizes.max() == 0:
-        return labels, np.zeros(count + 1, dtype=bool), 0
+        return labels, np.zeros(count + 1, dtype=bool), np.zeros(len(voxels), dtype=bool)
     if largest_only:
         keep = sizes == sizes.max()
         keep[np.flatnonzero(keep)[1:]] = False
     else:
         keep = sizes >= keep_fraction * sizes.max()
     keep[0] = False
-    return labels, keep, int(sizes[keep].sum())
+    return labels, keep, keep[at]
 
 
-def _label(mask: BoolArray, scratch: npt.NDArray[np.uint16] | None) -> tuple[LabelArray, int]:
-    """``ndimage.label`` with 26-connectivity, into ``scratch`` while the labels fit 16 bits
-    (less fresh memory to write than 32-bit labels; scipy refuses labels that do not fit)."""
-    structure = np.ones((3, 3, 3), dtype=bool)
-    if scratch is not None:
-        labels = scratch[: mask.size].reshape(mask.shape)
-        try:
-            return labels, int(ndimage.label(mask, structure=structure, output=labels))
-        except RuntimeError:  # over 65535 components: 32 bits
-            pass
-    found, count = ndimage.label(mask, structure=structure)
-    return found, int(count)
+def _label(mask: BoolArray) -> tuple[LabelArray, int]:
+    """The components of ``mask`` with 26-connectivity (:func:`label_components`)."""
+    return label_components(mask, 26)
 
 
 def _write_kept(out: BoolArray, labels: LabelArray, keep: BoolArray) -> None:
@@ -288,15 +285,19 @@ def _write_kept(out: BoolArray, labels: LabelArray, keep: BoolArray) -> None:
 
 
 def tidy_labels(
-    probs: npt.NDArray[np.float32], grid: Grid, mid_x: float
+    probs: npt.NDArray[np.float32],
+    grid: Grid,
+    mid_x: float,
+    region: tuple[slice, ...] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
     """Structure labels on the network grid, one piece per (structure, side).
 
     ``probs`` are the class probabilities ``(C, k, j, i)`` (background first) on ``grid``.
     In the foreground (background <= 0.5), the largest connected piece of each (structure,
-    side) is a seed; every other voxel of the grid takes the label of its nearest seed, so
-    fragments at the border of two structures join their neighbour instead of becoming
-    islands. Returns the filled labels (1..S) and the seeds (0 elsewhere).
+    side) is a seed; every other voxel of ``region`` (an index box, default the whole grid;
+    it always holds the foreground's box) takes the label of its nearest seed, so fragments
+    at the border of two structures join their neighbour instead of becoming islands; the
+    voxels outside it are 0. Returns the filled labels (1..S) and the seeds (0 elsewhere).
     """
     foreground = probs[0] <= 0.5
     raw = _first_argmax(probs[1:]) + 1
@@ -310,12 +311,22 @@ def tidy_labels(
                 part = inside & (classes == label) & on_side
                 if part.any():
                     in_box[keep_components(part, True, 1.0)] = label
-    if not seeds.any():
+    if box is None or not seeds.any():
         return raw, seeds
-    nearest = ndimage.distance_transform_edt(
-        seeds == 0, return_distances=False, return_indices=True
+    # Every seed lies in the foreground's box: the nearest seed of a voxel of any box that
+    # holds it is found inside that box.
+    shape: tuple[int, ...] = tuple(probs.shape[1:])
+    whole = tuple(slice(0, size) for size in shape)
+    region = tuple(
+        slice(min(r.start, b.start), max(r.stop, b.stop))
+        for r, b in zip(region or whole, box, strict=True)
     )
-    filled: npt.NDArray[np.uint8] = seeds[tuple(nearest)]
+    local = seeds[region]
+    nearest = ndimage.distance_transform_edt(
+        local == 0, return_distances=False, return_indices=True
+    )
+    filled = np.zeros(seeds.shape, dtype=np.uint8)
+    filled[region] = local[tuple(nearest)]
     return filled, seeds
 
 
@@ -336,12 +347,12 @@ def _first_argmax(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 def clean_prediction(
     volume: Volume,
     union: BoolArray,
-    labels: npt.NDArray[np.uint8] | None,
+    labels: OnVoxels | None,
     names: tuple[str, ...],
     policy: CleaningPolicy = CleaningPolicy(),
     *,
     body: BoolArray | None = None,
-    seeds: BoolArray | None = None,
+    seeds: OnVoxels | None = None,
     mid_x: float | None = None,
 ) -> CleanedPrediction:
     """Clean a prediction on the CT grid.
@@ -353,14 +364,16 @@ def clean_prediction(
     union
         The thresholded foreground (1 - background >= 0.5), ``(k, j, i)``.
     labels
-        The structure of each voxel (1..S, from :func:`tidy_labels`) on the CT grid, or
-        ``None`` for a single-CTV network.
+        The structure of each voxel (1..S, from :func:`tidy_labels`) on the CT grid (an array
+        or a function of voxels, read at the union's voxels only), or ``None`` for a
+        single-CTV network.
     names
         Structure names of labels 1..S (``("ctv",)`` for a single-CTV network).
     body
         The body mask (:func:`body_mask`), when already computed.
     seeds
-        The structures' main pieces on the CT grid (:func:`tidy_labels`); in each (structure,
+        The structures' main pieces on the CT grid (:func:`tidy_labels`; as ``labels``,
+        boolean); in each (structure,
         side) the largest piece that overlaps them is kept, pieces that overlap none are
         islands.
     mid_x
@@ -370,6 +383,7 @@ def clean_prediction(
     report = CleaningReport()
     body = body_mask(volume, policy) if body is None else body
     structures: dict[tuple[str, str], BoolArray] = {}
+    boxes: dict[tuple[str, str], tuple[slice, ...]] = {}
     # np.zeros (calloc) rather than zeros_like (a written fill): pages outside the boxes are
     # never touched, which matters for one full-grid mask per structure on a 512 matrix.
     cleaned = np.zeros(union.shape, dtype=bool)
@@ -379,33 +393,33 @@ def clean_prediction(
     mid_x = midline_x(body, volume.grid) if mid_x is None else mid_x
     pairs = _side_pairs(points, labels, volume.grid, mid_x)
     largest_only = policy.keep_largest and labels is not None
-    # One label buffer for every pair, sized for the largest box: fresh memory is not free.
-    volumes = [int(np.prod([s.stop - s.start for s in where])) for where, _ in pairs.values()]
-    scratch = np.empty(max(volumes, default=0), dtype=np.uint16) if policy.keep_largest else None
     kept_total = 0
     for code, (where, voxels) in sorted(pairs.items()):
-        # The pair's voxels are set in its own full-grid mask, labelled there and replaced by
-        # the kept components: no other array of the box's size is written.
-        full = np.zeros(union.shape, dtype=bool)
-        part = full[where]
-        local = voxels - np.array([s.start for s in where])
-        part[tuple(local.T)] = True
-        parts: tuple[LabelArray | None, BoolArray, int] = (None, np.ones(1, bool), len(voxels))
+        # The pair's voxels are labelled in its box; the kept ones are then set by index in
+        # its own full-grid mask (calloc: only their pages are touched).
+        on_kept = None
         if policy.keep_largest:
-            on_anchor = None if seeds is None else seeds[tuple(voxels.T)]
-            parts = _selection(part, local, largest_only, policy.keep_fraction, on_anchor, scratch)
-        components, keep, kept = parts
-        if float(kept) * voxel_cc < policy.min_structure_cc:
+            part = np.zeros(tuple(w.stop - w.start for w in where), dtype=bool)
+            local = voxels - np.array([w.start for w in where])
+            part[tuple(local.T)] = True
+            on_anchor = None if seeds is None else _at(seeds, voxels)
+            on_kept = _selection(part, local, largest_only, policy.keep_fraction, on_anchor)[2]
+        kept_voxels = voxels if on_kept is None else voxels[on_kept]
+        if not len(kept_voxels) or float(len(kept_voxels)) * voxel_cc < policy.min_structure_cc:
             continue
-        if components is not None:
-            _write_kept(part, components, keep)
-        cleaned[where] |= part
-        structures[(names[(code - 1) // 2], SIDES[(code - 1) % 2])] = full
-        kept_total += kept
+        full = np.zeros(union.shape, dtype=bool)
+        index = tuple(kept_voxels.T)
+        full[index] = True
+        cleaned[index] = True
+        key = (names[(code - 1) // 2], SIDES[(code - 1) % 2])
+        structures[key] = full
+        low, high = kept_voxels.min(axis=0), kept_voxels.max(axis=0)  # its own box
+        boxes[key] = tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
+        kept_total += len(kept_voxels)
     removed = len(points) - kept_total
     if removed:
         report.islands_cc["islands"] = round(float(removed) * voxel_cc, 2)
-    return CleanedPrediction(cleaned, structures, report)
+    return CleanedPrediction(cleaned, structures, report, boxes)
 
 
 def _in_body(
@@ -427,7 +441,7 @@ def _in_body(
 
 
 def _side_pairs(
-    points: IndexArray, labels: npt.NDArray[np.uint8] | None, grid: Grid, mid_x: float
+    points: IndexArray, labels: OnVoxels | None, grid: Grid, mid_x: float
 ) -> dict[int, tuple[tuple[slice, ...], IndexArray]]:
     """The voxels ``(n, 3)`` of each (structure, side) among ``points`` and their bounding box.
 
@@ -437,8 +451,7 @@ def _side_pairs(
     against ``mid_x``.
     """
     x = grid.lps_coordinate(points, 0)
-    k, j, i = points.T
-    structure = np.ones(len(k), np.uint8) if labels is None else labels[k, j, i]
+    structure = np.ones(len(points), np.uint8) if labels is None else _at(labels, points)
     voxel_codes = np.where(structure > 0, structure * 2 - (x > mid_x).astype(np.uint8), 0)
     pairs: dict[int, tuple[tuple[slice, ...], IndexArray]] = {}
     for code in np.unique(voxel_codes):
@@ -449,6 +462,13 @@ def _side_pairs(
         where = tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high, strict=True))
         pairs[int(code)] = (where, voxels)
     return pairs
+
+
+def _at(values: OnVoxels, points: IndexArray) -> npt.NDArray[Any]:
+    """``values`` at the voxels ``points`` ``(n, 3)``."""
+    if callable(values):
+        return values(points)
+    return values[points[:, 0], points[:, 1], points[:, 2]]
 
 
 def structures_of_sides(

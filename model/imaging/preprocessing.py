@@ -292,11 +292,14 @@ def _out_shape(shape: Sequence[int], dim: int, m: _AxisMap) -> list[int]:
     return new
 
 
-def _apply_maps(x: torch.Tensor, maps: list[_AxisMap], dtype: torch.dtype) -> torch.Tensor:
+def _apply_maps(
+    x: torch.Tensor, maps: list[_AxisMap], dtype: torch.dtype, into: torch.Tensor | None = None
+) -> torch.Tensor:
     """Apply per-axis lookups to ``x`` (``(..., k, j, i)``), giving a ``dtype`` tensor.
 
     A slice-axis pass runs on the whole volume; in-plane passes run on slabs of a few
-    slices so that their intermediates stay in cache and only the result is newly allocated.
+    slices so that their intermediates stay in cache and only the result is newly allocated,
+    or written into ``into`` (a 3-d view of the result's shape, e.g. a box of a larger array).
     """
     lead = x.dim() - 3
     scratch = _Scratch(dtype)
@@ -305,12 +308,12 @@ def _apply_maps(x: torch.Tensor, maps: list[_AxisMap], dtype: torch.dtype) -> to
         x = _axis_pass(x, m, lead, _empty(_out_shape(x.shape, lead, m), dtype), scratch)
     plane = [m for m in maps if m.axis > 0]
     if not plane:
-        return x
+        return x if into is None else into.copy_(x)
     flat = x.reshape(-1, x.shape[-2], x.shape[-1])
     out_shape = list(flat.shape)
     for m in plane:
         out_shape = _out_shape(out_shape, m.axis, m)
-    out = _empty(out_shape, dtype)
+    out = _empty(out_shape, dtype) if into is None else into
     step = max(1, _SLAB_VOXELS // (flat.shape[1] * flat.shape[2]))
     for s in range(0, flat.shape[0], step):
         y = flat[s : s + step]
@@ -320,7 +323,7 @@ def _apply_maps(x: torch.Tensor, maps: list[_AxisMap], dtype: torch.dtype) -> to
             shape = _out_shape(y.shape, m.axis, m)
             dest = out[s : s + step] if n == len(plane) - 1 else scratch.view(f"mid{n}", shape)
             y = _axis_pass(y, m, m.axis, dest, scratch)
-    return out.view([*x.shape[:-2], *out_shape[-2:]])
+    return out if into is not None else out.view([*x.shape[:-2], *out_shape[-2:]])
 
 
 def _grid_sample(x: torch.Tensor, out_grid: Grid, in_grid: Grid, mode: Mode) -> torch.Tensor:
@@ -357,9 +360,17 @@ def _to_torch(array: npt.NDArray[np.generic]) -> torch.Tensor:
 
 
 def _resample(
-    array: npt.NDArray[np.generic], out_grid: Grid, in_grid: Grid, mode: Mode
+    array: npt.NDArray[np.generic],
+    out_grid: Grid,
+    in_grid: Grid,
+    mode: Mode,
+    into: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
-    """Resample ``array`` (``(k, j, i)`` or ``(C, k, j, i)`` on ``in_grid``) to ``out_grid``."""
+    """Resample ``array`` (``(k, j, i)`` or ``(C, k, j, i)`` on ``in_grid``) to ``out_grid``.
+
+    ``into``: a float32 ``(k, j, i)`` array (or view) of ``out_grid``'s shape that receives a
+    linear 3-d result and is returned (no result array is allocated on the separable path).
+    """
     if mode not in ("linear", "nearest"):
         raise ConfigurationError(f"interpolation mode must be 'linear' or 'nearest', got {mode!r}")
     if array.ndim not in (3, 4) or tuple(array.shape[-3:]) != tuple(in_grid.shape):
@@ -369,6 +380,11 @@ def _resample(
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     maps = _separable_maps(out_grid, in_grid, mode)
+    if into is not None and (mode != "linear" or array.ndim != 3 or into.dtype != np.float32):
+        raise ConfigurationError("into= takes a float32 3-d linear resampling only")
+    if into is not None and (maps is None or not maps):
+        into[...] = _resample(array, out_grid, in_grid, mode)
+        return into
     if maps is not None and not maps:
         return np.array(array, dtype=np.float32 if mode == "linear" else array.dtype, copy=True)
     if mode == "nearest":
@@ -380,7 +396,10 @@ def _resample(
     x = _to_torch(src)
     dtype = torch.float32 if mode == "linear" else x.dtype
     if maps is not None:
-        out: npt.NDArray[Any] = _apply_maps(x, maps, dtype).numpy()
+        target = None if into is None else torch.from_numpy(into)
+        out: npt.NDArray[Any] = _apply_maps(x, maps, dtype, target).numpy()
+        if into is not None:
+            return into
     else:
         lead = array.ndim - 3
         sampled = _grid_sample(x.float() if lead else x.float()[None], out_grid, in_grid, mode)
@@ -461,46 +480,6 @@ def to_source_grid(
         If the spatial shape is not ``plan.target.shape`` or ``mode`` is unknown.
     """
     return _resample(target_array, plan.source, plan.target, mode)
-
-
-def source_box_of(mask: npt.NDArray[np.bool_], plan: ResamplingPlan, margin: int = 2) -> Box | None:
-    """The CT-grid index box ``(k, j, i)`` slices covering ``mask`` (network grid), or None.
-
-    The network-grid bounding box (grown by ``margin`` voxels) is mapped corner by corner
-    through LPS to CT indices, so everything a network voxel of ``mask`` can touch by
-    interpolation lies inside the box.
-    """
-    hits = np.argwhere(mask)
-    if len(hits) == 0:
-        return None
-    low = np.maximum(hits.min(axis=0) - margin, 0)
-    high = np.minimum(hits.max(axis=0) + margin, np.asarray(mask.shape) - 1)
-    corners = np.array(
-        [[(high if (bit >> a) & 1 else low)[a] for a in range(3)] for bit in range(8)], float
-    )
-    on_ct = plan.source.lps_to_index(plan.target.index_to_lps(corners))
-    start = np.clip(np.floor(on_ct.min(axis=0)).astype(int), 0, None)
-    stop = np.minimum(np.ceil(on_ct.max(axis=0)).astype(int) + 1, plan.source.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
-
-
-def to_source_box(
-    target_array: npt.NDArray[np.generic], plan: ResamplingPlan, box: Box, mode: Mode = "linear"
-) -> npt.NDArray[Any]:
-    """:func:`to_source_grid` on the ``box`` of the CT grid only (same values there)."""
-    return _resample(target_array, sub_grid(plan.source, box), plan.target, mode)
-
-
-def sub_grid(grid: Grid, box: Box) -> Grid:
-    """The grid of the voxels ``box`` (index slices ``(k, j, i)``) of ``grid``: same geometry."""
-    start = np.array([s.start for s in box], dtype=float)
-    origin = grid.index_to_lps(start)
-    return Grid(
-        shape=(box[0].stop - box[0].start, box[1].stop - box[1].start, box[2].stop - box[2].start),
-        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
-        spacing=grid.spacing,
-        direction=grid.direction,
-    )
 
 
 # --- intensities --------------------------------------------------------------------------------

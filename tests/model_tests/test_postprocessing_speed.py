@@ -20,6 +20,7 @@ from model.imaging.geometry import (
     Volume,
     in_plane_morphology,
     in_plane_opening,
+    label_components,
     marginal_counts,
     mask_box,
     mask_voxels,
@@ -146,11 +147,28 @@ def test_first_argmax_is_numpys_with_ties_and_nan() -> None:
     assert np.array_equal(postprocessing._first_argmax(values), np.argmax(values, axis=0))
 
 
-def test_labels_past_16_bits_fall_back_to_32() -> None:
-    mask = np.zeros((1, 600, 600), dtype=bool)
-    mask[0, ::2, ::2] = True  # 90 000 isolated voxels
-    labels, count = postprocessing._label(mask, np.empty(mask.size, dtype=np.uint16))
-    assert labels.dtype == np.int32 and count == ndimage.label(mask)[1] > 65535
+@pytest.mark.parametrize("connectivity", [6, 26])
+def test_components_are_scipys_labels_in_the_same_order(connectivity: int) -> None:
+    """connected-components-3d gives ndimage.label's partition and numbering (the largest
+    of equal pieces is the first in raster order, as before), also past 16-bit labels."""
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    for mask in (
+        RNG.random((14, 40, 44)) < 0.3,
+        RNG.random((9, 33, 31))[:, ::-1] < 0.5,  # a non-contiguous view
+        np.zeros((2, 3, 4), dtype=bool),
+        np.array([[[True, False, True]]]),  # line-shaped: connected-components-3d raises
+        RNG.random((1, 1, 40000)) < 0.5,  # and large
+        RNG.random((60, 70, 80)) < 0.3,  # labelled by connected-components-3d
+    ):
+        labels, count = label_components(mask, connectivity)  # type: ignore[arg-type]
+        plain, plain_count = ndimage.label(mask, structure=structure)
+        assert count == plain_count and np.array_equal(labels, plain)
+    many = np.zeros((1, 600, 600), dtype=bool)
+    many[0, ::2, ::2] = True  # 90 000 isolated voxels: past 16 bits
+    labels, count = label_components(many, connectivity)  # type: ignore[arg-type]
+    assert (
+        count == 90000 and labels.max() == 90000 and np.array_equal(labels, ndimage.label(many)[0])
+    )
 
 
 def test_keep_components_as_the_plain_lookup() -> None:
@@ -182,9 +200,10 @@ def test_clean_prediction_reads_only_the_union_box() -> None:
     outside = float(np.count_nonzero(union & ~body)) * voxel_cc
     assert cleaned.report.outside_body_cc == round(outside, 2)
     kept = np.zeros(shape, dtype=bool)
-    for mask in cleaned.structures.values():
+    for key, mask in cleaned.structures.items():
         assert not (kept & mask).any()
         kept |= mask
+        assert cleaned.boxes[key] == mask_box(mask)  # the mask's own box, for later steps
     assert np.array_equal(cleaned.union, kept)
     islands = float(np.count_nonzero(union & body) - np.count_nonzero(kept)) * voxel_cc
     assert cleaned.report.islands_cc.get("islands", 0.0) == round(islands, 2)
@@ -273,6 +292,20 @@ def test_tidy_labels_as_the_whole_grid_formulation() -> None:
     nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)[1]
     filled, found = postprocessing.tidy_labels(probs, grid, 0.0)
     assert np.array_equal(found, seeds) and np.array_equal(filled, seeds[tuple(nearest)])
+    # Filled in a region only (the CTV's reach): the same labels there, 0 elsewhere; a
+    # region smaller than the foreground's box still covers it.
+    for region in ((slice(1, 7), slice(2, 20), slice(3, 26)), (slice(3, 4),) * 3):
+        part, found = postprocessing.tidy_labels(probs, grid, 0.0, region=region)
+        box = mask_box(foreground)
+        assert box is not None
+        hull = tuple(
+            slice(min(r.start, b.start), max(r.stop, b.stop))
+            for r, b in zip(region, box, strict=True)
+        )
+        covered = np.zeros(shape, dtype=bool)
+        covered[hull] = True
+        assert np.array_equal(found, seeds)
+        assert np.array_equal(part[covered], filled[covered]) and not part[~covered].any()
 
 
 def test_bone_pieces_as_in_the_whole_box() -> None:

@@ -7,6 +7,7 @@ import numpy.typing as npt
 import pytest
 
 from model.errors import ConfigurationError
+from model.imaging import source_sampling
 from model.imaging.geometry import Grid, Volume
 from model.imaging.preprocessing import (
     PreprocessConfig,
@@ -16,6 +17,13 @@ from model.imaging.preprocessing import (
     resample_image,
     resample_labels,
     to_source_grid,
+)
+from model.imaging.source_sampling import (
+    MapOnSource,
+    NearestOnSource,
+    network_box,
+    source_box_of,
+    source_box_of_network_box,
 )
 
 IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
@@ -281,3 +289,67 @@ def test_preprocess_ct() -> None:
     assert image.min() >= 0.0
     assert image.max() == pytest.approx(0.52)
     assert PreprocessConfig().target_spacing == (3.0, 1.0, 1.0)
+
+
+# --- network-grid values at CT voxels -------------------------------------------------------
+OBLIQUE = ((0.98, 0.2, 0.0), (-0.2, 0.98, 0.0), (0.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("direction", [IDENTITY, FLIPPED, PERMUTED, OBLIQUE])
+@pytest.mark.parametrize("orientation", ["lps", "source"])
+def test_nearest_on_source_is_the_nearest_resampling_at_each_voxel(
+    direction: tuple[tuple[float, float, float], ...], orientation: str
+) -> None:
+    """Labels read at CTV voxels are the values the whole nearest resampling puts there,
+    ties included (0.8 mm rows against 1 mm: every fourth row is a tie)."""
+    source = Grid((40, 90, 70), (3.1, -7.0, 12.0), (2.5, 0.8, 1.0), _unit(direction))
+    plan = plan_resampling(source, (3.0, 1.0, 1.0), orientation=orientation)  # type: ignore[arg-type]
+    labels = np.random.default_rng(3).integers(0, 6, plan.target.shape).astype(np.uint8)
+    whole = to_source_grid(labels, plan, mode="nearest")
+    points = np.argwhere(np.random.default_rng(4).random(source.shape) < 0.05)
+    found = NearestOnSource(plan)(labels, points)
+    assert found.dtype == np.uint8 and np.array_equal(found, whole[tuple(points.T)])
+    assert len(NearestOnSource(plan)(labels, points[:0])) == 0
+
+
+def _unit(direction: tuple[tuple[float, float, float], ...]) -> tuple[tuple[float, ...], ...]:
+    d = np.asarray(direction, dtype=float)
+    d /= np.linalg.norm(d, axis=0)
+    return tuple(tuple(float(v) for v in row) for row in d)
+
+
+def test_source_box_holds_every_voxel_the_network_box_reaches() -> None:
+    source = _grid()
+    plan = plan_resampling(source, (3.0, 2.0, 2.0))
+    mask = np.zeros(plan.target.shape, dtype=bool)
+    mask[4:6, 10:14, 8:9] = True
+    reach = network_box(mask, margin=2)
+    assert reach == (slice(2, 8), slice(8, 16), slice(6, 11))
+    box = source_box_of(mask, plan)
+    assert box is not None and box == source_box_of_network_box(reach, plan)
+    touched = to_source_grid(mask.astype(np.float32), plan) > 0
+    outside = touched.copy()
+    outside[box] = False
+    assert touched.any() and not outside.any()
+    assert network_box(np.zeros_like(mask)) is None and source_box_of(mask & False, plan) is None
+
+
+@pytest.mark.parametrize("direction", [IDENTITY, FLIPPED, OBLIQUE])
+def test_a_map_thresholded_by_chunks_is_the_whole_resampling_thresholded(
+    direction: tuple[tuple[float, float, float], ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CTV (foreground >= 0.5) from a few CT slices at a time is the whole map's, and
+    the map on demand is the whole resampling inside the box, 0 outside."""
+    source = Grid((40, 90, 70), (3.1, -7.0, 12.0), (2.5, 0.8, 1.0), _unit(direction))
+    plan = plan_resampling(source, (6.0, 4.0, 4.0), orientation="lps")
+    values = np.random.default_rng(5).random(plan.target.shape).astype(np.float32)
+    values[:, :, :3] = 0.0
+    box = source_box_of(values >= 0.25, plan)
+    assert box is not None
+    whole = np.zeros(source.shape, dtype=np.float32)
+    whole[box] = to_source_grid(values, plan)[box]
+    monkeypatch.setattr(source_sampling, "_CHUNK_VOXELS", 3 * 90 * 70)  # chunks of 3 slices
+    seen = MapOnSource(values, plan, box)
+    assert np.array_equal(seen.at_least(0.5), whole >= 0.5)
+    assert np.array_equal(seen.full(), whole) and seen.full() is seen.full()
+    assert not MapOnSource(values, plan, None).at_least(0.5).any()

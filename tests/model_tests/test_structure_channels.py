@@ -108,7 +108,7 @@ def test_real_lung1_ct_structures_stay_inside_the_body_in_one_piece() -> None:
     body = body_mask(ct.volume)
     assert pred.mask.any()
     assert not (pred.mask & ~body).any(), "every CTV voxel inside the body"
-    raw = pred.probability >= 0.5
+    raw = pred.probability_map() >= 0.5
     assert (pred.cleaning is not None and pred.cleaning.outside_body_cc > 0) or not (
         raw & ~body
     ).any()
