@@ -89,12 +89,6 @@ def structure_patterns(specs: Sequence[str] | None) -> tuple[tuple[str, tuple[st
     return tuple(found.items())
 
 
-def _window_options(args: argparse.Namespace) -> WindowOptions:
-    from model.workflows import WindowOptions
-
-    return WindowOptions(device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size)
-
-
 def cmd_params(args: argparse.Namespace) -> int:
     """Trainable parameter counts, built on the meta device (no weights loaded)."""
     from model.network.parameter_count import parameter_report
@@ -196,7 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         parse_models(args.model),
         args.out,
         text_encoder=args.text_encoder,
-        window=_window_options(args),
+        window=WindowOptions.from_args(args),
         seed=args.seed,
     )
     for path in paths:
@@ -215,7 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.out,
         rtstruct=args.rtstruct,
         text_encoder=args.text_encoder,
-        window=_window_options(args),
+        window=WindowOptions.from_args(args),
     )
     print(out)
     return 0
@@ -248,9 +242,17 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_window_options(p: argparse.ArgumentParser) -> None:
+def add_window_arguments(p: argparse.ArgumentParser) -> None:
+    """``--overlap``, ``--sw-batch-size`` and ``--mirror-tta``
+    (:class:`~model.workflows.WindowOptions`)."""
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-1)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward batch")
+    p.add_argument(
+        "--mirror-tta",
+        action="store_true",
+        help="test-time augmentation: also contour the mirrored patient with the mirrored "
+        "note and average (twice the network time)",  # = model.workflows.MIRROR_TTA_HELP
+    )
 
 
 Registrar = Callable[["argparse._SubParsersAction[Any]"], argparse.ArgumentParser]
@@ -431,7 +433,7 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    _add_window_options(p)
+    add_window_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="contour one CT series")
@@ -442,7 +444,7 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     p.add_argument("--rtstruct", type=Path, default=None, help="also write an RTSTRUCT here")
     p.add_argument("--text-encoder", default=None)
     p.add_argument("--device", default="auto")
-    _add_window_options(p)
+    add_window_arguments(p)
     p.set_defaults(func=cmd_predict)
 
     from model.commission import register as register_commission

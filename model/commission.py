@@ -62,7 +62,7 @@ from model.inference import Prediction, Predictor
 from model.network.checkpoint import read_config
 from model.network.structures import PHANTOM_ROI_PATTERNS
 from model.training.dataset import TargetRule, iter_cases, load_case
-from model.workflows import WindowOptions, parse_models
+from model.workflows import MIRROR_TTA_HELP, WindowOptions, parse_models
 
 log = logging.getLogger(__name__)
 BoolArray = npt.NDArray[np.bool_]
@@ -364,6 +364,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
             "structures": list(predictors[name].network.config.structure_names),
             "text_encoder": metas[name].get("text_encoder_name"),
             "inference_seconds": round(seconds[name], 2),
+            "mirror_tta": predictors[name].mirror_tta,
             "stage_rule": _rule_text(predictors[name].stage_rule),
             "stage_rule_removed": removals.get(name, 0),
         }
@@ -431,9 +432,7 @@ def options_from_args(args: argparse.Namespace) -> CommissionOptions:
         worst=args.worst,
         text_encoder=args.text_encoder,
         stage_rule=not args.without_stage_rule,
-        window=WindowOptions(
-            device=args.device, overlap=args.overlap, sw_batch_size=args.sw_batch_size
-        ),
+        window=WindowOptions.from_args(args),
     )
 
 
@@ -510,8 +509,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     )
     p.add_argument("--text-encoder", default=None)
     p.add_argument("--device", default="auto")
+    # the window options of llmctv predict / evaluate (model.cli.add_window_arguments, which
+    # this layer may not import)
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0-1)")
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward batch")
+    p.add_argument("--mirror-tta", action="store_true", help=MIRROR_TTA_HELP)
     p.set_defaults(func=cmd_commission)
     return p
 

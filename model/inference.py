@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,7 +56,7 @@ from model.imaging.source_sampling import (
 from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
 from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
 from model.network.segmenter import ContourNet
-from model.text.clinical import ClinicalRecord
+from model.text.clinical import ClinicalRecord, mirrored_note
 from model.text.encoders import load_text_encoder
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,11 @@ class Predictor:
     stage_rule
         The department's N-stage rule the checkpoint was trained with, applied by
         :meth:`predict_record` (``None``: none).
+    mirror_tta
+        Test-time augmentation: a multimodal network given a note also contours the mirrored
+        patient with the mirrored note, and the two are averaged (twice the network time;
+        measured in ``docs/site-adaptation.md``). The mirrored note's ``g`` is cached like
+        any note's.
 
     The text encoder, when attached, is moved to the same device as the network.
     """
@@ -170,6 +176,7 @@ class Predictor:
         checkpoint_hash: str = "",
         cleaning: CleaningPolicy | None = None,
         stage_rule: StageRule | None = None,
+        mirror_tta: bool = False,
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
@@ -183,6 +190,7 @@ class Predictor:
         self.checkpoint_hash = checkpoint_hash
         self.cleaning = cleaning or CleaningPolicy()
         self.stage_rule = stage_rule
+        self.mirror_tta = mirror_tta
 
     @classmethod
     def from_checkpoint(
@@ -195,6 +203,7 @@ class Predictor:
         sw_batch_size: int = 2,
         cache: ContextStore | None = None,
         with_text_encoder: bool = True,
+        mirror_tta: bool = False,
     ) -> Predictor:
         """Load a checkpoint; its stored text encoder name is used unless one is given.
 
@@ -226,6 +235,7 @@ class Predictor:
             sw_batch_size=sw_batch_size,
             cache=cache,
             stage_rule=StageRule.of_checkpoint(ckpt.meta),
+            mirror_tta=mirror_tta,
         )
 
     def context_for(self, note: str) -> torch.Tensor:
@@ -243,23 +253,18 @@ class Predictor:
         context: torch.Tensor | None = None,
         progress: ProgressFn | None = None,
     ) -> Prediction:
-        """Contour one CT. Give ``note`` or a precomputed ``context`` (multimodal only)."""
+        """Contour one CT. Give ``note`` or a precomputed ``context`` (multimodal only; a
+        context alone is never mirrored, see ``mirror_tta``)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         image, plan = preprocess_ct(volume, self.preprocess)
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         g = self._context(note, context)
+        g_mirrored = self._mirrored_context(note)
         timings["context"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        probs, windows = sliding_window_classes(
-            self.network,
-            image,
-            g,
-            overlap=self.overlap,
-            sw_batch_size=self.sw_batch_size,
-            progress=progress,
-        )
+        probs, windows = self._probabilities(image, g, g_mirrored, progress)
         timings["network"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         fg = np.clip(1.0 - probs[0], 0.0, 1.0)
@@ -359,6 +364,50 @@ class Predictor:
             confidence=outcome.confidence,
             stage_rule_removed_cc=outcome.removed_cc,
         )
+
+    def _mirrored_context(self, note: str | None) -> torch.Tensor | None:
+        """``g`` of the mirrored patient's note when mirror TTA applies, else ``None``.
+
+        It applies to a multimodal network given a note: a vision-only network reads the
+        side from the image alone, and a bare context cannot be mirrored.
+        """
+        if not self.mirror_tta or note is None or self.network.alignment is None:
+            return None
+        return self.context_for(mirrored_note(note)).to(self.device)
+
+    def _probabilities(
+        self,
+        image: npt.NDArray[np.float32],
+        g: torch.Tensor | None,
+        g_mirrored: torch.Tensor | None,
+        progress: ProgressFn | None,
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """Class probabilities on the network grid, and the windows run.
+
+        With ``g_mirrored`` (mirror test-time augmentation), the patient is also contoured
+        mirrored: the network grid is LPS-canonical, so reversing its column axis ``i``
+        reflects the patient through the plane x = const at the grid's centre, exactly the
+        mirror the network was trained with (:mod:`model.training.augmentation`); the
+        mirrored note names the other side. The two probability maps, the second reflected
+        back, are averaged (twice the network time).
+        """
+        kwargs: dict[str, Any] = {"overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
+        if g_mirrored is None:
+            return sliding_window_classes(self.network, image, g, progress=progress, **kwargs)
+        first, windows = sliding_window_classes(
+            self.network, image, g, progress=scaled_progress(progress, 0.0, 0.5), **kwargs
+        )
+        reflected = np.ascontiguousarray(image[:, :, ::-1])
+        second, more = sliding_window_classes(
+            self.network,
+            reflected,
+            g_mirrored,
+            progress=scaled_progress(progress, 0.5, 0.5),
+            **kwargs,
+        )
+        first += second[:, :, :, ::-1]
+        first *= np.float32(0.5)
+        return first, windows + more
 
     def _context(self, note: str | None, context: torch.Tensor | None) -> torch.Tensor | None:
         if self.network.alignment is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import time
@@ -79,13 +80,31 @@ class DataOptions:
         return self.target().structure_names
 
 
+MIRROR_TTA_HELP = (
+    "test-time augmentation: also contour the mirrored patient with the mirrored note and "
+    "average (twice the network time)"
+)
+
+
 @dataclass(frozen=True)
 class WindowOptions:
-    """Sliding-window inference: device, window overlap (0-1) and windows per batch."""
+    """Sliding-window inference: device, window overlap (0-1), windows per batch, and mirror
+    test-time augmentation (:class:`~model.inference.Predictor`)."""
 
     device: str = "auto"
     overlap: float = 0.25
     sw_batch_size: int = 2
+    mirror_tta: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WindowOptions:
+        """The options :func:`model.cli.add_window_arguments` (and ``--device``) parsed."""
+        return cls(
+            device=args.device,
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size,
+            mirror_tta=args.mirror_tta,
+        )
 
     def predictor_options(self) -> dict[str, Any]:
         """Keyword arguments of :meth:`Predictor.from_checkpoint`.
@@ -97,7 +116,12 @@ class WindowOptions:
         """
         if not 0.0 <= self.overlap < 1.0 or self.sw_batch_size < 1:
             raise ConfigurationError("--overlap must be in [0, 1) and --sw-batch-size >= 1")
-        return {"device": self.device, "overlap": self.overlap, "sw_batch_size": self.sw_batch_size}
+        return {
+            "device": self.device,
+            "overlap": self.overlap,
+            "sw_batch_size": self.sw_batch_size,
+            "mirror_tta": self.mirror_tta,
+        }
 
 
 @dataclass(frozen=True)

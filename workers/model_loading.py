@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
 from model.contouring.structure_set import ContouringPolicy
-from model.errors import CheckpointMismatchError, ModelNotFoundError
+from model.errors import CheckpointMismatchError, ConfigurationError, ModelNotFoundError
 from model.registry.model_card import ModelCard
 from model.registry.registry import Action, EventSink, ModelRegistry, RegistryEvent
 from workers.settings import WorkerSettings
@@ -186,6 +186,11 @@ def _load_predictor(
 ) -> Predictor:
     from model.inference import Predictor
 
+    if settings.contouring.mirror_tta and not with_text_encoder:
+        raise ConfigurationError(
+            "LLMCTV_MIRROR_TTA needs the text encoder in the worker: the mirrored note is "
+            "never in the gateway's cache"
+        )
     predictor = Predictor.from_checkpoint(
         choice.folder,
         text_encoder=settings.model.text_encoder,
@@ -194,6 +199,7 @@ def _load_predictor(
         sw_batch_size=settings.contouring.sw_batch_size,
         cache=cache,
         with_text_encoder=with_text_encoder,
+        mirror_tta=settings.contouring.mirror_tta,
     )
     if choice.card is not None and predictor.checkpoint_hash != choice.card.short_hash:
         raise CheckpointMismatchError(

@@ -39,6 +39,9 @@ class ContouringSettings(BaseSettings):
 
     overlap: float = 0.25
     sw_batch_size: int = 2
+    # Mirror test-time augmentation (model.inference.Predictor): twice the network time; the
+    # mirrored note is encoded by the worker, so it needs the text encoder loaded.
+    mirror_tta: bool = False
     roi_name: str = "CTV"
     roi_name_suffix: str = ""
     structure_set_label: str = "LLMCTV"

@@ -139,7 +139,7 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         "reviewed by a qualified person before clinical use.</p>",
         "<h2>Models</h2>",
         _table(
-            ["name", "role", "checkpoint", "hash", "structures", "N-stage rule", "verdict"],
+            ["name", "role", "checkpoint", "hash", "structures", "N-stage rule", "TTA", "verdict"],
             [
                 [
                     _e(name),
@@ -148,6 +148,7 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
                     _e(info.get("checkpoint_hash", "")),
                     _e(", ".join(info.get("structures", []))),
                     _e(_rule_cell(info)),
+                    "mirror" if info.get("mirror_tta") else "none",
                     _badge(summary["verdicts"][name]),
                 ]
                 for name, info in doc["models"].items()
@@ -346,7 +347,8 @@ def write_commissioning_report(
     snapshots
         The worst cases, worst first (:func:`take_snapshot`).
     models
-        Per model name: ``role``, ``path``, ``checkpoint_hash``, ``structures``.
+        Per model name: ``role``, ``path``, ``checkpoint_hash``, ``structures`` (and
+        ``mirror_tta``, ``stage_rule``, ... when known).
     data, skipped, generated_at, software_version
         Shown in the report (``skipped``: ``case_id``, ``code``, ``detail``).
 

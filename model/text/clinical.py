@@ -314,3 +314,20 @@ def read_clinical_csv(path: Path) -> dict[str, ClinicalRecord]:
             except InvalidClinicalError as exc:
                 raise DatasetError(f"{path}:{line}: {exc.detail}") from exc
     return records
+
+
+_SIDE_WORDS = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+def mirrored_note(note: str) -> str:
+    """The note with every "left" and "right" swapped (case kept): the mirrored patient's."""
+
+    def swap(match: re.Match[str]) -> str:
+        word = match.group(0)
+        other = _OTHER_SIDE[word.lower()]
+        if word.isupper():
+            return other.upper()
+        return other.capitalize() if word[0].isupper() else other
+
+    return _SIDE_WORDS.sub(swap, note)

@@ -21,7 +21,6 @@ stays the only difference between them.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +36,7 @@ from monai.transforms.intensity.dictionary import (
 from monai.transforms.spatial.dictionary import Rand3DElasticd, RandAffined
 
 from model.errors import ConfigurationError
-
-_SIDES = re.compile(r"\b(left|right)\b", re.IGNORECASE)
-_SWAP = {"left": "right", "right": "left"}
+from model.text.clinical import mirrored_note
 
 
 @dataclass(frozen=True)
@@ -76,19 +73,6 @@ class AugmentConfig:
     def active(self) -> bool:
         """Whether anything is augmented."""
         return any((self.geometry, self.elastic, self.intensity, self.mirror))
-
-
-def mirrored_note(note: str) -> str:
-    """The note with every "left" and "right" swapped (case kept): the mirrored patient's."""
-
-    def swap(match: re.Match[str]) -> str:
-        word = match.group(0)
-        other = _SWAP[word.lower()]
-        if word.isupper():
-            return other.upper()
-        return other.capitalize() if word[0].isupper() else other
-
-    return _SIDES.sub(swap, note)
 
 
 def _transforms(cfg: AugmentConfig) -> Compose:

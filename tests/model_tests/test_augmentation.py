@@ -10,8 +10,9 @@ import torch
 
 from model.errors import ConfigurationError
 from model.network.config import preset
+from model.text.clinical import mirrored_note
 from model.text.encoders import tiny_llama
-from model.training.augmentation import AugmentConfig, Augmenter, mirrored_note
+from model.training.augmentation import AugmentConfig, Augmenter
 from model.training.trainer import TrainConfig, Trainer
 
 

@@ -25,7 +25,7 @@ SECTIONS = {
     "review": 4,
     "orders": 1,
     "dicom": 24,
-    "contouring": 15,
+    "contouring": 16,
     "jobs": 12,
     "storage": 6,
     "model": 7,
