@@ -19,7 +19,7 @@ from model.lab.phantoms_cli import register_phantoms
 
 if TYPE_CHECKING:
     from model.network.config import NetworkChoice
-    from model.workflows import DataOptions, WindowOptions
+    from model.workflows import DataOptions
 
 log = logging.getLogger("llmctv")
 
@@ -183,7 +183,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate checkpoints on a DICOM data set; write the report."""
-    from model.workflows import evaluate_from_dicom, parse_models
+    from model.workflows import WindowOptions, evaluate_from_dicom, parse_models
 
     paths = evaluate_from_dicom(
         _data_options(args),
@@ -200,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Contour one CT; write a NIfTI mask on the input grid."""
-    from model.workflows import predict_one
+    from model.workflows import WindowOptions, predict_one
 
     out = predict_one(
         args.checkpoint,

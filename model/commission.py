@@ -364,7 +364,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
             "structures": list(predictors[name].network.config.structure_names),
             "text_encoder": metas[name].get("text_encoder_name"),
             "inference_seconds": round(seconds[name], 2),
-            "mirror_tta": predictors[name].mirror_tta,
+            "mirror_tta": predictors[name].mirrors,
             "stage_rule": _rule_text(predictors[name].stage_rule),
             "stage_rule_removed": removals.get(name, 0),
         }

@@ -368,12 +368,23 @@ class Predictor:
     def _mirrored_context(self, note: str | None) -> torch.Tensor | None:
         """``g`` of the mirrored patient's note when mirror TTA applies, else ``None``.
 
-        It applies to a multimodal network given a note: a vision-only network reads the
-        side from the image alone, and a bare context cannot be mirrored.
+        It applies to a multimodal network given a note that names a side as "left" or
+        "right" (:func:`~model.text.clinical.mirrored_note`); a bare context cannot be
+        mirrored, and a note spelling the side otherwise ("Lt") is contoured once.
         """
-        if not self.mirror_tta or note is None or self.network.alignment is None:
+        if not self.mirrors or note is None:
             return None
-        return self.context_for(mirrored_note(note)).to(self.device)
+        mirrored = mirrored_note(note)
+        if mirrored == note:  # no "left" or "right" to swap: the mirror would keep the side
+            log.info("mirror TTA skipped: the note names no side in words it can swap")
+            return None
+        return self.context_for(mirrored).to(self.device)
+
+    @property
+    def mirrors(self) -> bool:
+        """Whether mirror TTA runs: asked for, on a multimodal network (a vision-only network
+        reads the side from the image alone)."""
+        return self.mirror_tta and self.network.alignment is not None
 
     def _probabilities(
         self,

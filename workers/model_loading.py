@@ -186,11 +186,6 @@ def _load_predictor(
 ) -> Predictor:
     from model.inference import Predictor
 
-    if settings.contouring.mirror_tta and not with_text_encoder:
-        raise ConfigurationError(
-            "LLMCTV_MIRROR_TTA needs the text encoder in the worker: the mirrored note is "
-            "never in the gateway's cache"
-        )
     predictor = Predictor.from_checkpoint(
         choice.folder,
         text_encoder=settings.model.text_encoder,
@@ -201,6 +196,11 @@ def _load_predictor(
         with_text_encoder=with_text_encoder,
         mirror_tta=settings.contouring.mirror_tta,
     )
+    if predictor.mirrors and not with_text_encoder:
+        raise ConfigurationError(
+            "LLMCTV_MIRROR_TTA needs the text encoder in the worker for a multimodal model: "
+            "the mirrored note is never in the gateway's cache"
+        )
     if choice.card is not None and predictor.checkpoint_hash != choice.card.short_hash:
         raise CheckpointMismatchError(
             f"model version {choice.card.version}: the loaded weights "

@@ -22,7 +22,7 @@ from model.imaging.confidence import confidence_of_sides
 from model.imaging.geometry import Grid, Volume
 from model.imaging.plausibility import PlausibilityReport, plausibility_of_sides
 from model.imaging.postprocessing import added, structures_of_sides
-from model.text.clinical import ClinicalRecord
+from model.text.clinical import ClinicalRecord, mirrored_note
 
 if TYPE_CHECKING:
     from model.inference import Prediction, Predictor, ProgressFn
@@ -84,11 +84,14 @@ class ContourEngine:
         context = self.predictor.context
         if not self.multimodal or context is None or not context.has_encoder:
             return
-        (ids,) = context.encoder.tokenize([note])
-        if len(ids) > MAX_NOTE_TOKENS:
-            raise NoteTooLongError(
-                f"note: {len(ids)} tokens; the text encoder reads at most {MAX_NOTE_TOKENS}"
-            )
+        notes = [note]
+        if self.predictor.mirrors:  # mirror TTA encodes the mirrored note too
+            notes.append(mirrored_note(note))
+        for ids in context.encoder.tokenize(notes):
+            if len(ids) > MAX_NOTE_TOKENS:
+                raise NoteTooLongError(
+                    f"note: {len(ids)} tokens; the text encoder reads at most {MAX_NOTE_TOKENS}"
+                )
 
     def contour(self, volume: Volume, note: str, progress: ProgressFn | None) -> EngineResult:
         """Contour ``volume`` (HU, LPS grid) for ``note``; mask on the input grid ``(k, j, i)``."""

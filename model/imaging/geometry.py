@@ -173,8 +173,8 @@ def label_components(
 
     The same labels as ``ndimage.label`` with the full 3x3x3 structure (``connectivity=26``)
     or its default cross (``6``), numbered in the same raster order, computed by
-    connected-components-3d on large masks (several times faster on a CT); the label type
-    is the smallest that holds them.
+    connected-components-3d on large masks (several times faster on a CT; its labels are
+    16 or 32-bit unsigned, scipy's 32-bit signed).
     """
     if connectivity not in (6, 26):
         raise ConfigurationError(f"connectivity must be 6 or 26, got {connectivity}")

@@ -297,7 +297,8 @@ def tidy_labels(
     side) is a seed; every other voxel of ``region`` (an index box, default the whole grid;
     it always holds the foreground's box) takes the label of its nearest seed, so fragments
     at the border of two structures join their neighbour instead of becoming islands; the
-    voxels outside it are 0. Returns the filled labels (1..S) and the seeds (0 elsewhere).
+    voxels outside it are 0 (without any seed, every voxel keeps its most probable structure).
+    Returns the filled labels (1..S) and the seeds (0 elsewhere).
     """
     foreground = probs[0] <= 0.5
     raw = _first_argmax(probs[1:]) + 1

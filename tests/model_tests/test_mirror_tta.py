@@ -52,7 +52,11 @@ def test_a_bare_context_and_a_vision_network_are_never_mirrored(patient: tuple) 
         .windows
     )
     vision = Predictor.from_checkpoint(DEMO_CHECKPOINT.parent / "demo-vision", mirror_tta=True)
-    assert vision._mirrored_context(record.prompt_text()) is None
+    assert not vision.mirrors and vision._mirrored_context(record.prompt_text()) is None
+    # A side spelt otherwise cannot be mirrored: the mirrored pass would keep "Lt" and put
+    # its map on the other side; such a note is contoured once.
+    assert both._mirrored_context("Lt breast cancer, N1, breast conserving surgery") is None
+    assert both._mirrored_context("N1, cT2, breast conserving surgery, left side") is not None
 
 
 def test_a_worker_serves_tta_as_set_and_refuses_it_without_its_text_encoder(
