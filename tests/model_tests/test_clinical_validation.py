@@ -90,7 +90,9 @@ class _CharTokenizer:
 
 def _engine() -> ContourEngine:
     context = SimpleNamespace(has_encoder=True, encoder=_CharTokenizer())
-    predictor = SimpleNamespace(network=SimpleNamespace(alignment=object()), context=context)
+    predictor = SimpleNamespace(
+        network=SimpleNamespace(alignment=object()), context=context, mirrors=False
+    )
     return ContourEngine(predictor)  # type: ignore[arg-type]
 
 
