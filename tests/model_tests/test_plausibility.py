@@ -127,3 +127,16 @@ def test_a_structure_cut_by_the_field_of_view_needs_attention() -> None:
     found = attention_findings(record, kept, report, 0.048, 1.0)
     edge = [f for f in found if "field of view" in f]
     assert len(edge) == 1 and "breast CTV on the right side" in edge[0] and "8 slice" in edge[0]
+
+
+def test_the_ctv_is_the_union_of_what_the_rules_left() -> None:
+    """After the rules remove voxels (a lot, on a CT without breast), the CTV is exactly the
+    union of the structures kept, updated in their boxes rather than rebuilt."""
+    volume = read_ct_series(LUNG1_CT).volume
+    predictor = Predictor.from_checkpoint(REPO / "checkpoints" / "demo", device="cpu")
+    pred = predictor.predict(volume, "N1, cT2, breast conserving surgery, left side")
+    assert pred.plausibility is not None and pred.plausibility.removed_cc
+    union = np.zeros(volume.grid.shape, dtype=bool)
+    for mask in pred.structures.values():
+        union |= mask
+    assert pred.mask.any() and np.array_equal(pred.mask, union)
