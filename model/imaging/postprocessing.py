@@ -247,7 +247,7 @@ def _selection(
     mask is kept whole), whether each label is kept, and whether each voxel is kept
     (``None``: all).
     """
-    labels, count = _label(mask)
+    labels, count = label_components(mask, 26)
     if count <= 1 and on_anchor is None:
         return None, np.ones(1, dtype=bool), None
     # Sizes and anchors from the mask's voxels only, not from every voxel of its box.
@@ -267,11 +267,6 @@ def _selection(
         keep = sizes >= keep_fraction * sizes.max()
     keep[0] = False
     return labels, keep, keep[at]
-
-
-def _label(mask: BoolArray) -> tuple[LabelArray, int]:
-    """The components of ``mask`` with 26-connectivity (:func:`label_components`)."""
-    return label_components(mask, 26)
 
 
 def _write_kept(out: BoolArray, labels: LabelArray, keep: BoolArray) -> None:
