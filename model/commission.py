@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from model.dataset.prescription import SITE_RULE
 from model.dataset.stage_rule import StageRule
 from model.dataset.structure_map import load_structure_map
 from model.dataset.structure_targets import map_from_meta
@@ -227,7 +228,8 @@ def evaluate_models(
         Called with ``(done, total)`` after each case.
     rule_removals
         When given, counts per model the (case, structure, side) that the version's N-stage
-        rule removed (:mod:`model.dataset.stage_rule`).
+        rule removed (:mod:`model.dataset.stage_rule`; the note rule's removals are not
+        counted).
 
     Returns
     -------
@@ -265,7 +267,7 @@ def evaluate_models(
             prediction = predictor.predict_record(volume, record)
             seconds[name] += time.perf_counter() - started
             if rule_removals is not None:
-                removed = len(prediction.stage_rule_removed_cc)
+                removed = sum(1 for why in prediction.rule_removed_cc if why.startswith(SITE_RULE))
                 rule_removals[name] = rule_removals.get(name, 0) + removed
             # A structure network is measured on every reference structure (one it has no
             # class for is missed wherever the reference has it); a CTV network on the CTV.
@@ -337,7 +339,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
     }
     if not options.stage_rule:  # the networks alone, as trained
         for predictor in predictors.values():
-            predictor.stage_rule = None
+            predictor.prescription = None
     started = time.perf_counter()
     removals: dict[str, int] = {}
     cases, snapshots, skipped, seconds = evaluate_models(
@@ -365,7 +367,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
             "text_encoder": metas[name].get("text_encoder_name"),
             "inference_seconds": round(seconds[name], 2),
             "mirror_tta": predictors[name].mirrors,
-            "stage_rule": _rule_text(predictors[name].stage_rule),
+            "stage_rule": _rule_text(_stage_rule_of(predictors[name])),
             "stage_rule_removed": removals.get(name, 0),
         }
         for n, name in enumerate(names)
@@ -482,7 +484,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     p.add_argument(
         "--without-stage-rule",
         action="store_true",
-        help="measure the networks alone: do not apply a checkpoint's N-stage rule",
+        help="measure the networks alone: keep what the note does not call for, and do not "
+        "apply a checkpoint's N-stage rule",
     )
     p.add_argument(
         "--roi-include",
@@ -516,6 +519,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
     p.add_argument("--mirror-tta", action="store_true", help=MIRROR_TTA_HELP)
     p.set_defaults(func=cmd_commission)
     return p
+
+
+def _stage_rule_of(predictor: Predictor) -> StageRule | None:
+    """The N-stage rule a predictor applies (none when it applies no prescription)."""
+    return None if predictor.prescription is None else predictor.prescription.stage_rule
 
 
 def _rule_text(rule: StageRule | None) -> list[str]:

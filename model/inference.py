@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from monai.inferers.utils import sliding_window_inference
 
-from model.dataset.stage_rule import StageRule
+from model.dataset.prescription import SPEC_PRESCRIPTION, Prescription
 from model.errors import ConfigurationError
 from model.imaging.confidence import confidence_of_sides, structure_confidence
 from model.imaging.geometry import Volume
@@ -107,9 +107,10 @@ class Prediction:
         the CT showed the lungs they need.
     confidence
         Mean class probability per kept (structure, side) (:mod:`model.imaging.confidence`).
-    stage_rule_removed_cc
-        Structures the version's N-stage rule removed, cc by label
-        (:mod:`model.dataset.stage_rule`; :meth:`Predictor.predict_record` only).
+    rule_removed_cc
+        Structures the record does not call for, removed, cc by reason (``"note rule: ..."``,
+        ``"site rule: ..."``: :mod:`model.dataset.prescription`;
+        :meth:`Predictor.predict_record` only).
     """
 
     mask: npt.NDArray[np.bool_]
@@ -120,7 +121,7 @@ class Prediction:
     cleaning: CleaningReport | None = None
     plausibility: PlausibilityReport | None = None
     confidence: dict[tuple[str, str], float] = field(default_factory=dict)
-    stage_rule_removed_cc: dict[str, float] = field(default_factory=dict)
+    rule_removed_cc: dict[str, float] = field(default_factory=dict)
 
     def probability_map(self) -> npt.NDArray[np.float32]:
         """:attr:`probability` as a float32 array on the CT grid."""
@@ -149,9 +150,11 @@ class Predictor:
         Postprocessing on the CT grid: body mask, islands (:mod:`model.imaging.postprocessing`).
     checkpoint_hash
         Short hash of the checkpoint (recorded with results).
-    stage_rule
-        The department's N-stage rule the checkpoint was trained with, applied by
-        :meth:`predict_record` (``None``: none).
+    prescription
+        What a clinical record calls for under the structure map the checkpoint was trained
+        with (sides, surgery, N stage and the site's N-stage rule), applied by
+        :meth:`predict_record` (the spec's convention by default; ``None``: the network
+        alone).
     mirror_tta
         Test-time augmentation: a multimodal network given a note also contours the mirrored
         patient with the mirrored note, and the two are averaged (twice the network time;
@@ -160,8 +163,6 @@ class Predictor:
 
     The text encoder, when attached, is moved to the same device as the network.
     """
-
-    stage_rule: StageRule | None = None
 
     def __init__(
         self,
@@ -175,7 +176,7 @@ class Predictor:
         cache: ContextStore | None = None,
         checkpoint_hash: str = "",
         cleaning: CleaningPolicy | None = None,
-        stage_rule: StageRule | None = None,
+        prescription: Prescription | None = SPEC_PRESCRIPTION,
         mirror_tta: bool = False,
     ) -> None:
         self.device = resolve_device(str(device))
@@ -189,7 +190,7 @@ class Predictor:
         self.cache: ContextStore = cache if cache is not None else ContextCache()
         self.checkpoint_hash = checkpoint_hash
         self.cleaning = cleaning or CleaningPolicy()
-        self.stage_rule = stage_rule
+        self.prescription = prescription
         self.mirror_tta = mirror_tta
 
     @classmethod
@@ -234,7 +235,7 @@ class Predictor:
             overlap=overlap,
             sw_batch_size=sw_batch_size,
             cache=cache,
-            stage_rule=StageRule.of_checkpoint(ckpt.meta),
+            prescription=Prescription.of_checkpoint(ckpt.meta),
             mirror_tta=mirror_tta,
         )
 
@@ -334,8 +335,9 @@ class Predictor:
         note and keeps only its own side's structures (:func:`merged_sides`), which costs a
         second network pass. The context of a bilateral note encodes its second clause's N
         stage weakly, while one-sided notes are read well on either side (measured in
-        ``docs/structure-sets.md``). The version's N-stage rule (:attr:`stage_rule`) then
-        removes what it does not draw for a side's N stage.
+        ``docs/structure-sets.md``). What the record does not call for (:attr:`prescription`:
+        a side it does not name, the other surgery's structure, nodes for N0 or where the
+        version's N-stage rule does not draw them) is then removed and reported.
         """
         parts = record.per_side() if self.network.config.structures else ()
         if not parts:
@@ -347,7 +349,7 @@ class Predictor:
                 predictions.append(self.predict(volume, part.prompt_text(), progress=share))
             sides = tuple(p.diagnoses[0].side.letter for p in parts)
             prediction = merged_sides(predictions, sides)
-        rule = self.stage_rule
+        rule = self.prescription
         outcome = (
             None
             if rule is None
@@ -362,7 +364,7 @@ class Predictor:
             mask=outcome.union,
             structures=outcome.structures,
             confidence=outcome.confidence,
-            stage_rule_removed_cc=outcome.removed_cc,
+            rule_removed_cc=outcome.removed_cc,
         )
 
     def _mirrored_context(self, note: str | None) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from model.contouring.engine import ContourEngine, EngineResult
+from model.dataset.prescription import SPEC_PRESCRIPTION
 from model.imaging.geometry import Grid, Volume
 from model.network.context import ContextCache
 
@@ -34,7 +35,7 @@ class FakeEngine(ContourEngine):
             network=network,
             context=None,
             cache=ContextCache(),
-            stage_rule=None,
+            prescription=SPEC_PRESCRIPTION,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.delay_s = delay_s

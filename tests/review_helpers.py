@@ -17,6 +17,7 @@ import numpy.typing as npt
 from gateway_client import TOKEN
 
 from model.contouring.engine import ContourEngine, EngineResult
+from model.dataset.prescription import SPEC_PRESCRIPTION, Prescription
 from model.imaging.geometry import Grid, Volume
 
 _NODE_NEGATIVE = re.compile(r"\bN(0|1mi)\b")
@@ -57,9 +58,9 @@ class NoteEngine(ContourEngine):
         return "note-engine"
 
     @property
-    def stage_rule(self) -> None:
-        """No N-stage rule (the spec's convention)."""
-        return None
+    def prescription(self) -> Prescription:
+        """The spec's convention, as a served structure network applies it."""
+        return SPEC_PRESCRIPTION
 
     @property
     def multimodal(self) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from model.dataset.prescription import Prescription
 from model.dataset.stage_rule import StageRule
 from model.errors import NoteTooLongError
 from model.imaging.confidence import confidence_of_sides
@@ -109,9 +110,9 @@ class ContourEngine:
 
         A structure network contours a bilateral record without a free-text note side by side:
         each side with its own one-sided note, keeping that side's structures (as
-        :meth:`model.inference.Predictor.predict_record`); otherwise one :meth:`contour`. The
-        version's N-stage rule then removes what it does not draw for a side's N stage (a
-        ``site rule: ...`` entry of ``removed_cc``).
+        :meth:`model.inference.Predictor.predict_record`); otherwise one :meth:`contour`. What
+        the record does not call for (:attr:`prescription`) is then removed, with its reason
+        (``note rule: ...``, ``site rule: ...``) as an entry of ``removed_cc``.
         """
         parts = record.per_side() if self.multimodal and self.has_structures else ()
         if not parts:
@@ -125,7 +126,7 @@ class ContourEngine:
                 step = scaled_progress(progress, start, share)
                 results.append(self.contour(volume, part.prompt_text(), step))
             result = _merged(results, tuple(p.diagnoses[0].side.letter for p in parts))
-        rule = self.stage_rule
+        rule = self.prescription
         outcome = (
             None
             if rule is None
@@ -142,9 +143,15 @@ class ContourEngine:
         )
 
     @property
+    def prescription(self) -> Prescription | None:
+        """What a record calls for in this version (:mod:`model.dataset.prescription`)."""
+        return self.predictor.prescription
+
+    @property
     def stage_rule(self) -> StageRule | None:
         """The version's N-stage rule (:mod:`model.dataset.stage_rule`), if it has one."""
-        return self.predictor.stage_rule
+        rule = self.prescription
+        return None if rule is None else rule.stage_rule
 
     @property
     def has_structures(self) -> bool:

@@ -5,7 +5,8 @@ A structure map may say that a nodal structure is drawn only for some N stages
 A checkpoint trained with that map carries it (``structure_map`` in its metadata), and the rule
 is part of the version as served: wherever a clinical record is contoured (the job path,
 ``llmctv evaluate`` and ``llmctv commission``), a structure the rule does not draw for its
-side's N stage is removed and reported, and is not required by the needs-attention findings.
+side's N stage is removed and reported (:mod:`model.dataset.prescription`, with the rest of what
+the note does not call for), and is not required by the needs-attention findings.
 
 The network may have learnt the rule too (``llmctv train --convention-variants``); the rule
 makes the department's protocol hold whatever the network learnt, the way a written protocol
@@ -15,12 +16,9 @@ would, and says so in the job's warnings. Structure keys are ``(name, side)`` wi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-import numpy.typing as npt
 
 from model.dataset.structure_map import NODE_POSITIVE_BASES, StructureMap
 from model.dataset.structure_targets import map_from_meta
@@ -62,59 +60,9 @@ class StageRule:
                 return n_stage[:1] in stages
         return True
 
-    def excluded(self, keys: Iterable[Key], record: ClinicalRecord) -> list[Key]:
-        """The keys the rule does not draw for their side's N stage (sorted).
-
-        Only node-positive sides are judged: what N0/N1mi sides must not have is the
-        consistency checks' business, and a side the record does not name is left alone.
-        """
-        stage = {d.side.letter: d.n_stage for d in record.diagnoses if d.node_positive}
-        return sorted(
-            (name, side)
-            for name, side in keys
-            if side in stage and not self.drawn(name, stage[side])
-        )
-
     def describe(self, key: Key, record: ClinicalRecord) -> str:
         """``"imn L: N1, drawn for N2-N3"`` for a removed key (no patient data)."""
         name, side = key
         stages = dict(self.stages)[name]
         n_stage = next(d.n_stage for d in record.diagnoses if d.side.letter == side)
         return f"{name} {side}: N{n_stage}, drawn for N" + "-N".join(stages)
-
-    def apply(
-        self,
-        structures: Mapping[Key, npt.NDArray[np.bool_]],
-        confidence: Mapping[Key, float],
-        record: ClinicalRecord,
-        spacing: tuple[float, float, float],
-    ) -> RuleOutcome | None:
-        """What is left of ``structures`` (masks on a grid of ``spacing`` mm) under the rule;
-        ``None`` when the rule removes nothing."""
-        gone = self.excluded(structures, record)
-        if not gone:
-            return None
-        voxel_cc = float(np.prod(spacing)) / 1000.0
-        kept = {key: mask for key, mask in structures.items() if key not in gone}
-        removed = {
-            f"site rule: {self.describe(key, record)}": round(
-                float(np.count_nonzero(structures[key])) * voxel_cc, 2
-            )
-            for key in gone
-        }
-        union = np.zeros(next(iter(structures.values())).shape, dtype=bool)
-        for mask in kept.values():
-            union |= mask
-        kept_confidence = {key: value for key, value in confidence.items() if key in kept}
-        return RuleOutcome(kept, union, kept_confidence, removed)
-
-
-@dataclass(frozen=True)
-class RuleOutcome:
-    """The structures an N-stage rule kept, their union, their confidence, and what it
-    removed (cc by label, ``"site rule: imn L: N1, drawn for N2-N3"``)."""
-
-    structures: dict[Key, npt.NDArray[np.bool_]]
-    union: npt.NDArray[np.bool_]
-    confidence: dict[Key, float]
-    removed_cc: dict[str, float]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from model.contouring.attention import attention_findings
+from model.dataset.prescription import Prescription
 from model.dataset.stage_rule import StageRule
 from model.dataset.structure_map import parse_structure_map
 from model.errors import ConfigurationError
@@ -134,14 +135,16 @@ def test_the_served_rule_removes_what_the_site_does_not_draw_and_says_so() -> No
     structures = {(n, s): blob.copy() for n in ("breast", "axilla", "scf", "imn") for s in "LR"}
     record = _record(("left", "1"), ("right", "2a"))
     confidence = dict.fromkeys(structures, 0.9)
-    outcome = rule.apply(structures, confidence, record, (5.0, 10.0, 10.0))  # 0.5 cc voxels
+    prescription = Prescription.of_map(parse_structure_map(SITE_STRUCTURE_MAP))
+    assert prescription.stage_rule == rule and prescription.nodal == {"axilla", "scf", "imn"}
+    outcome = prescription.apply(structures, confidence, record, (5.0, 10.0, 10.0))  # 0.5 cc
     assert outcome is not None
     kept = outcome.structures
     assert set(structures) - set(kept) == {("imn", "L")} and set(outcome.confidence) == set(kept)
     assert outcome.removed_cc == {"site rule: imn L: N1, drawn for N2-N3": 4.0}
     assert outcome.union.sum() == 8
     both_n2_n3 = _record(("left", "3"), ("right", "2"))
-    assert rule.apply(structures, confidence, both_n2_n3, (5.0, 10.0, 10.0)) is None
+    assert prescription.apply(structures, confidence, both_n2_n3, (5.0, 10.0, 10.0)) is None
     required = attention_findings(record, kept, None, 0.5, 1.0, rule=rule)
     assert not any("imn" in finding for finding in required)
     without_rule = attention_findings(record, kept, None, 0.5, 1.0)

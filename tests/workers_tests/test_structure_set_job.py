@@ -13,6 +13,7 @@ import pytest
 from model.contouring.consistency import structure_warnings
 from model.contouring.engine import ContourEngine, EngineResult
 from model.contouring.naming import naming_map
+from model.dataset.prescription import SPEC_PRESCRIPTION
 from model.errors import ConfigurationError
 from model.imaging.geometry import Volume
 from model.lab.phantoms import generate_case
@@ -43,7 +44,7 @@ class TruthEngine(ContourEngine):
             network=network,
             context=None,
             cache=ContextCache(),
-            stage_rule=None,
+            prescription=SPEC_PRESCRIPTION,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.masks = masks
@@ -94,9 +95,16 @@ def test_rtstruct_has_the_union_and_a_roi_per_sub_volume(tmp_path: Path) -> None
     assert "nodal_check" not in job.timings, "no second pass with separate structures"
 
 
-def test_nodal_ctv_for_an_n0_note_is_a_warning(tmp_path: Path) -> None:
-    job, _ = _run(tmp_path, _record("0"), _record("1"))
-    assert any("N0 (no nodal CTV)" in w and "left" in w for w in job.warnings), job.warnings
+def test_nodal_ctv_for_an_n0_note_is_removed_and_said(tmp_path: Path) -> None:
+    """Nodes drawn for an N0 note never reach the RTSTRUCT: the job says how much it removed
+    and why (before the note rule they were kept with a warning)."""
+    job, rs = _run(tmp_path, _record("0"), _record("1"))
+    assert job.status is JobStatus.SUCCEEDED, job.error
+    names = [r.ROIName for r in rs.StructureSetROISequence]
+    assert names == ["CTV", "CTVp_Breast_L"]
+    removed = [w for w in job.warnings if "note rule" in w and "N0, no nodal CTV" in w]
+    assert {w.split("(note rule: ")[1].split(" ")[0] for w in removed} == {"axilla", "scf", "imn"}
+    assert job.roi_volumes_cc["CTV"] == pytest.approx(job.roi_volumes_cc["CTVp_Breast_L"], rel=0.01)
 
 
 def test_n1mi_is_node_negative_and_mastectomy_contradiction_is_named() -> None:
@@ -134,7 +142,7 @@ class NoteReadingEngine(ContourEngine):
             network=network,
             context=None,
             cache=ContextCache(),
-            stage_rule=None,
+            prescription=SPEC_PRESCRIPTION,
         )
         super().__init__(stub)  # type: ignore[arg-type]
         self.notes: list[str] = []
@@ -156,7 +164,7 @@ class NoteReadingEngine(ContourEngine):
 
 def test_a_bilateral_record_is_contoured_side_by_side() -> None:
     engine = NoteReadingEngine()
-    volume = SimpleNamespace(array=np.zeros((1, 4, 3)))
+    volume = SimpleNamespace(array=np.zeros((1, 4, 3)), grid=SimpleNamespace(spacing=(10.0,) * 3))
     record = ClinicalRecord(
         diagnoses=(
             Diagnosis(side=Side.LEFT, surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage="1"),
@@ -174,5 +182,8 @@ def test_a_bilateral_record_is_contoured_side_by_side() -> None:
     assert result.removed_cc == {"islands": 2.0}
     with_note = record.model_copy(update={"note": "bilateral: left N1, right N0"})
     engine.notes.clear()
-    engine.contour_record(volume, with_note, None)  # type: ignore[arg-type]
+    whole = engine.contour_record(volume, with_note, None)  # type: ignore[arg-type]
     assert engine.notes == ["bilateral: left N1, right N0"], "a free text is never split"
+    # One pass reads "N1" for both sides; the structured fields say N0 on the right.
+    assert set(whole.structures) == {("breast", "L"), ("axilla", "L"), ("breast", "R")}
+    assert whole.removed_cc["note rule: axilla R: N0, no nodal CTV"] == 3.0  # cc
