@@ -17,6 +17,8 @@
 #        domain-randomised site-D phantoms (liver dome, spleen, stomach gas, small to large
 #        breasts, more abdomen), with MONAI geometry/intensity augmentation and the text-aware
 #        mirror (AUGMENT, default below), warm-started from INIT (default checkpoints/demo).
+#        DR_PART (default s-D), DR_SEED (601) and DR_CASES (40) name its phantoms, DR_DATA
+#        (structures-data-dr) the combined data folder, DR_OUT (structures-dr) the run.
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,10 +51,11 @@ structure_data() {
 }
 case "${2:-multimodal}" in
   structures-dr)
-    [ -f "$WORK/s-D/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/s-D" --cases 40 --site D --seed 601 --scale 0.25 --counterfactuals
-    DATA_NAME=structures-data-dr EXTRA_PARTS=s-D structure_data
+    dr=${DR_PART:-s-D}
+    [ -f "$WORK/$dr/clinical.csv" ] || $LLMCTV phantoms --out "$WORK/$dr" --cases "${DR_CASES:-40}" --site D --seed "${DR_SEED:-601}" --scale 0.25 --counterfactuals
+    DATA_NAME=${DR_DATA:-structures-data-dr} EXTRA_PARTS=$dr structure_data
     # shellcheck disable=SC2086
-    $LLMCTV train "${common[@]}" --data "$WORK/structures-data-dr" --out "$WORK/structures-dr" \
+    $LLMCTV train "${common[@]}" --data "$WORK/${DR_DATA:-structures-data-dr}" --out "$WORK/${DR_OUT:-structures-dr}" \
       --structure phantom --text-encoder smollm2 --init-from "${INIT:-checkpoints/demo}" \
       --pair-fraction "${PAIR_FRACTION:-0.5}" --epochs "${FT_EPOCHS:-30}" \
       --steps-per-epoch "${FT_STEPS:-40}" --lr "${FT_LR:-2e-4}" --val-fraction 0.1 \

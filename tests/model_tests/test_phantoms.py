@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from model.lab.phantoms import (
 from model.lab.phantoms.case import eligible_perturbations
 from model.lab.phantoms.cohort import case_id_for
 from model.lab.phantoms.params import sample_params
+from model.lab.phantoms.render import render_hu
 from model.lab.phantoms.rules import (
     ROI_AXILLA,
     ROI_BREAST,
@@ -36,6 +38,7 @@ from model.lab.phantoms.rules import (
     ROI_CTV,
     ROI_IMN,
     ROI_SCF,
+    ctv_masks,
 )
 from model.lab.phantoms.sites import sample_clinical
 from model.text.clinical import ClinicalRecord, Diagnosis, Side, Surgery, read_clinical_csv
@@ -477,3 +480,33 @@ def test_counterfactual_cohort_pairs_one_ct_with_each_allowed_note(tmp_path: Pat
             assert variant.clinical != base.clinical
             target = rasterize(read_structure_set(variant.rtstruct), "CTV", ct.volume.grid)
             assert not np.array_equal(target, truth)  # the note changed the target
+
+
+def test_domain_randomised_mediastinum_is_drawn_and_never_covers_the_nodes() -> None:
+    """Site D paints great vessels (their HU), a trachea of air above the carina and a deeper
+    sternum into the CT; the ground truth is the one without them, and no vessel voxel lies in
+    an internal mammary node region (the IMN must be learnt beside vessels, not inside one)."""
+    record = ClinicalRecord(
+        diagnoses=tuple(
+            Diagnosis(side=s, surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage="1")
+            for s in (Side.LEFT, Side.RIGHT)
+        )
+    )
+    checked = 0
+    for seed in (3, 4, 5):
+        case = generate_case("D0001", "D", seed, scale=0.25, clinical=record)
+        inside = case.anatomy.params.mediastinum
+        assert inside is not None and len(inside.vessels) == 4
+        plain = replace(case.anatomy.params, mediastinum=None)
+        anatomy = replace(case.anatomy, params=plain, cache={})
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+        without = render_hu(anatomy, streams[2], streams[3])
+        changed = case.hu != without
+        assert changed.sum() > 1000, "the mediastinum reaches the image"
+        nodes = case.masks[ROI_IMN]  # both sides' internal mammary nodes
+        assert not (changed & nodes).any(), seed
+        checked += int(nodes.sum())
+        air = (case.hu < -900) & ~(without < -900)
+        assert air.any(), "the trachea is air inside the body"
+        assert ctv_masks(anatomy, record, case.profile.convention).keys() == case.masks.keys()
+    assert checked > 0

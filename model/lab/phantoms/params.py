@@ -142,6 +142,25 @@ class OrganParams:
 
 
 @dataclass(frozen=True)
+class MediastinumParams:
+    """Mediastinal anatomy the spec leaves out (domain randomisation; LPS mm).
+
+    Vessels are vertical tubes ``(u, v, radius, bottom, top)``: ``u``/``v`` LPS ``x``/``y``
+    relative to the body centre, ``bottom``/``top`` LPS ``z`` relative to the top of the
+    heart. ``vessel_hu`` is shared by the vessels (without to with contrast). The trachea is
+    air from the carina (``carina`` above the heart's top) up; the esophagus soft tissue. The
+    sternum reaches ``sternum_depth`` mm behind the fat (the spec's phantoms: 14).
+    """
+
+    vessels: tuple[tuple[float, float, float, float, float], ...]
+    vessel_hu: float
+    trachea: tuple[float, float, float]  # (u, v, radius)
+    carina: float
+    esophagus: tuple[float, float, float]  # (u, v, radius)
+    sternum_depth: float
+
+
+@dataclass(frozen=True)
 class PhantomParams:
     """All parameters of one phantom; ``scan_bottom``/``scan_top`` are LPS ``z`` (mm)."""
 
@@ -154,6 +173,7 @@ class PhantomParams:
     scan_top: float
     extras: AcquisitionExtras | None = None
     organs: OrganParams | None = None
+    mediastinum: MediastinumParams | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready parameters (for ``cohort.json``)."""
@@ -165,6 +185,7 @@ class PhantomParams:
             "scan_z_mm": [self.scan_bottom, self.scan_top],
             **({"acquisition": asdict(self.extras)} if self.extras else {}),
             **({"organs": asdict(self.organs)} if self.organs else {}),
+            **({"mediastinum": asdict(self.mediastinum)} if self.mediastinum else {}),
         }
 
 
@@ -336,4 +357,48 @@ def randomise_domain(rng: np.random.Generator, params: PhantomParams) -> Phantom
         stomach_gas=uniform(rng, (0, 35)),
     )
     scan_bottom = params.scan_bottom - uniform(rng, (0, 60))  # more of the upper abdomen
-    return replace(params, breasts=breasts, organs=organs, scan_bottom=scan_bottom)
+    mediastinum = _sample_mediastinum(rng, body)
+    return replace(
+        params,
+        breasts=breasts,
+        organs=organs,
+        scan_bottom=scan_bottom,
+        mediastinum=mediastinum,
+    )
+
+
+def _sample_mediastinum(rng: np.random.Generator, body: BodyParams) -> MediastinumParams:
+    """Great vessels, trachea and esophagus at their usual places, with random sizes.
+
+    Drawn after every other domain parameter. Vessels lie at least 18 mm behind the inner
+    surface of the anterior chest wall, so they never cover the internal mammary nodes (their
+    axis 8 mm behind it, radius 8): ascending aorta right-anterior, superior vena cava on the
+    right, pulmonary trunk left-anterior (around the heart's top), descending aorta left of
+    the vertebral body over the whole scan.
+    """
+    front = -body.b + body.wall + 18.0  # v of the vessels' front (anterior is negative v)
+    spine_front = body.b - body.fat - 52.0 - 2.0 * body.vertebra_radius  # v, vertebral body
+    ascending = uniform(rng, (12.0, 17.0))
+    svc = uniform(rng, (8.0, 12.0))
+    trunk = uniform(rng, (11.0, 15.0))
+    descending = uniform(rng, (9.0, 13.0))
+    vessels = (
+        (-uniform(rng, (0.0, 12.0)), front + ascending + uniform(rng, (0, 8)), ascending,
+         -20.0, uniform(rng, (40.0, 80.0))),
+        (-uniform(rng, (22.0, 34.0)), front + svc + uniform(rng, (0, 10)), svc,
+         -10.0, uniform(rng, (60.0, 120.0))),
+        (uniform(rng, (8.0, 22.0)), front + trunk + uniform(rng, (0, 6)), trunk,
+         -uniform(rng, (10.0, 25.0)), uniform(rng, (10.0, 30.0))),
+        (body.vertebra_radius + uniform(rng, (4.0, 12.0)), spine_front + descending, descending,
+         -400.0, 400.0),
+    )  # fmt: skip
+    trachea_r = uniform(rng, (8.0, 11.0))
+    esophagus_r = uniform(rng, (6.0, 8.0))
+    return MediastinumParams(
+        vessels=vessels,
+        vessel_hu=uniform(rng, (35.0, 250.0)),
+        trachea=(uniform(rng, (-4.0, 4.0)), spine_front - 2 * esophagus_r - trachea_r, trachea_r),
+        carina=uniform(rng, (10.0, 40.0)),
+        esophagus=(uniform(rng, (0.0, 8.0)), spine_front - esophagus_r - 1.0, esophagus_r),
+        sternum_depth=uniform(rng, (14.0, 22.0)),
+    )

@@ -137,6 +137,40 @@ def _paint_abdomen(hu: F32Array, anatomy: Anatomy) -> None:
         _paint_solid(hu, anatomy, gas, semi, HU_GAS, inner)
 
 
+def _paint_mediastinum(hu: F32Array, anatomy: Anatomy) -> None:
+    """Domain randomisation: great vessels, trachea, esophagus, a deeper sternum.
+
+    Tubes run along LPS ``z`` inside the rib cage (over lungs, mediastinal fat and heart);
+    see :class:`~model.lab.phantoms.params.MediastinumParams` for where they lie.
+    """
+    inside = anatomy.params.mediastinum
+    if inside is None:
+        return
+    body = anatomy.params.body
+    inner = (anatomy.surface.depth >= body.wall + 3.0)[None]
+    u = (anatomy.coords.x - body.cx)[None, :]
+    v = (anatomy.coords.y - body.cy)[:, None]
+    z = anatomy.coords.z
+    bottom = min(p.bottom for p in anatomy.params.breasts.values())
+    heart_top = bottom + body.heart_z_above_bottom + body.heart_semi[2]
+
+    def tube(du: float, dv: float, radius: float, z0: float, z1: float, value: float) -> None:
+        disc = (u - du) ** 2 + (v - dv) ** 2 <= radius**2
+        along = (z >= z0) & (z <= z1)
+        if disc.any() and along.any():
+            _paint(hu, along[:, None, None] & disc[None] & inner, value)
+
+    for du, dv, radius, z0, z1 in inside.vessels:
+        tube(du, dv, radius, heart_top + z0, heart_top + z1, inside.vessel_hu)
+    top = float(z.max()) + 1.0
+    tube(*inside.esophagus, float(z.min()) - 1.0, top, HU_SOFT)
+    tube(*inside.trachea, heart_top + inside.carina, top, HU_AIR)
+    sternum = (np.abs(u) <= body.sternum_half_width) & (v < 0)
+    depth = anatomy.surface.depth
+    sternum &= (depth >= body.fat) & (depth < body.fat + inside.sternum_depth)
+    _paint(hu, np.broadcast_to(sternum[None], hu.shape), HU_STERNUM)
+
+
 def _paint_spine(hu: F32Array, anatomy: Anatomy) -> None:
     """Vertebral body (cortex + cancellous bone) and canal with its bony arch."""
     body = anatomy.params.body
@@ -250,6 +284,7 @@ def render_hu(
     _paint_wall(hu, anatomy)
     _paint_organs(hu, anatomy)
     _paint_abdomen(hu, anatomy)
+    _paint_mediastinum(hu, anatomy)
     _paint_spine(hu, anatomy)
     _paint_breasts(hu, anatomy, texture_rng)
     for side, surgery in anatomy.surgeries.items():
