@@ -4,9 +4,10 @@ The cohort's generator was written from ``shared/specs/breast-phantom.md`` by so
 read the training generator (other body outline, breast shapes from small/flat to
 large/ptotic, a liver dome under the right lung, correlated noise). This script generates it,
 contours every case with the model through :meth:`model.inference.Predictor.predict_record`
-(the job's network, postprocessing and plausibility), and prints issue 22's table: Dice and
-HD95 (mean with a 95 % bootstrap CI, worst case), per structure, side after a laterality flip,
-nodal volume ratios, the mastectomy chest-wall volume at 512, and the needs-attention flags.
+(the job's network, postprocessing, plausibility and note rule), and prints issue 22's table:
+Dice and HD95 (mean with a 95 % bootstrap CI, worst case), per structure, side after a
+laterality flip, nodal volume ratios, the mastectomy chest-wall volume at 512, and the
+needs-attention flags. The flip and the nodal ratios are of the network alone.
 
 Usage::
 
@@ -102,15 +103,18 @@ def evaluate_case(predictor: Predictor, summary: dict[str, Any], matrix: int) ->
     if len(record.diagnoses) == 1:
         d = record.diagnoses[0]
         mid = midline_x(body_mask(ct.volume), grid)
+        # What the network reads from the text: the network alone (the note rule would make
+        # the flip and the nodal ratios hold by construction).
         if d.surgery.value == "breast_conserving":
             flipped = _flip(record)
-            moved = predictor.predict_record(ct.volume, flipped)
+            moved = predictor.predict_record(ct.volume, flipped, prescribed=False)
             row["side_after_flip"] = side_fraction(moved.mask, grid, flipped.diagnoses[0].side, mid)
         if not d.node_positive:
-            plus = predictor.predict_record(ct.volume, _with_n(record, "1"))
+            plus = predictor.predict_record(ct.volume, _with_n(record, "1"), prescribed=False)
+            alone = predictor.predict_record(ct.volume, record, prescribed=False)
             n1 = _nodal_cc(plus, voxel_cc)
             key = "n0_n1" if d.n_stage.startswith("0") else "n1mi_n1"
-            row[key] = _nodal_cc(pred, voxel_cc) / n1 if n1 > 0 else float("nan")
+            row[key] = _nodal_cc(alone, voxel_cc) / n1 if n1 > 0 else float("nan")
     return row
 
 

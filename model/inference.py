@@ -326,7 +326,12 @@ class Predictor:
         )
 
     def predict_record(
-        self, volume: Volume, record: ClinicalRecord, *, progress: ProgressFn | None = None
+        self,
+        volume: Volume,
+        record: ClinicalRecord,
+        *,
+        progress: ProgressFn | None = None,
+        prescribed: bool = True,
     ) -> Prediction:
         """Contour one CT for a clinical record.
 
@@ -337,7 +342,8 @@ class Predictor:
         stage weakly, while one-sided notes are read well on either side (measured in
         ``docs/structure-sets.md``). What the record does not call for (:attr:`prescription`:
         a side it does not name, the other surgery's structure, nodes for N0 or where the
-        version's N-stage rule does not draw them) is then removed and reported.
+        version's N-stage rule does not draw them) is then removed and reported;
+        ``prescribed=False`` keeps it (the network alone: what it reads from the text).
         """
         parts = record.per_side() if self.network.config.structures else ()
         if not parts:
@@ -349,7 +355,7 @@ class Predictor:
                 predictions.append(self.predict(volume, part.prompt_text(), progress=share))
             sides = tuple(p.diagnoses[0].side.letter for p in parts)
             prediction = merged_sides(predictions, sides)
-        rule = self.prescription
+        rule = self.prescription if prescribed else None
         outcome = (
             None
             if rule is None

@@ -18,7 +18,9 @@
 #        breasts, more abdomen), with MONAI geometry/intensity augmentation and the text-aware
 #        mirror (AUGMENT, default below), warm-started from INIT (default checkpoints/demo).
 #        DR_PART (default s-D), DR_SEED (601) and DR_CASES (40) name its phantoms, DR_DATA
-#        (structures-data-dr) the combined data folder, DR_OUT (structures-dr) the run.
+#        (structures-data-dr) the combined data folder, DR_OUT (structures-dr) the run. An
+#        existing DR_PART folder is reused as it is (phantoms of an older generator included):
+#        name a new DR_PART after changing the generator.
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."

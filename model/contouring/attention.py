@@ -66,6 +66,8 @@ def attention_findings(
         )
     edges = plausibility.fov_edge_slices if plausibility is not None else {}
     for (name, side), slices in sorted(edges.items()):
+        if (name, side) not in structures:  # removed (the note rule): not on the plan
+            continue
         label = f"{name.replace('_', ' ')} CTV on the {SIDE_WORD[side]} side"
         found.append(
             f"the {label} reaches the edge of the CT's field of view on {slices} slice(s): the "

@@ -13,6 +13,11 @@ N1mi and N1 notes. Reported, with bootstrap CIs:
 - the same Dice and HD95 grouped by acquisition factor (slice thickness, pixel spacing, noise,
   HU offset, couch, arms, contrast) for the robustness table.
 
+Dice and HD95 are of the version as served (the note rule removes what the record does not
+call for, :mod:`model.dataset.prescription`); the flip and the nodal ratios measure what the
+network reads from the text, so they are of the network alone (``prescribed=False``): the rule
+would make them hold by construction.
+
 Coordinates: masks are ``(k, j, i)`` on each case's LPS grid; distances in mm.
 """
 
@@ -122,7 +127,7 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
     unilateral = len(record.diagnoses) == 1
     if unilateral and record.diagnoses[0].surgery is Surgery.BREAST_CONSERVING:
         flipped = _flipped(record)
-        flip = predictor.predict_record(case.volume, flipped)
+        flip = predictor.predict_record(case.volume, flipped, prescribed=False)
         row["flip_side_fraction"] = side_fraction(
             flip.mask, case.grid, flipped.diagnoses[0].side, _midline(case)
         )
@@ -134,7 +139,7 @@ def evaluate_case(predictor: Predictor, case: PhantomCase) -> dict[str, Any]:
                 region |= mask
         cc = {
             n: volume_in_region_cc(
-                predictor.predict_record(case.volume, _with_n(record, n)).mask,
+                predictor.predict_record(case.volume, _with_n(record, n), prescribed=False).mask,
                 region,
                 case.grid,
             )
@@ -169,7 +174,7 @@ def _bilateral_nodal_ratio(predictor: Predictor, case: PhantomCase) -> float:
                 "note": None,
             }
         )
-        mask = predictor.predict_record(case.volume, record).mask
+        mask = predictor.predict_record(case.volume, record, prescribed=False).mask
         cc = {
             side: volume_in_region_cc(mask, region, case.grid) for side, region in regions.items()
         }

@@ -90,6 +90,7 @@ def test_a_structure_cut_by_the_field_of_view_needs_attention() -> None:
     """A patient wider than the field of view: the right breast CTV reaches the image edge
     and may go on outside it. Before, nothing said so; now the job needs attention."""
     from model.contouring.attention import attention_findings
+    from model.dataset.prescription import SPEC_PRESCRIPTION
     from model.imaging.geometry import Grid, Volume
     from model.imaging.plausibility import check_structures, find_landmarks
     from model.imaging.postprocessing import midline_x
@@ -127,6 +128,13 @@ def test_a_structure_cut_by_the_field_of_view_needs_attention() -> None:
     found = attention_findings(record, kept, report, 0.048, 1.0)
     edge = [f for f in found if "field of view" in f]
     assert len(edge) == 1 and "breast CTV on the right side" in edge[0] and "8 slice" in edge[0]
+    # A left-only note: the note rule removes the right breast, and with it the finding.
+    left_only = record.model_copy(update={"diagnoses": record.diagnoses[:1]})
+    assert left_only.diagnoses[0].side.letter == "L"
+    outcome = SPEC_PRESCRIPTION.apply(kept, {}, left_only, grid.spacing)
+    assert outcome is not None and set(outcome.structures) == {("breast", "L")}
+    found = attention_findings(left_only, outcome.structures, report, 0.048, 1.0)
+    assert not [f for f in found if "field of view" in f], found
 
 
 def test_the_ctv_is_the_union_of_what_the_rules_left() -> None:

@@ -122,7 +122,6 @@ def test_the_served_model_on_a_real_ct_draws_only_what_the_note_calls_for() -> N
     for mask in served.structures.values():
         union |= mask
     assert np.array_equal(served.mask, union)
-    predictor.prescription = None  # the network alone
-    alone = predictor.predict_record(volume, record)
+    alone = predictor.predict_record(volume, record, prescribed=False)  # the network alone
     assert set(alone.structures) - allowed, "the network alone draws more than the note asks"
     print("the network alone:", sorted(set(alone.structures) - allowed), file=sys.stderr)

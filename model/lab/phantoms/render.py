@@ -13,6 +13,7 @@ from scipy.ndimage import map_coordinates
 from model.lab.phantoms.acquisition import paint_couch_and_arms
 from model.lab.phantoms.anatomy import Anatomy
 from model.lab.phantoms.params import SIDE_SIGN
+from model.lab.phantoms.rules import node_regions
 from model.lab.phantoms.shapes import BoolArray, F32Array, ellipsoid, nearest_voxel
 from model.text.clinical import Side, Surgery
 
@@ -141,13 +142,19 @@ def _paint_mediastinum(hu: F32Array, anatomy: Anatomy) -> None:
     """Domain randomisation: great vessels, trachea, esophagus, a deeper sternum.
 
     Tubes run along LPS ``z`` inside the rib cage (over lungs, mediastinal fat and heart);
-    see :class:`~model.lab.phantoms.params.MediastinumParams` for where they lie.
+    see :class:`~model.lab.phantoms.params.MediastinumParams` for where they lie. They are
+    never painted inside the spec's node regions of either side (the nodes' image stays
+    the one the spec describes: nothing visible marks them).
     """
     inside = anatomy.params.mediastinum
     if inside is None:
         return
     body = anatomy.params.body
-    inner = (anatomy.surface.depth >= body.wall + 3.0)[None]
+    free = np.ones(hu.shape, dtype=bool)  # outside every node region
+    for side in anatomy.params.breasts:
+        for region in node_regions(anatomy, side).values():
+            free &= ~region
+    inner = free & (anatomy.surface.depth >= body.wall + 3.0)[None]
     u = (anatomy.coords.x - body.cx)[None, :]
     v = (anatomy.coords.y - body.cy)[:, None]
     z = anatomy.coords.z
@@ -168,7 +175,7 @@ def _paint_mediastinum(hu: F32Array, anatomy: Anatomy) -> None:
     sternum = (np.abs(u) <= body.sternum_half_width) & (v < 0)
     depth = anatomy.surface.depth
     sternum &= (depth >= body.fat) & (depth < body.fat + inside.sternum_depth)
-    _paint(hu, np.broadcast_to(sternum[None], hu.shape), HU_STERNUM)
+    _paint(hu, sternum[None] & free, HU_STERNUM)
 
 
 def _paint_spine(hu: F32Array, anatomy: Anatomy) -> None:
