@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from model.dataset.prescription import SITE_RULE
+from model.dataset.prescription import NOTE_RULE, SITE_RULE
 from model.dataset.stage_rule import StageRule
 from model.dataset.structure_map import load_structure_map
 from model.dataset.structure_targets import map_from_meta
@@ -208,7 +208,7 @@ def evaluate_models(
     metrics: MetricConfig | None = None,
     worst: int = 5,
     progress: Callable[[int, int], None] | None = None,
-    rule_removals: dict[str, int] | None = None,
+    rule_removals: dict[str, dict[str, int]] | None = None,
 ) -> tuple[list[CaseResult], list[CaseSnapshot], list[dict[str, str]], dict[str, float]]:
     """Contour every case with every model and measure every structure.
 
@@ -227,9 +227,9 @@ def evaluate_models(
     progress
         Called with ``(done, total)`` after each case.
     rule_removals
-        When given, counts per model the (case, structure, side) that the version's N-stage
-        rule removed (:mod:`model.dataset.stage_rule`; the note rule's removals are not
-        counted).
+        When given, counts per model and rule (``"site rule"``: the version's N-stage rule,
+        ``"note rule"``: the rest of what a record does not call for;
+        :mod:`model.dataset.prescription`) the (case, structure, side) it removed.
 
     Returns
     -------
@@ -267,8 +267,10 @@ def evaluate_models(
             prediction = predictor.predict_record(volume, record)
             seconds[name] += time.perf_counter() - started
             if rule_removals is not None:
-                removed = sum(1 for why in prediction.rule_removed_cc if why.startswith(SITE_RULE))
-                rule_removals[name] = rule_removals.get(name, 0) + removed
+                counts = rule_removals.setdefault(name, {})
+                for why in prediction.rule_removed_cc:
+                    kind = why.split(":", 1)[0]
+                    counts[kind] = counts.get(kind, 0) + 1
             # A structure network is measured on every reference structure (one it has no
             # class for is missed wherever the reference has it); a CTV network on the CTV.
             drawn = structures if predictor.network.config.structures else []
@@ -341,7 +343,7 @@ def commission(options: CommissionOptions) -> CommissionResult:
         for predictor in predictors.values():
             predictor.prescription = None
     started = time.perf_counter()
-    removals: dict[str, int] = {}
+    removals: dict[str, dict[str, int]] = {}
     cases, snapshots, skipped, seconds = evaluate_models(
         predictors,
         options.data,
@@ -368,7 +370,9 @@ def commission(options: CommissionOptions) -> CommissionResult:
             "inference_seconds": round(seconds[name], 2),
             "mirror_tta": predictors[name].mirrors,
             "stage_rule": _rule_text(_stage_rule_of(predictors[name])),
-            "stage_rule_removed": removals.get(name, 0),
+            "stage_rule_removed": removals.get(name, {}).get(SITE_RULE, 0),
+            "note_rule": predictors[name].prescription is not None,
+            "note_rule_removed": removals.get(name, {}).get(NOTE_RULE, 0),
         }
         for n, name in enumerate(names)
     }

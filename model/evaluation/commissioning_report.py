@@ -139,7 +139,17 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
         "reviewed by a qualified person before clinical use.</p>",
         "<h2>Models</h2>",
         _table(
-            ["name", "role", "checkpoint", "hash", "structures", "N-stage rule", "TTA", "verdict"],
+            [
+                "name",
+                "role",
+                "checkpoint",
+                "hash",
+                "structures",
+                "N-stage rule",
+                "note rule",
+                "TTA",
+                "verdict",
+            ],
             [
                 [
                     _e(name),
@@ -148,6 +158,7 @@ def _html(doc: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
                     _e(info.get("checkpoint_hash", "")),
                     _e(", ".join(info.get("structures", []))),
                     _e(_rule_cell(info)),
+                    _e(_note_rule_cell(info)),
                     "mirror" if info.get("mirror_tta") else "none",
                     _badge(summary["verdicts"][name]),
                 ]
@@ -348,7 +359,7 @@ def write_commissioning_report(
         The worst cases, worst first (:func:`take_snapshot`).
     models
         Per model name: ``role``, ``path``, ``checkpoint_hash``, ``structures`` (and
-        ``mirror_tta``, ``stage_rule``, ... when known).
+        ``mirror_tta``, ``stage_rule``, ``note_rule``, ... when known).
     data, skipped, generated_at, software_version
         Shown in the report (``skipped``: ``case_id``, ``code``, ``detail``).
 
@@ -414,6 +425,15 @@ def write_commissioning_report(
     html_path = out / "report.html"
     html_path.write_text(_html(doc, doc["figures"]), encoding="utf-8")
     return [json_path, html_path, *written]
+
+
+def _note_rule_cell(info: dict[str, Any]) -> str:
+    """Whether what a record does not call for was removed, and how often (``-``: unknown)."""
+    if "note_rule" not in info:
+        return "-"
+    if not info["note_rule"]:
+        return "off (the network alone)"
+    return f"on (removed {info.get('note_rule_removed', 0)} structure(s))"
 
 
 def _rule_cell(info: dict[str, Any]) -> str:

@@ -453,7 +453,10 @@ class _LabelPredictor(Predictor):
         mask = np.zeros(label.shape, dtype=bool)
         for part in structures.values():
             mask |= part
-        return Prediction(mask, mask.astype(np.float32), structures=structures)
+        removed = {f"note rule: {name} R: the note names no right side": 1.0 for name in self.drop}
+        prediction = Prediction(mask, mask.astype(np.float32), structures=structures)
+        prediction.rule_removed_cc = removed
+        return prediction
 
 
 def test_an_oracle_passes_and_a_model_that_misses_imn_fails(cohort: Path, tmp_path: Path) -> None:
@@ -465,8 +468,12 @@ def test_an_oracle_passes_and_a_model_that_misses_imn_fails(cohort: Path, tmp_pa
         "oracle": _LabelPredictor(labels, drop=()),
         "no_imn": _LabelPredictor(labels, drop=("imn",)),
     }
-    cases, snapshots, skipped, _ = commission.evaluate_models(predictors, cohort, TARGET, worst=2)
+    removals: dict[str, dict[str, int]] = {}
+    cases, snapshots, skipped, _ = commission.evaluate_models(
+        predictors, cohort, TARGET, worst=2, rule_removals=removals
+    )
     assert len(cases) == 3 and not skipped and len(snapshots) == 2
+    assert removals == {"oracle": {}, "no_imn": {"note rule": 3}}  # one per case
     structures = [CTV, *BREAST_STRUCTURES]
     acceptance = parse_acceptance(
         {"acceptance": {"surface_dice_3mm": 0.9, "imn": {"dice": 0.8}}}, "site.toml"
@@ -493,7 +500,16 @@ def test_an_oracle_passes_and_a_model_that_misses_imn_fails(cohort: Path, tmp_pa
         summary=summary,
         cases=cases,
         snapshots=snapshots,
-        models={n: {"role": n, "path": "-", "structures": structures} for n in predictors},
+        models={
+            n: {
+                "role": n,
+                "path": "-",
+                "structures": structures,
+                "note_rule": True,
+                "note_rule_removed": sum(removals[n].values()),
+            }
+            for n in predictors
+        },
         data=str(cohort),
         skipped=skipped,
         generated_at="2026-01-01T00:00:00Z",
@@ -501,6 +517,8 @@ def test_an_oracle_passes_and_a_model_that_misses_imn_fails(cohort: Path, tmp_pa
     )
     doc = json.loads((out / "report.json").read_text())
     assert doc["verdicts"]["no_imn"]["structures"]["imn"] == "FAIL"
+    page = (out / "report.html").read_text()
+    assert "<th>note rule</th>" in page and "on (removed 3 structure(s))" in page
     assert {c["case_id"] for c in doc["cases"]} == {"A0001", "A0002", "A0003"}
     assert doc["summary"]["results"]["no_imn"]["imn"]["metrics"]["hd95_mm"]["mean"] is None
     for path in files[2:]:
