@@ -12,9 +12,8 @@ shared by every window.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -23,9 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.inferers.utils import sliding_window_inference
 
 from model.dataset.prescription import SPEC_PRESCRIPTION, Prescription
+from model.dataset.structure_map import skin_margins_of
+from model.dataset.structure_targets import map_from_meta
 from model.errors import ConfigurationError
 from model.imaging.confidence import confidence_of_sides, structure_confidence
 from model.imaging.geometry import Volume
@@ -47,6 +47,7 @@ from model.imaging.postprocessing import (
     tidy_labels,
 )
 from model.imaging.preprocessing import PreprocessConfig, preprocess_ct
+from model.imaging.skin_margin import SPEC_SKIN_MARGINS_MM, crop_below_skin
 from model.imaging.source_sampling import (
     MapOnSource,
     NearestOnSource,
@@ -56,6 +57,7 @@ from model.imaging.source_sampling import (
 from model.network.checkpoint import Checkpoint, attach_encoder, detached_context, load_checkpoint
 from model.network.context import ContextCache, ContextStore, PromptContext, contexts_for
 from model.network.segmenter import ContourNet
+from model.network.sliding_window import sliding_window_classes
 from model.text.clinical import ClinicalRecord, mirrored_note
 from model.text.encoders import load_text_encoder
 
@@ -69,15 +71,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def count_windows(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
-    """Number of sliding windows MONAI uses for ``shape`` (each axis padded up to ``roi``)."""
-    total = 1
-    for size, r in zip(shape, roi, strict=True):
-        interval = max(int(r * (1 - overlap)), 1)
-        total *= 1 if size <= r else math.ceil((size - r) / interval) + 1
-    return total
 
 
 @dataclass
@@ -160,6 +153,10 @@ class Predictor:
         patient with the mirrored note, and the two are averaged (twice the network time;
         measured in ``docs/site-adaptation.md``). The mirrored note's ``g`` is cached like
         any note's.
+    skin_margins
+        Structure name -> skin margin (mm) applied on the CT grid
+        (:mod:`model.imaging.skin_margin`; the specification's breast 5 and chest wall 3 by
+        default; a checkpoint's structure map may set its own).
 
     The text encoder, when attached, is moved to the same device as the network.
     """
@@ -178,6 +175,7 @@ class Predictor:
         cleaning: CleaningPolicy | None = None,
         prescription: Prescription | None = SPEC_PRESCRIPTION,
         mirror_tta: bool = False,
+        skin_margins: Mapping[str, float] | None = None,
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
@@ -192,6 +190,7 @@ class Predictor:
         self.cleaning = cleaning or CleaningPolicy()
         self.prescription = prescription
         self.mirror_tta = mirror_tta
+        self.skin_margins = dict(SPEC_SKIN_MARGINS_MM if skin_margins is None else skin_margins)
 
     @classmethod
     def from_checkpoint(
@@ -237,6 +236,7 @@ class Predictor:
             cache=cache,
             prescription=Prescription.of_checkpoint(ckpt.meta),
             mirror_tta=mirror_tta,
+            skin_margins=skin_margins_of(map_from_meta(ckpt.meta)),
         )
 
     def context_for(self, note: str) -> torch.Tensor:
@@ -294,12 +294,16 @@ class Predictor:
             seeds=seeds,
             mid_x=mid_x,
         )
+        crop = crop_below_skin(
+            body, cleaned.structures, volume.grid.spacing, self.skin_margins, cleaned.boxes
+        )
+        cleaned.report.skin_margin_cc = crop.removed_cc
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         marks = find_landmarks(volume, body, mid_x)
         structures, plausibility = check_structures(
             volume,
-            cleaned.structures,
+            crop.structures,
             marks,
             mid_x,
             self.cleaning.min_structure_cc,
@@ -466,6 +470,7 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     cleaning = CleaningReport(
         outside_body_cc=sum(r.outside_body_cc for r in reports),
         islands_cc=added([r.islands_cc for r in reports]),
+        skin_margin_cc=added([r.skin_margin_cc for r in reports]),
     )
     probability = np.maximum.reduce([p.probability_map() for p in predictions])
     timings = added([p.timings for p in predictions])
@@ -475,42 +480,6 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     return Prediction(
         mask, probability, timings, windows, structures, cleaning, plausibility, confidence
     )
-
-
-@torch.no_grad()
-def sliding_window_classes(
-    network: ContourNet,
-    image: npt.NDArray[np.float32],
-    g: torch.Tensor | None,
-    *,
-    overlap: float = 0.25,
-    sw_batch_size: int = 2,
-    progress: ProgressFn | None = None,
-) -> tuple[npt.NDArray[np.float32], int]:
-    """Class probabilities ``(C, k, j, i)`` on the network grid and the window count.
-
-    ``image`` is the preprocessed CT on the network grid; ``g`` ``(1, N, D)`` is shared by
-    every window (``None`` for the vision-only network). AMP is used on CUDA.
-    """
-    device = next(network.parameters()).device
-    roi = network.config.roi_size
-    total = count_windows(image.shape, roi, overlap)
-    done = 0
-    use_amp = device.type == "cuda"
-
-    def run(patches: torch.Tensor) -> torch.Tensor:
-        nonlocal done
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            logits = network(patches, g)
-        done += patches.shape[0]
-        if progress is not None:
-            progress(min(done / total, 1.0))
-        return torch.softmax(logits.float(), dim=1)
-
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    out = sliding_window_inference(x, roi, sw_batch_size, run, overlap=overlap, mode="gaussian")
-    prob = out if isinstance(out, torch.Tensor) else out[0]
-    return prob[0].float().cpu().numpy(), done
 
 
 def _context_for(ckpt: Checkpoint, text_encoder: str | Path | None) -> PromptContext | None:

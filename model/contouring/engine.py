@@ -71,7 +71,7 @@ class ContourEngine:
     def window_count(self, grid: Grid) -> int:
         """Sliding windows one pass over a CT on ``grid`` (LPS) takes; no array is built."""
         from model.imaging.preprocessing import plan_resampling
-        from model.inference import count_windows
+        from model.network.sliding_window import count_windows
 
         pre = self.predictor.preprocess
         plan = plan_resampling(grid, pre.target_spacing, orientation=pre.orientation)

@@ -16,6 +16,10 @@ A TOML file (format: ``docs/dataset-check.md``; example: ``deploy/structure-map.
     patterns = ["CTVn_Axilla*"]
     nodal = true                  # default: true for axilla, scf and imn
     n_stages = ["1", "2", "3"]    # nodal only: the N stages it is drawn for (default all)
+    [structures.chest_wall]
+    patterns = ["CTV_ChestWall"]
+    skin_margin_mm = 3            # optional: cropped this far below the skin (default: the
+                                  # specification's 5 for breast, 3 for chest_wall, else 0)
 
 A pattern is a shell glob (``*``, ``?``, ``[...]``) or, after ``re:``, a Python regular
 expression; both are case-insensitive and must match the **whole** ROI name. A name is
@@ -37,13 +41,16 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigurationError
+from model.imaging.skin_margin import SPEC_SKIN_MARGINS_MM
 from model.network.structures import NODAL
 
 MAP_VERSION = 1
 REGEX_PREFIX = "re:"
 _STRUCTURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _TOP_KEYS = frozenset({"version", "sides", "union", "ignore", "structures"})
-_STRUCTURE_KEYS = frozenset({"patterns", "nodal", "n_stages"})
+_STRUCTURE_KEYS = frozenset({"patterns", "nodal", "n_stages", "skin_margin_mm"})
+#: The largest skin margin a map may set (mm).
+MAX_SKIN_MARGIN_MM = 20.0
 #: N stages (without a/b/c) of a node-positive side; N0 and N1mi never have a nodal CTV.
 NODE_POSITIVE_BASES: tuple[str, ...] = ("1", "2", "3")
 _NODAL_NAMES = frozenset(s.value for s in NODAL)
@@ -128,6 +135,7 @@ class StructureEntry:
     patterns: tuple[NamePattern, ...]
     nodal: bool
     n_stages: tuple[str, ...] = NODE_POSITIVE_BASES
+    skin_margin_mm: float | None = None
 
     def drawn_for(self, n_stage: str) -> bool:
         """Whether the department draws this structure for a side of ``n_stage`` (``"2a"``).
@@ -246,6 +254,9 @@ class StructureMap:
                     "patterns": [p.text for p in s.patterns],
                     "nodal": s.nodal,
                     **({"n_stages": list(s.n_stages)} if s.nodal else {}),
+                    **(
+                        {"skin_margin_mm": s.skin_margin_mm} if s.skin_margin_mm is not None else {}
+                    ),
                 }
                 for s in self.structures
             },
@@ -355,8 +366,37 @@ def _structures(value: object, source: str) -> tuple[StructureEntry, ...]:
         if not isinstance(nodal, bool):
             raise ConfigurationError(f"{where}.nodal: must be true or false")
         patterns = _patterns(entry.get("patterns"), f"{where}.patterns")
-        out.append(StructureEntry(name, patterns, nodal, _n_stages(entry, nodal, where)))
+        out.append(
+            StructureEntry(
+                name, patterns, nodal, _n_stages(entry, nodal, where), _skin_margin(entry, where)
+            )
+        )
     return tuple(out)
+
+
+def _skin_margin(entry: dict[str, Any], where: str) -> float | None:
+    """The ``skin_margin_mm`` of a structure entry (``None`` when not set), checked."""
+    if "skin_margin_mm" not in entry:
+        return None
+    value = entry["skin_margin_mm"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{where}.skin_margin_mm: a number of mm")
+    if not 0.0 <= float(value) <= MAX_SKIN_MARGIN_MM:
+        raise ConfigurationError(
+            f"{where}.skin_margin_mm: between 0 and {MAX_SKIN_MARGIN_MM:g} mm, not {value}"
+        )
+    return float(value)
+
+
+def skin_margins_of(structure_map: StructureMap | None) -> dict[str, float]:
+    """Structure name -> skin margin (mm) under ``structure_map``: the specification's
+    (:data:`~model.imaging.skin_margin.SPEC_SKIN_MARGINS_MM`) where the map sets none."""
+    margins = dict(SPEC_SKIN_MARGINS_MM)
+    if structure_map is not None:
+        for entry in structure_map.structures:
+            if entry.skin_margin_mm is not None:
+                margins[entry.name] = entry.skin_margin_mm
+    return margins
 
 
 def _n_stages(entry: dict[str, Any], nodal: bool, where: str) -> tuple[str, ...]:

@@ -77,10 +77,12 @@ class CleaningPolicy:
 
 @dataclass
 class CleaningReport:
-    """Volumes removed by postprocessing (cc)."""
+    """Volumes removed by postprocessing (cc); ``skin_margin_cc`` is the protocol's skin
+    margin per ``"structure side"`` (:mod:`model.imaging.skin_margin`), never a warning."""
 
     outside_body_cc: float = 0.0
     islands_cc: dict[str, float] = field(default_factory=dict)
+    skin_margin_cc: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

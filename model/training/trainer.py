@@ -34,11 +34,12 @@ from torch.utils.data import DataLoader
 
 from model.errors import ConfigurationError
 from model.evaluation.metrics import dice
-from model.inference import resolve_device, sliding_window_classes
+from model.inference import resolve_device
 from model.network.checkpoint import Checkpoint, save_checkpoint
 from model.network.config import NetworkConfig, TuningMode
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
+from model.network.sliding_window import sliding_window_classes
 from model.text.encoders import TextEncoder
 from model.training.batches import Batch, BatchPlan, StepBatches
 from model.training.convention_variants import convention_variants, with_partial_labels

@@ -7,10 +7,11 @@ import torch
 
 from model.imaging.geometry import Grid, Volume
 from model.imaging.preprocessing import PreprocessConfig
-from model.inference import Predictor, count_windows
+from model.inference import Predictor
 from model.network.config import preset
 from model.network.context import PromptContext
 from model.network.segmenter import ContourNet
+from model.network.sliding_window import count_windows
 from model.text.encoders import tiny_llama
 
 
