@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -24,9 +24,10 @@ import numpy.typing as npt
 import torch
 
 from model.dataset.prescription import SPEC_PRESCRIPTION, Prescription
-from model.dataset.structure_map import skin_margins_of
+from model.dataset.structure_map import borders_of
 from model.dataset.structure_targets import map_from_meta
 from model.errors import ConfigurationError
+from model.imaging.borders import SPEC_BORDERS, BorderPolicy, apply_borders
 from model.imaging.confidence import confidence_of_sides, structure_confidence
 from model.imaging.geometry import Volume
 from model.imaging.plausibility import (
@@ -47,7 +48,6 @@ from model.imaging.postprocessing import (
     tidy_labels,
 )
 from model.imaging.preprocessing import PreprocessConfig, preprocess_ct
-from model.imaging.skin_margin import SPEC_SKIN_MARGINS_MM, crop_below_skin
 from model.imaging.source_sampling import (
     MapOnSource,
     NearestOnSource,
@@ -153,10 +153,10 @@ class Predictor:
         patient with the mirrored note, and the two are averaged (twice the network time;
         measured in ``docs/site-adaptation.md``). The mirrored note's ``g`` is cached like
         any note's.
-    skin_margins
-        Structure name -> skin margin (mm) applied on the CT grid
-        (:mod:`model.imaging.skin_margin`; the specification's breast 5 and chest wall 3 by
-        default; a checkpoint's structure map may set its own).
+    borders
+        The borders of the superficial CTVs applied on the CT grid, skin margin and ribs
+        (:mod:`model.imaging.borders`; the specification's by default; a checkpoint's
+        structure map may set its own).
 
     The text encoder, when attached, is moved to the same device as the network.
     """
@@ -175,7 +175,7 @@ class Predictor:
         cleaning: CleaningPolicy | None = None,
         prescription: Prescription | None = SPEC_PRESCRIPTION,
         mirror_tta: bool = False,
-        skin_margins: Mapping[str, float] | None = None,
+        borders: BorderPolicy = SPEC_BORDERS,
     ) -> None:
         self.device = resolve_device(str(device))
         self.network = network.to(self.device).eval()
@@ -190,7 +190,7 @@ class Predictor:
         self.cleaning = cleaning or CleaningPolicy()
         self.prescription = prescription
         self.mirror_tta = mirror_tta
-        self.skin_margins = dict(SPEC_SKIN_MARGINS_MM if skin_margins is None else skin_margins)
+        self.borders = borders
 
     @classmethod
     def from_checkpoint(
@@ -236,7 +236,7 @@ class Predictor:
             cache=cache,
             prescription=Prescription.of_checkpoint(ckpt.meta),
             mirror_tta=mirror_tta,
-            skin_margins=skin_margins_of(map_from_meta(ckpt.meta)),
+            borders=borders_of(map_from_meta(ckpt.meta)),
         )
 
     def context_for(self, note: str) -> torch.Tensor:
@@ -294,16 +294,21 @@ class Predictor:
             seeds=seeds,
             mid_x=mid_x,
         )
-        crop = crop_below_skin(
-            body, cleaned.structures, volume.grid.spacing, self.skin_margins, cleaned.boxes
+        bounded = apply_borders(
+            volume.array,
+            body,
+            cleaned.structures,
+            volume.grid.spacing,
+            self.borders,
+            cleaned.boxes,
         )
-        cleaned.report.skin_margin_cc = crop.removed_cc
+        cleaned.report.borders_cc = bounded.removed_cc
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         marks = find_landmarks(volume, body, mid_x)
         structures, plausibility = check_structures(
             volume,
-            crop.structures,
+            bounded.structures,
             marks,
             mid_x,
             self.cleaning.min_structure_cc,
@@ -470,7 +475,10 @@ def merged_sides(predictions: list[Prediction], sides: tuple[str, ...]) -> Predi
     cleaning = CleaningReport(
         outside_body_cc=sum(r.outside_body_cc for r in reports),
         islands_cc=added([r.islands_cc for r in reports]),
-        skin_margin_cc=added([r.skin_margin_cc for r in reports]),
+        borders_cc={
+            why: added([r.borders_cc.get(why, {}) for r in reports])
+            for why in sorted({why for r in reports for why in r.borders_cc})
+        },
     )
     probability = np.maximum.reduce([p.probability_map() for p in predictions])
     timings = added([p.timings for p in predictions])

@@ -20,6 +20,8 @@ A TOML file (format: ``docs/dataset-check.md``; example: ``deploy/structure-map.
     patterns = ["CTV_ChestWall"]
     skin_margin_mm = 3            # optional: cropped this far below the skin (default: the
                                   # specification's 5 for breast, 3 for chest_wall, else 0)
+    stop_at_ribs = true           # optional: nothing behind the ribs' front (default: the
+                                  # specification's chest_wall only)
 
 A pattern is a shell glob (``*``, ``?``, ``[...]``) or, after ``re:``, a Python regular
 expression; both are case-insensitive and must match the **whole** ROI name. A name is
@@ -41,14 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import ConfigurationError
-from model.imaging.skin_margin import SPEC_SKIN_MARGINS_MM
+from model.imaging.borders import SPEC_BORDERS, BorderPolicy
 from model.network.structures import NODAL
 
 MAP_VERSION = 1
 REGEX_PREFIX = "re:"
 _STRUCTURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _TOP_KEYS = frozenset({"version", "sides", "union", "ignore", "structures"})
-_STRUCTURE_KEYS = frozenset({"patterns", "nodal", "n_stages", "skin_margin_mm"})
+_STRUCTURE_KEYS = frozenset({"patterns", "nodal", "n_stages", "skin_margin_mm", "stop_at_ribs"})
 #: The largest skin margin a map may set (mm).
 MAX_SKIN_MARGIN_MM = 20.0
 #: N stages (without a/b/c) of a node-positive side; N0 and N1mi never have a nodal CTV.
@@ -136,6 +138,7 @@ class StructureEntry:
     nodal: bool
     n_stages: tuple[str, ...] = NODE_POSITIVE_BASES
     skin_margin_mm: float | None = None
+    stop_at_ribs: bool | None = None
 
     def drawn_for(self, n_stage: str) -> bool:
         """Whether the department draws this structure for a side of ``n_stage`` (``"2a"``).
@@ -145,6 +148,15 @@ class StructureEntry:
         if not self.nodal:
             return True
         return n_stage not in ("0", "1mi") and n_stage[:1] in self.n_stages
+
+    def borders(self) -> dict[str, float | bool]:
+        """The borders the entry sets (``skin_margin_mm``, ``stop_at_ribs``), as in the map."""
+        found: dict[str, float | bool] = {}
+        if self.skin_margin_mm is not None:
+            found["skin_margin_mm"] = self.skin_margin_mm
+        if self.stop_at_ribs is not None:
+            found["stop_at_ribs"] = self.stop_at_ribs
+        return found
 
     def matches(self, roi_name: str) -> bool:
         """Whether any pattern matches the whole ``roi_name``."""
@@ -254,9 +266,7 @@ class StructureMap:
                     "patterns": [p.text for p in s.patterns],
                     "nodal": s.nodal,
                     **({"n_stages": list(s.n_stages)} if s.nodal else {}),
-                    **(
-                        {"skin_margin_mm": s.skin_margin_mm} if s.skin_margin_mm is not None else {}
-                    ),
+                    **s.borders(),
                 }
                 for s in self.structures
             },
@@ -366,11 +376,11 @@ def _structures(value: object, source: str) -> tuple[StructureEntry, ...]:
         if not isinstance(nodal, bool):
             raise ConfigurationError(f"{where}.nodal: must be true or false")
         patterns = _patterns(entry.get("patterns"), f"{where}.patterns")
-        out.append(
-            StructureEntry(
-                name, patterns, nodal, _n_stages(entry, nodal, where), _skin_margin(entry, where)
-            )
-        )
+        ribs = entry.get("stop_at_ribs")
+        if ribs is not None and not isinstance(ribs, bool):
+            raise ConfigurationError(f"{where}.stop_at_ribs: must be true or false")
+        stages = _n_stages(entry, nodal, where)
+        out.append(StructureEntry(name, patterns, nodal, stages, _skin_margin(entry, where), ribs))
     return tuple(out)
 
 
@@ -388,15 +398,17 @@ def _skin_margin(entry: dict[str, Any], where: str) -> float | None:
     return float(value)
 
 
-def skin_margins_of(structure_map: StructureMap | None) -> dict[str, float]:
-    """Structure name -> skin margin (mm) under ``structure_map``: the specification's
-    (:data:`~model.imaging.skin_margin.SPEC_SKIN_MARGINS_MM`) where the map sets none."""
-    margins = dict(SPEC_SKIN_MARGINS_MM)
-    if structure_map is not None:
-        for entry in structure_map.structures:
-            if entry.skin_margin_mm is not None:
-                margins[entry.name] = entry.skin_margin_mm
-    return margins
+def borders_of(structure_map: StructureMap | None) -> BorderPolicy:
+    """The borders of the superficial CTVs under ``structure_map``: the specification's
+    (:data:`~model.imaging.borders.SPEC_BORDERS`) where the map sets none."""
+    margins = dict(SPEC_BORDERS.skin_margins_mm)
+    ribs = set(SPEC_BORDERS.stop_at_ribs)
+    for entry in structure_map.structures if structure_map is not None else ():
+        if entry.skin_margin_mm is not None:
+            margins[entry.name] = entry.skin_margin_mm
+        if entry.stop_at_ribs is not None:
+            (ribs.add if entry.stop_at_ribs else ribs.discard)(entry.name)
+    return BorderPolicy(skin_margins_mm=margins, stop_at_ribs=frozenset(ribs))
 
 
 def _n_stages(entry: dict[str, Any], nodal: bool, where: str) -> tuple[str, ...]:

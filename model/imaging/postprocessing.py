@@ -77,12 +77,13 @@ class CleaningPolicy:
 
 @dataclass
 class CleaningReport:
-    """Volumes removed by postprocessing (cc); ``skin_margin_cc`` is the protocol's skin
-    margin per ``"structure side"`` (:mod:`model.imaging.skin_margin`), never a warning."""
+    """Volumes removed by postprocessing (cc); ``borders_cc`` is what the protocol's borders
+    of the superficial CTVs took, by border and ``"structure side"``
+    (:mod:`model.imaging.borders`), never a warning."""
 
     outside_body_cc: float = 0.0
     islands_cc: dict[str, float] = field(default_factory=dict)
-    skin_margin_cc: dict[str, float] = field(default_factory=dict)
+    borders_cc: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
