@@ -169,7 +169,9 @@ def apply_borders(
                 removed.setdefault(why, {})[f"{name} {key[1]}"] = round(count * voxel_cc, 2)
                 kept = kept & ~voxels
         if kept is not local:
-            full = mask.copy()
+            # np.zeros (calloc), not a copy: only the box's pages are touched (a full-grid
+            # mask of a 512 matrix is 35 MB); nothing of the mask lies outside its box.
+            full = np.zeros(mask.shape, dtype=bool)
             full[where] = kept
             out[key] = full
     return BorderResult(out, removed)
