@@ -27,6 +27,7 @@ from model.lab.phantoms import (
     perturb,
     write_cohort,
 )
+from model.lab.phantoms.anatomy import Anatomy
 from model.lab.phantoms.case import eligible_perturbations
 from model.lab.phantoms.cohort import case_id_for
 from model.lab.phantoms.params import sample_params
@@ -482,6 +483,12 @@ def test_counterfactual_cohort_pairs_one_ct_with_each_allowed_note(tmp_path: Pat
             assert not np.array_equal(target, truth)  # the note changed the target
 
 
+def _rendered(anatomy: Anatomy, seed: int) -> npt.NDArray[np.int16]:
+    """The CT of ``anatomy`` with the texture and noise streams of ``seed``."""
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
+    return render_hu(anatomy, streams[2], streams[3])
+
+
 def test_domain_randomised_mediastinum_is_drawn_and_never_covers_the_nodes() -> None:
     """Site D paints great vessels (their HU), a trachea of air above the carina and a deeper
     sternum into the CT; the ground truth is the one without them, and nothing of it lies in a
@@ -500,9 +507,9 @@ def test_domain_randomised_mediastinum_is_drawn_and_never_covers_the_nodes() -> 
         assert inside is not None and len(inside.vessels) == 4
         plain = replace(case.anatomy.params, mediastinum=None)
         anatomy = replace(case.anatomy, params=plain, cache={})
-        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)]
-        without = render_hu(anatomy, streams[2], streams[3])
-        changed = case.hu != without
+        vessels = replace(plain, mediastinum=replace(inside, anterior_lung=None))
+        without = _rendered(anatomy, seed)
+        changed = _rendered(replace(case.anatomy, params=vessels, cache={}), seed) != without
         assert changed.sum() > 1000, "the mediastinum reaches the image"
         for name in (ROI_AXILLA, ROI_SCF, ROI_IMN):  # both sides' node regions
             nodes = case.masks[name]
@@ -512,3 +519,23 @@ def test_domain_randomised_mediastinum_is_drawn_and_never_covers_the_nodes() -> 
         assert air.any(), "the trachea is air inside the body"
         assert ctv_masks(anatomy, record, case.profile.convention).keys() == case.masks.keys()
     assert checked > 0
+
+
+def test_domain_randomised_lungs_may_reach_the_internal_mammary_nodes() -> None:
+    """In some site-D phantoms the lungs reach the front of the chest beside the sternum, so
+    the IMN (a label: nothing visible marks it) lies over lung, as in real patients and in
+    the independent cohort (57-100 % lung); the spec's sites never have it there."""
+    record = ClinicalRecord(
+        diagnoses=(
+            Diagnosis(side=Side.LEFT, surgery=Surgery.BREAST_CONSERVING, t_stage="2", n_stage="1"),
+        )
+    )
+    fractions = {}
+    for site in ("A", "D"):
+        for seed in range(6):
+            case = generate_case(f"{site}0001", site, seed, scale=0.25, clinical=record)
+            imn = case.masks[ROI_IMN]
+            fractions[(site, seed)] = float((case.hu[imn] < -400).mean())
+    assert max(v for (site, _), v in fractions.items() if site == "A") == 0.0
+    over_lung = [v for (site, _), v in fractions.items() if site == "D" and v > 0.5]
+    assert 1 <= len(over_lung) <= 5, fractions

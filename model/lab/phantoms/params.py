@@ -150,6 +150,10 @@ class MediastinumParams:
     heart. ``vessel_hu`` is shared by the vessels (without to with contrast). The trachea is
     air from the carina (``carina`` above the heart's top) up; the esophagus soft tissue. The
     sternum reaches ``sternum_depth`` mm behind the fat (the spec's phantoms: 14).
+    ``anterior_lung``: ``(medial, thickness)`` mm, or ``None``: the lungs reach the front of
+    the chest, from ``medial`` mm beside the midline outward, ``thickness`` mm deep behind the
+    ribs (real lungs meet behind the sternum; the spec's ellipsoids stay behind the
+    internal mammary nodes, which may then lie over lung).
     """
 
     vessels: tuple[tuple[float, float, float, float, float], ...]
@@ -158,6 +162,7 @@ class MediastinumParams:
     carina: float
     esophagus: tuple[float, float, float]  # (u, v, radius)
     sternum_depth: float
+    anterior_lung: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -401,4 +406,8 @@ def _sample_mediastinum(rng: np.random.Generator, body: BodyParams) -> Mediastin
         carina=uniform(rng, (10.0, 40.0)),
         esophagus=(uniform(rng, (0.0, 8.0)), spine_front - esophagus_r - 1.0, esophagus_r),
         sternum_depth=uniform(rng, (14.0, 22.0)),
+        # Drawn last: the phantoms drawn before this field existed keep every other value.
+        anterior_lung=(
+            (uniform(rng, (8.0, 22.0)), uniform(rng, (15.0, 40.0))) if rng.random() < 0.6 else None
+        ),
     )

@@ -97,6 +97,16 @@ def _paint_organs(hu: F32Array, anatomy: Anatomy) -> None:
         _paint_solid(
             hu, anatomy, centre, (body.lung_semi_x, body.lung_semi_y, lung_z[1]), HU_LUNG, inner
         )
+    inside = anatomy.params.mediastinum
+    if inside is not None and inside.anterior_lung is not None:
+        # Domain randomisation: the lungs reach the front of the chest beside the sternum.
+        medial, thickness = inside.anterior_lung
+        u = np.abs(anatomy.coords.x - body.cx)[None, :]
+        v = (anatomy.coords.y - body.cy)[:, None]
+        depth = anatomy.surface.depth
+        front = (depth >= body.wall + 3.0) & (depth < body.wall + 3.0 + thickness)
+        front &= (u >= medial) & (u <= 0.6 * body.a) & (v < 0)
+        _paint(hu, np.broadcast_to(front[None], hu.shape), HU_LUNG)
     bottom = min(p.bottom for p in anatomy.params.breasts.values())
     centre = (body.cx + body.heart_u, body.cy + body.heart_v, bottom + body.heart_z_above_bottom)
     fat_semi = (body.heart_semi[0] + 8.0, body.heart_semi[1] + 8.0, body.heart_semi[2] + 8.0)
