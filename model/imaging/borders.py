@@ -69,8 +69,9 @@ SPEC_BORDERS = BorderPolicy(
 
 @dataclass
 class BorderResult:
-    """The structures within their borders (unchanged ones are the same arrays) and what each
-    border removed, ``{"skin margin" | "behind the ribs": {"structure side": cc}}``."""
+    """The structures within their borders (unchanged ones are the same arrays; one with
+    nothing left is absent) and what each border removed,
+    ``{"skin margin" | "behind the ribs": {"structure side": cc}}``."""
 
     structures: dict[tuple[str, str], BoolArray]
     removed_cc: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -168,10 +169,14 @@ def apply_borders(
             if count:
                 removed.setdefault(why, {})[f"{name} {key[1]}"] = round(count * voxel_cc, 2)
                 kept = kept & ~voxels
-        if kept is not local:
-            # np.zeros (calloc), not a copy: only the box's pages are touched (a full-grid
-            # mask of a 512 matrix is 35 MB); nothing of the mask lies outside its box.
-            full = np.zeros(mask.shape, dtype=bool)
-            full[where] = kept
-            out[key] = full
+        if kept is local:
+            continue
+        if not kept.any():  # nothing left within the borders: no such structure
+            del out[key]
+            continue
+        # np.zeros (calloc), not a copy: only the box's pages are touched (a full-grid mask
+        # of a 512 matrix is 35 MB); nothing of the mask lies outside its box.
+        full = np.zeros(mask.shape, dtype=bool)
+        full[where] = kept
+        out[key] = full
     return BorderResult(out, removed)

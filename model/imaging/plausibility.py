@@ -218,6 +218,8 @@ def check_structures(
         if box is None:
             continue
         points = _points(mask, box)
+        if not len(points):  # an empty mask under a stale box: nothing to judge or keep
+            continue
         bad = _implausible(key, points, volume, marks, mid_x, report, voxel_cc, hulls)
         if not bad.any():
             kept[key] = mask

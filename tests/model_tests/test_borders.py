@@ -22,6 +22,8 @@ from model.dicom.series import read_ct_series
 from model.errors import ConfigurationError
 from model.evaluation.metrics import dice
 from model.imaging.borders import SPEC_BORDERS, BorderPolicy, apply_borders
+from model.imaging.geometry import Grid, Volume
+from model.imaging.plausibility import check_structures, find_landmarks
 from model.imaging.postprocessing import body_mask
 from model.inference import Predictor
 from model.lab.department import SITE_STRUCTURE_MAP
@@ -61,6 +63,31 @@ def test_the_skin_margin_is_the_distance_to_the_outside_of_the_body() -> None:
     assert crop.structures[("axilla", "L")] is structures[("axilla", "L")]  # no border: kept
     whole = apply_borders(hu, body, structures, SPACING, BorderPolicy({"breast": 0.0}))
     assert whole.removed_cc == {}
+
+
+def test_a_structure_wholly_within_the_margin_is_gone_and_the_job_goes_on() -> None:
+    """A thin breast sheet under the skin has nothing left 5 mm deep: it is dropped, not
+    handed on empty under its old box (which crashed the plausibility rules: a fine-tuned
+    network on the independent cohort, flipped note)."""
+    body, structures = _body_and_structures()
+    depth = ndimage.distance_transform_edt(body, sampling=SPACING)
+    sheet = structures[("breast", "L")] & (depth < 3.0)
+    hu = np.where(body, 40.0, -1000.0)
+    result = apply_borders(hu, body, {("breast", "L"): sheet}, SPACING, SPEC_BORDERS)
+    assert ("breast", "L") not in result.structures
+    assert result.removed_cc["skin margin"]["breast L"] > 0
+    volume = Volume(hu.astype(np.float32), Grid(body.shape, (0.0, 0.0, 0.0), SPACING))
+    marks = find_landmarks(volume, body, 0.0)
+    box = tuple(slice(0, n) for n in body.shape)
+    kept, _ = check_structures(
+        volume,
+        {("breast", "L"): np.zeros(body.shape, bool)},
+        marks,
+        0.0,
+        0.5,
+        boxes={("breast", "L"): box},
+    )
+    assert kept == {}
 
 
 def test_the_chest_wall_stops_at_the_ribs_also_between_them() -> None:
