@@ -108,14 +108,22 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-4)
     dice_one = np.array([r["val_dice"] for r in one.history])
     dice_two = np.array([r["val_dice"] for r in two["history"]])
-    np.testing.assert_allclose(dice_two, dice_one, atol=1e-4)
+    # Dice thresholds the probabilities: a weight differing in its 7th digit (the order of
+    # the all-reduce's sums) flips a voxel at 0.5 now and then. Measured: 0 on one machine,
+    # 3.7e-4 on another (2026-12-07), with the losses equal to 1e-7 on both.
+    np.testing.assert_allclose(dice_two, dice_one, atol=1e-3)
 
     a = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
-    scale = max(float(t.abs().max()) for t in a.values())
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= 1e-4 * scale, f"max |w1 - w2| = {worst:.3g}, max |w| = {scale:.3g}"
+    # AdamW at the toy's lr 1e-2 turns gradients that differ in their last digits (the order
+    # of the all-reduce's sums) into lr-sized steps for weights whose gradient is near zero:
+    # measured 1.2e-5 of the largest weight on one machine, 5e-2 (relative L2 1.8e-2) on
+    # another (2026-12-07), with the losses equal to 1e-7 on both. The weights are held to
+    # 5 % relative L2; the losses and Dice above are the functional check.
+    diff = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5
+    norm = sum(float((a[k] ** 2).sum()) for k in a) ** 0.5
+    assert diff <= 0.05 * norm, f"relative L2 of w1 - w2: {diff / norm:.3g}"
 
     # Only rank 0 reports: one history, one progress bar on stderr (drawn first at 0/6).
     assert json.loads((tmp_path / "two" / "history.json").read_text()) == two["history"]
