@@ -216,6 +216,7 @@ class Predictor:
             context = _context_for(ckpt, text_encoder)
         else:
             context = detached_context(ckpt)
+        site_map = map_from_meta(dict(ckpt.meta))  # the structure map it was trained with
         pre = ckpt.meta.get("preprocessing") or {}
         # Always LPS-canonical: a checkpoint trained with "source" on head-first supine data
         # (identity direction, where both grids agree) would otherwise see a feet-first or
@@ -234,9 +235,9 @@ class Predictor:
             overlap=overlap,
             sw_batch_size=sw_batch_size,
             cache=cache,
-            prescription=Prescription.of_checkpoint(ckpt.meta),
+            prescription=Prescription.of_map(site_map),
             mirror_tta=mirror_tta,
-            borders=borders_of(map_from_meta(ckpt.meta)),
+            borders=borders_of(site_map),
         )
 
     def context_for(self, note: str) -> torch.Tensor:

@@ -40,7 +40,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from model.imaging.plausibility import BONE_HU, CLIP_CC
+from model.imaging.geometry import mask_box
+from model.imaging.plausibility import BONE_HU, bone_pieces
 
 BoolArray = npt.NDArray[np.bool_]
 Box = tuple[slice, ...]
@@ -77,11 +78,6 @@ class BorderResult:
     removed_cc: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _box_of(mask: BoolArray) -> Box | None:
-    found = ndimage.find_objects(mask.astype(np.uint8, copy=False))
-    return None if not found or found[0] is None else tuple(found[0])
-
-
 def _padded(box: Box, pad: tuple[int, ...], shape: tuple[int, ...]) -> Box:
     return tuple(
         slice(max(0, b.start - p), min(n, b.stop + p))
@@ -97,14 +93,8 @@ def _rib_front(
 ) -> npt.NDArray[np.float32]:
     """Per voxel of a box: the smallest skin depth (mm) of bone within :data:`RIB_REACH_MM`
     (infinite where none)."""
-    voxel_cc = float(np.prod(spacing)) / 1000.0
-    bright = (hu > BONE_HU) & body
-    labels, count = ndimage.label(bright)
-    front = np.full(bright.shape, np.inf, dtype=np.float32)
-    if not count:
-        return front
-    sizes = np.bincount(labels.ravel(), minlength=count + 1) * voxel_cc
-    bone = (sizes >= CLIP_CC)[labels] & bright
+    bone = bone_pieces((hu > BONE_HU) & body, float(np.prod(spacing)) / 1000.0)
+    front = np.full(bone.shape, np.inf, dtype=np.float32)
     if not bone.any():
         return front
     front[bone] = depth[bone]
@@ -147,7 +137,7 @@ def apply_borders(
         name = key[0]
         if not policy.applies_to(name):
             continue
-        box = (boxes or {}).get(key) or _box_of(mask)
+        box = (boxes or {}).get(key) or mask_box(mask)
         if box is None:
             continue
         margin = float(policy.skin_margins_mm.get(name, 0.0))

@@ -317,12 +317,19 @@ def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
     grid = np.zeros(shape, dtype=bool)
     local = tuple((on_bright - low).T)
     grid[local] = True
-    labels, _ = label_components(grid, 26)
-    at = labels[local]
-    sizes = np.bincount(at) * voxel_cc
     bone = np.zeros(len(points), dtype=bool)
-    bone[np.flatnonzero(bright)] = sizes[at] >= CLIP_CC
+    bone[np.flatnonzero(bright)] = bone_pieces(grid, voxel_cc)[local]
     return bone
+
+
+def bone_pieces(bright: BoolArray, voxel_cc: float) -> BoolArray:
+    """The voxels of ``bright`` (``(k, j, i)``, HU above :data:`BONE_HU`) in 26-connected
+    pieces of at least :data:`CLIP_CC`: bone, not a surgical clip."""
+    labels, count = label_components(bright, 26)
+    big = np.bincount(labels.ravel(), minlength=count + 1) * voxel_cc >= CLIP_CC
+    big[0] = False  # outside every piece
+    found: BoolArray = big[labels]
+    return found
 
 
 def _in_lung_hull(
