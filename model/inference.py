@@ -295,26 +295,29 @@ class Predictor:
             seeds=seeds,
             mid_x=mid_x,
         )
-        bounded = apply_borders(
-            volume.array,
-            body,
-            cleaned.structures,
-            volume.grid.spacing,
-            self.borders,
-            cleaned.boxes,
-        )
-        cleaned.report.borders_cc = bounded.removed_cc
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        # What the network drew in the wrong place is judged (and reported) before the
+        # borders trim the rest: a chest wall inside the chest is a finding, not a border.
         marks = find_landmarks(volume, body, mid_x)
-        structures, plausibility = check_structures(
+        plausible, plausibility = check_structures(
             volume,
-            bounded.structures,
+            cleaned.structures,
             marks,
             mid_x,
             self.cleaning.min_structure_cc,
             boxes=cleaned.boxes,
         )
+        bounded = apply_borders(
+            volume.array,
+            body,
+            plausible,
+            volume.grid.spacing,
+            self.borders,
+            {key: cleaned.boxes[key] for key in plausible},
+        )
+        cleaned.report.borders_cc = bounded.removed_cc
+        structures = bounded.structures
         union = cleaned.union  # the structures' union, less what the rules removed
         for key, mask in cleaned.structures.items():
             left = structures.get(key)

@@ -11,8 +11,8 @@ a rib it sees only as a voxel or two; both borders are applied exactly on the CT
   specification defines it;
 * **the ribs**: for a structure that stops at the ribs, a voxel at least as deep below the
   skin as the front of the nearest ribs is removed. The rib front is the smallest skin depth
-  of bone (HU above :data:`~model.imaging.plausibility.BONE_HU`, pieces of at least
-  :data:`~model.imaging.plausibility.CLIP_CC`, so a surgical clip is not a rib) within
+  of bone (HU above :data:`~model.imaging.plausibility.BONE_HU`, in pieces of bone as
+  :func:`~model.imaging.plausibility.bone_pieces` finds them: a surgical clip is not a rib) within
   :data:`RIB_REACH_MM`, which spans an intercostal space: the border holds between the ribs
   too. Where the CT shows no rib nearby nothing is removed.
 
@@ -93,7 +93,7 @@ def _rib_front(
 ) -> npt.NDArray[np.float32]:
     """Per voxel of a box: the smallest skin depth (mm) of bone within :data:`RIB_REACH_MM`
     (infinite where none)."""
-    bone = bone_pieces((hu > BONE_HU) & body, float(np.prod(spacing)) / 1000.0)
+    bone = bone_pieces((hu > BONE_HU) & body, spacing)
     front = np.full(bone.shape, np.inf, dtype=np.float32)
     if not bone.any():
         return front

@@ -9,15 +9,20 @@ Landmarks the CT shows, found on a coarse in-plane grid (about 4 mm, as the body
 * **lungs**: air (HU < -400) inside the body, in connected pieces of at least a quarter of the
   largest (bowel and stomach gas are smaller); their per-side extent in z (slices where that
   side's lung has at least 5 % of its largest area) and in x;
-* **bone**: voxels of a structure above 300 HU, in bright pieces of at least 0.05 cc (ribs,
-  clavicle, humeral head; a surgical clip of 2 mm is not bone);
+* **bone**: voxels above 300 HU in bright pieces of at least 0.05 cc and longer than 12 mm
+  along some axis (ribs, clavicle, humeral head; a 2 mm surgical clip is neither, even
+  spread over 2 x 2 x 2 voxels of 5 x 2.7 x 2.7 mm);
+* **rib cage**: the lungs and the bone within 15 mm lateral of them (ribs, sternum, spine;
+  not a humerus beside the chest), coarse;
 * **skin depth**: 3-D distance (mm) to the air outside the body, on a grid of about 8 mm.
 
 Rules (each removes the implausible voxels and reports them in cc, by reason):
 
 =================== ===========================================================================
 breast, chest wall  not inside a lung nor the lungs' convex hull on its slice (heart,
-                    mediastinum, liver dome under the lung bases); not caudal to the lung
+                    mediastinum, liver dome under the lung bases); not 10 mm or more inside
+                    the rib cage's convex hull on its slice (behind the ribs: the pericardial
+                    fat and upper abdomen in front of the lungs); not caudal to the lung
                     bases nor cranial to the apices of its side; at most
                     ``max_depth_mm`` below the skin (breast 100 mm, chest wall 50 mm)
 nodes               not caudal to the lung bases of their side (nothing in the abdomen)
@@ -55,6 +60,8 @@ from model.imaging.geometry import (
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
+#: Per (landmark, slice): a convex hull's edge equations, or ``None`` (no hull there).
+Hulls = dict[tuple[str, int], "FloatArray | None"]
 COARSE_MM = 4.0
 #: In-plane resolution (mm) of the skin-depth map (its limits are 50 and 100 mm).
 DEPTH_MM = 8.0
@@ -62,6 +69,17 @@ LUNG_HU = -400.0
 BONE_HU = 300.0
 #: Bright pieces smaller than this (cc) are surgical clips, not bone.
 CLIP_CC = 0.05
+#: Bright pieces no longer than this (mm) along every axis are clips, not bone: partial volume
+#: spreads a 2 mm clip over up to 2 x 2 x 2 voxels (0.2-0.3 cc at 5 mm slices and a 256
+#: matrix); a rib, a sternum or a clavicle is longer.
+CLIP_EXTENT_MM = 12.0
+#: Bone counts towards the rib cage up to this far (mm) lateral of its side's lungs (ribs lie
+#: on the pleura; a humerus beside the chest, arms down, lies further out).
+RIB_CAGE_REACH_MM = 15.0
+#: A breast or chest-wall voxel at least this deep (mm) inside the rib cage's hull on its slice
+#: lies behind the ribs (the hull's edge runs over the ribs' outer surface; a rib is about
+#: 10 mm thick; phantom truth reaches under 8 mm into it).
+RIB_CAGE_TOLERANCE_MM = 10.0
 #: A lung piece is kept when at least this fraction of the largest air piece.
 LUNG_PIECE_FRACTION = 0.25
 #: A slice belongs to a side's lung extent when its lung area is at least this fraction of the max.
@@ -135,6 +153,8 @@ class Landmarks:
     slice_z: npt.NDArray[np.float64]  # LPS z (mm) of each slice k
     z_range: dict[str, tuple[float, float]]  # side -> (lowest, highest) lung slice z
     lung_x: dict[str, float]  # side -> the lung's largest |x - midline| (mm)
+    rib_cage: BoolArray  # lungs and the bone around them (ribs, sternum, spine)
+    pixel_mm: float  # in-plane size (mm) of a coarse pixel
 
     @property
     def found(self) -> bool:
@@ -173,7 +193,26 @@ def find_landmarks(volume: Volume, body: BoolArray, mid_x: float) -> Landmarks:
         ks = np.flatnonzero(area >= LUNG_SLICE_FRACTION * area.max())
         z_range[side] = (float(slice_z[ks].min()), float(slice_z[ks].max()))
         lung_x[side] = float(np.abs(x[side_lung.any(axis=0)] - mid_x).max())
-    return Landmarks(step, lung, k_step, depth_step, depth, slice_z, z_range, lung_x)
+    coarse = (grid.spacing[0], grid.spacing[1] * step, grid.spacing[2] * step)
+    bone = bone_pieces((hu > BONE_HU) & inside, coarse)
+    reach = np.where(
+        x > mid_x,
+        lung_x.get("L", -np.inf) + RIB_CAGE_REACH_MM,
+        lung_x.get("R", -np.inf) + RIB_CAGE_REACH_MM,
+    )
+    rib_cage = lung | (bone & (np.abs(x - mid_x) <= reach)[None, :, :])
+    return Landmarks(
+        step,
+        lung,
+        k_step,
+        depth_step,
+        depth,
+        slice_z,
+        z_range,
+        lung_x,
+        rib_cage,
+        float(min(coarse[1:])),
+    )
 
 
 def _column_x(grid: Grid, step: int, shape: tuple[int, ...]) -> npt.NDArray[np.float64]:
@@ -212,7 +251,7 @@ def check_structures(
     voxel_cc = float(np.prod(grid.spacing)) / 1000.0
     report = PlausibilityReport(lungs_found=marks.found)
     kept: dict[tuple[str, str], BoolArray] = {}
-    hulls: dict[int, FloatArray | None] = {}  # per slice, shared by the structures
+    hulls: Hulls = {}  # per slice, shared by the structures
     for key, mask in structures.items():
         box = (boxes or {}).get(key) or mask_box(mask)
         if box is None:
@@ -262,11 +301,11 @@ def _implausible(
     mid_x: float,
     report: PlausibilityReport,
     voxel_cc: float,
-    hulls: dict[int, FloatArray | None],
+    hulls: Hulls,
 ) -> BoolArray:
     """Which of ``points`` (``(n, 3)`` voxel indices of structure ``key``) break a rule.
 
-    ``hulls`` keeps the lungs' hull of each slice once found (for the next structures).
+    ``hulls`` keeps the hulls of each slice once found (for the next structures).
     """
     name, side = key
     k, jc, ic = points[:, 0], points[:, 1] // marks.step, points[:, 2] // marks.step
@@ -279,11 +318,12 @@ def _implausible(
         report.add(key, reason, int(new.sum()), voxel_cc)
         bad[:] |= hit
 
-    rule("inside bone", _in_bone(points, volume, voxel_cc))
+    rule("inside bone", _in_bone(points, volume))
     lung_z = marks.z_range.get(side)
     if name in SUPERFICIAL:
         rule("inside a lung", marks.lung[k, jc, ic])
         rule("inside the thorax (between or under the lungs)", _in_lung_hull(points, marks, hulls))
+        rule("behind the ribs (inside the rib cage)", _in_rib_cage(points, marks, hulls))
         if lung_z is not None:
             rule("below the lung bases (abdomen)", z < lung_z[0])
             rule("above the lung apices", z > lung_z[1])
@@ -303,9 +343,9 @@ def _implausible(
     return bad
 
 
-def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
-    """Points on bone: HU above :data:`BONE_HU` in a bright piece of at least
-    :data:`CLIP_CC` (a surgical clip of 2 mm is smaller and stays in the CTV)."""
+def _in_bone(points: IntArray, volume: Volume) -> BoolArray:
+    """Points on bone: HU above :data:`BONE_HU` in a piece of bone (:func:`bone_pieces`; a
+    surgical clip stays in the CTV)."""
     bright: BoolArray = np.asarray(volume.array[tuple(points.T)] > BONE_HU)
     if not bright.any():
         return bright
@@ -318,48 +358,74 @@ def _in_bone(points: IntArray, volume: Volume, voxel_cc: float) -> BoolArray:
     local = tuple((on_bright - low).T)
     grid[local] = True
     bone = np.zeros(len(points), dtype=bool)
-    bone[np.flatnonzero(bright)] = bone_pieces(grid, voxel_cc)[local]
+    bone[np.flatnonzero(bright)] = bone_pieces(grid, volume.grid.spacing)[local]
     return bone
 
 
-def bone_pieces(bright: BoolArray, voxel_cc: float) -> BoolArray:
-    """The voxels of ``bright`` (``(k, j, i)``, HU above :data:`BONE_HU`) in 26-connected
-    pieces of at least :data:`CLIP_CC`: bone, not a surgical clip."""
+def bone_pieces(bright: BoolArray, spacing: tuple[float, ...]) -> BoolArray:
+    """The voxels of ``bright`` (``(k, j, i)`` with voxel size ``spacing`` mm; HU above
+    :data:`BONE_HU`) in 26-connected pieces of bone: at least :data:`CLIP_CC` and longer than
+    :data:`CLIP_EXTENT_MM` along some axis. A surgical clip is neither."""
     labels, count = label_components(bright, 26)
+    voxel_cc = float(np.prod(spacing)) / 1000.0
     big = np.bincount(labels.ravel(), minlength=count + 1) * voxel_cc >= CLIP_CC
     big[0] = False  # outside every piece
+    for index, where in enumerate(ndimage.find_objects(labels), start=1):
+        if big[index] and where is not None:
+            length = max((s.stop - s.start) * mm for s, mm in zip(where, spacing, strict=True))
+            big[index] = length > CLIP_EXTENT_MM
     found: BoolArray = big[labels]
     return found
 
 
-def _in_lung_hull(
-    points: IntArray, marks: Landmarks, hulls: dict[int, FloatArray | None] | None = None
-) -> BoolArray:
-    """Whether each point lies inside the convex hull of both lungs on its slice (coarse).
+def _in_lung_hull(points: IntArray, marks: Landmarks, hulls: Hulls | None = None) -> BoolArray:
+    """Whether each point lies inside the convex hull of both lungs on its slice (coarse),
+    by half a coarse pixel.
 
     ``hulls`` caches each slice's hull equations (``None``: no hull on that slice).
     """
+    return _in_hull(points, marks.step, marks.lung, 0.5, "lung", hulls)
+
+
+def _in_rib_cage(points: IntArray, marks: Landmarks, hulls: Hulls | None = None) -> BoolArray:
+    """Whether each point lies :data:`RIB_CAGE_TOLERANCE_MM` or more inside the convex hull
+    of the rib cage (lungs, ribs, sternum, spine) on its slice: behind the ribs."""
+    inset = RIB_CAGE_TOLERANCE_MM / marks.pixel_mm
+    return _in_hull(points, marks.step, marks.rib_cage, inset, "rib cage", hulls)
+
+
+def _in_hull(
+    points: IntArray,
+    step: int,
+    coarse: BoolArray,
+    inset: float,
+    name: str,
+    hulls: Hulls | None,
+) -> BoolArray:
+    """Whether each point lies at least ``inset`` coarse pixels inside the convex hull of
+    ``coarse[k]`` (``(k, j, i)`` on ``[:, ::step, ::step]``) on its slice ``k``;
+    ``hulls[(name, k)]`` caches the hull's equations."""
     hulls = {} if hulls is None else hulls
     inside = np.zeros(len(points), dtype=bool)
-    coarse = np.column_stack([points[:, 1] / marks.step, points[:, 2] / marks.step])
+    flat = np.column_stack([points[:, 1] / step, points[:, 2] / step])
     ks = points[:, 0]
     # Runs of points on one slice (argwhere order: one run per slice).
     starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
     for start, stop in zip(starts, [*starts[1:], len(ks)], strict=True):
         k = int(ks[start])
-        if k not in hulls:
-            hulls[k] = _lung_hull(marks.lung[k])
-        eq = hulls[k]
+        if (name, k) not in hulls:
+            hulls[(name, k)] = _hull(coarse[k])
+        eq = hulls[(name, k)]
         if eq is None:
             continue
-        dist = coarse[start:stop] @ eq[:, :2].T + eq[:, 2]
-        inside[start:stop] = (dist <= -0.5).all(axis=1)  # half a coarse pixel inside every edge
+        dist = flat[start:stop] @ eq[:, :2].T + eq[:, 2]
+        inside[start:stop] = (dist <= -inset).all(axis=1)  # inside every edge by the inset
     return inside
 
 
-def _lung_hull(lung: BoolArray) -> FloatArray | None:
-    """Equations of the convex hull of one slice's lung pixels ``(j, i)``, or ``None``."""
-    pixels = np.argwhere(lung)
+def _hull(pixels_of: BoolArray) -> FloatArray | None:
+    """Equations of the convex hull of one slice's pixels ``(j, i)``, or ``None``."""
+    pixels = np.argwhere(pixels_of)
     if len(pixels) < 3:
         return None
     try:

@@ -255,7 +255,7 @@ def test_lung_hull_cache_changes_nothing() -> None:
     mid = postprocessing.midline_x(body, volume.grid)
     marks = plausibility.find_landmarks(volume, body, mid)
     points = np.argwhere(RNG.random(shape) < 0.05)
-    hulls: dict[int, object] = {}
+    hulls: dict[tuple[str, int], object] = {}
     first = plausibility._in_lung_hull(points, marks, hulls)  # type: ignore[arg-type]
     again = plausibility._in_lung_hull(points, marks, hulls)  # type: ignore[arg-type]
     assert np.array_equal(first, plausibility._in_lung_hull(points, marks))
@@ -311,15 +311,21 @@ def test_tidy_labels_as_the_whole_grid_formulation() -> None:
 def test_bone_pieces_as_in_the_whole_box() -> None:
     shape = (12, 40, 44)
     hu = RNG.normal(0.0, 200.0, shape).astype(np.float32)
-    hu[3:6, 10:14, 20:26] = 900.0  # a bone
+    hu[3:9, 10:14, 20:36] = 900.0  # a bone (18 mm along z, 16 mm across)
     hu[9, 30, 5] = 900.0  # a clip-sized speck
     volume = Volume(hu, _grid(shape, 1.0))
     points = np.argwhere(RNG.random(shape) < 0.6)
     bright = hu[tuple(points.T)] > plausibility.BONE_HU
     grid = np.zeros(shape, dtype=bool)
     grid[tuple(points[bright].T)] = True
-    labels, _ = ndimage.label(grid, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel()) * 0.003
+    labels, count = ndimage.label(grid, structure=np.ones((3, 3, 3), dtype=bool))
+    spacing = volume.grid.spacing
+    sizes = np.bincount(labels.ravel()) * float(np.prod(spacing)) / 1000.0
+    bone = np.zeros(count + 1, dtype=bool)
+    for index in range(1, count + 1):
+        k, j, i = np.nonzero(labels == index)
+        lengths = [(a.max() - a.min() + 1) * mm for a, mm in zip((k, j, i), spacing, strict=True)]
+        bone[index] = sizes[index] >= plausibility.CLIP_CC and max(lengths) > 12.0
     plain = np.zeros(len(points), dtype=bool)
-    plain[bright] = sizes[labels[tuple(points[bright].T)]] >= plausibility.CLIP_CC
-    assert np.array_equal(plausibility._in_bone(points, volume, 0.003), plain) and plain.any()
+    plain[bright] = bone[labels[tuple(points[bright].T)]]
+    assert np.array_equal(plausibility._in_bone(points, volume), plain) and plain.any()
