@@ -234,15 +234,18 @@ def test_register_list_promote_refused_override_audited_rollback(
     assert (v1.version, v2.version) == ("site-breast-v1", "site-breast-v2")
     assert v1.label == f"model site-breast v1 {short_hash(checkpoints['demo'])}"
     assert [c.version for c in registry.versions()] == [v1.version, v2.version]
-    # The card: data summary without case names, map, names, encoder, budget, verdicts.
-    assert v1.data["n_cases"] == 328 and len(v1.data["split_sha256"]) == 64
+    # The card: data summary without case names, map, names, encoder, budget, verdicts, as
+    # the shipped checkpoint's config records them.
+    shipped = json.loads((REPO / "checkpoints" / "demo" / "config.json").read_text())
+    assert v1.data["n_cases"] == shipped["n_cases"] and len(v1.data["split_sha256"]) == 64
     assert (
         "A-A0001" not in (tmp_path / "models" / "versions" / v1.version / "card.json").read_text()
     )
     assert v1.structure_map is not None and v1.structure_map["file"] == "structure-map.toml"
     assert v2.structure_map is None  # no map given, none in the checkpoint
     assert v1.text_encoder["identity"] == "smollm2-135m-instruct:c56a7155778496aa"
-    assert v1.training["epochs"] == 30 and v1.training["steps_per_epoch"] == 40
+    budget = (shipped["training"]["epochs"], shipped["training"]["steps_per_epoch"])
+    assert (v1.training["epochs"], v1.training["steps_per_epoch"]) == budget == (18, 40)
     assert v1.commissioning is not None and v1.commissioning.verdict == "PASS"
     assert v2.commissioning is not None and v2.commissioning.structures["imn"] == "FAIL"
     assert v2.output_names.rois()["breast"] == ["CTVp_Breast_Lt", "CTVp_Breast_Rt"]
