@@ -424,8 +424,20 @@ def _in_hull(
 
 
 def _hull(pixels_of: BoolArray) -> FloatArray | None:
-    """Equations of the convex hull of one slice's pixels ``(j, i)``, or ``None``."""
-    pixels = np.argwhere(pixels_of)
+    """Equations of the convex hull of one slice's pixels ``(j, i)``, or ``None``.
+
+    Only each row's first and last pixel can be a vertex: the hull of those is the hull of
+    all (a few hundred points instead of thousands).
+    """
+    rows = np.flatnonzero(pixels_of.any(axis=1))
+    if not len(rows):
+        return None
+    part = pixels_of[rows]
+    first = np.argmax(part, axis=1)
+    last = part.shape[1] - 1 - np.argmax(part[:, ::-1], axis=1)
+    pixels = np.unique(
+        np.concatenate([np.column_stack([rows, first]), np.column_stack([rows, last])]), axis=0
+    )
     if len(pixels) < 3:
         return None
     try:

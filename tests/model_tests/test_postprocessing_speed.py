@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from model.contouring import consistency, preview
 from model.imaging import confidence, plausibility, postprocessing
@@ -260,6 +261,19 @@ def test_lung_hull_cache_changes_nothing() -> None:
     again = plausibility._in_lung_hull(points, marks, hulls)  # type: ignore[arg-type]
     assert np.array_equal(first, plausibility._in_lung_hull(points, marks))
     assert np.array_equal(first, again) and first.any()
+
+
+def test_a_hull_of_each_rows_ends_is_the_hull_of_all_pixels() -> None:
+    mask = ndimage.binary_opening(RNG.random((60, 64)) < 0.3, iterations=1)
+    mask[20:30, 5:9] = True
+    fast = plausibility._hull(mask)
+    full = ConvexHull(np.argwhere(mask).astype(np.float64)).equations
+    points = np.argwhere(np.ones((60, 64), dtype=bool)).astype(np.float64)
+    assert fast is not None
+    for inset in (0.0, 0.5, 2.5):
+        inside_fast = ((points @ fast[:, :2].T + fast[:, 2]) <= -inset).all(axis=1)
+        inside_full = ((points @ full[:, :2].T + full[:, 2]) <= -inset).all(axis=1)
+        assert np.array_equal(inside_fast, inside_full) and inside_fast.any()
 
 
 @pytest.mark.parametrize("oblique", [False, True])
