@@ -314,7 +314,7 @@ class Predictor:
             plausible,
             volume.grid.spacing,
             self.borders,
-            {key: cleaned.boxes[key] for key in plausible},
+            cleaned.boxes,
         )
         cleaned.report.borders_cc = bounded.removed_cc
         structures = bounded.structures
