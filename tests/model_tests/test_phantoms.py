@@ -30,7 +30,7 @@ from model.lab.phantoms import (
 from model.lab.phantoms.anatomy import Anatomy
 from model.lab.phantoms.case import eligible_perturbations
 from model.lab.phantoms.cohort import case_id_for
-from model.lab.phantoms.params import sample_params
+from model.lab.phantoms.params import PhantomParams, randomise_domain, sample_params
 from model.lab.phantoms.render import render_hu
 from model.lab.phantoms.rules import (
     ROI_AXILLA,
@@ -539,3 +539,35 @@ def test_domain_randomised_lungs_may_reach_the_internal_mammary_nodes() -> None:
     assert max(v for (site, _), v in fractions.items() if site == "A") == 0.0
     over_lung = [v for (site, _), v in fractions.items() if site == "D" and v > 0.5]
     assert 1 <= len(over_lung) <= 5, fractions
+
+
+def test_domain_randomised_breasts_are_often_alike_and_the_scan_still_covers_them() -> None:
+    """Site D draws most patients' two breasts alike (the spec samples sizes per case; RTOG's
+    chest wall takes its borders from the contralateral breast), so the network can learn
+    where a mastectomy side's footprint was. The spec's sites A and B keep each side's own
+    draw, and every site keeps the spec's scan extent around the breasts."""
+
+    def alike(params: PhantomParams) -> bool:
+        left, right = params.breasts[Side.LEFT], params.breasts[Side.RIGHT]
+        return (
+            abs(left.top - right.top) <= 4.0 + 1e-9
+            and abs(left.length / right.length - 1.0) <= 0.07
+            and abs(left.centre_frac - right.centre_frac) <= 0.02 + 1e-9
+            and abs(left.radius - right.radius) <= 4.0 + 1e-9
+        )
+
+    counts = {"A": 0, "D": 0}
+    for seed in range(100):
+        base = sample_params(np.random.default_rng(seed), get_site("R"))
+        spec = sample_params(np.random.default_rng(seed), get_site("A"))
+        drawn = randomise_domain(np.random.default_rng(10_000 + seed), base)
+        counts["A"] += alike(spec)
+        counts["D"] += alike(drawn)
+        top = max(b.top for b in drawn.breasts.values())
+        bottom = min(b.bottom for b in drawn.breasts.values())
+        assert 70 <= drawn.scan_top - top <= 100
+        assert 20 <= bottom - drawn.scan_bottom <= 100  # up to 60 mm more of the abdomen
+        for breast in drawn.breasts.values():
+            assert breast.radius <= breast.centre_frac * drawn.body.a - 15.0 + 1e-9
+    assert counts["A"] <= 5, counts
+    assert 55 <= counts["D"] <= 85, counts

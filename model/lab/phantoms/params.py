@@ -363,13 +363,51 @@ def randomise_domain(rng: np.random.Generator, params: PhantomParams) -> Phantom
     )
     scan_bottom = params.scan_bottom - uniform(rng, (0, 60))  # more of the upper abdomen
     mediastinum = _sample_mediastinum(rng, body)
+    # Drawn last: the phantoms drawn before this field existed keep every other value.
+    paired = _pair_breasts(rng, breasts, body.a) if rng.random() < PAIRED_BREASTS else breasts
+    scan_top = (
+        params.scan_top + max(b.top for b in paired.values()) - max(b.top for b in breasts.values())
+    )
+    scan_bottom += min(b.bottom for b in paired.values()) - min(b.bottom for b in breasts.values())
     return replace(
         params,
-        breasts=breasts,
+        breasts=paired,
         organs=organs,
         scan_bottom=scan_bottom,
+        scan_top=scan_top,
         mediastinum=mediastinum,
     )
+
+
+PAIRED_BREASTS = 0.7
+"""Share of domain-randomised phantoms whose two breasts are alike (:func:`_pair_breasts`)."""
+
+
+def _pair_breasts(
+    rng: np.random.Generator, breasts: dict[Side, BreastParams], a: float
+) -> dict[Side, BreastParams]:
+    """Both breasts drawn once per case, as the spec's "sampled uniformly per case" reads.
+
+    One side, chosen at random, keeps its breast; the other gets its mirror image within a
+    patient's usual asymmetry: cranial end within 4 mm, length within 6 %, centre within
+    0.02 a, radius within 4 mm (still at least 15 mm from the midline; ``a`` is the body's
+    lateral semi-axis), projection within 15 %. Its tissue (HU, glandular share) stays its
+    own. A mastectomy side's footprint then matches the contralateral breast, as RTOG's atlas
+    has the chest wall take its borders from it.
+    """
+    keep = Side.LEFT if rng.random() < 0.5 else Side.RIGHT
+    src = breasts[keep]
+    other = Side.RIGHT if keep is Side.LEFT else Side.LEFT
+    centre_frac = src.centre_frac + uniform(rng, (-0.02, 0.02))
+    mirrored = replace(
+        breasts[other],
+        centre_frac=centre_frac,
+        length=src.length * uniform(rng, (0.94, 1.06)),
+        top=src.top + uniform(rng, (-4.0, 4.0)),
+        radius=min(src.radius + uniform(rng, (-4.0, 4.0)), centre_frac * a - 15.0),
+        projection=src.projection * uniform(rng, (0.85, 1.15)),
+    )
+    return {keep: src, other: mirrored}
 
 
 def _sample_mediastinum(rng: np.random.Generator, body: BodyParams) -> MediastinumParams:
