@@ -173,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matrix", type=int, nargs="+", default=[256])
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "demo")
+    parser.add_argument(
+        "--mirror-tta", action="store_true", help="average with the mirrored patient and note"
+    )
     args = parser.parse_args(argv)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu", mirror_tta=args.mirror_tta)
     rows = []
     for site in args.sites:
         for matrix in args.matrix:
@@ -193,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['note']} attention={len(row['attention'])}",
                     flush=True,
                 )
-    name = f"results-{args.checkpoint.parent.name}-{args.checkpoint.name}.json"
+    tta = "-tta" if args.mirror_tta else ""
+    name = f"results-{args.checkpoint.parent.name}-{args.checkpoint.name}{tta}.json"
     (args.out / name).write_text(json.dumps(rows, indent=1, default=float) + "\n")
     print()
     print(table(rows))
