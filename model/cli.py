@@ -451,12 +451,14 @@ def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
     from model.dataset.dataset_command import register as register_dataset
     from model.lab.experiment_runs import register as register_experiments
     from model.lab.structure_eval import register as register_structures_report
+    from model.training.weight_average import register as register_average
 
     register_dataset(sub)
     register_commission(sub)
     register_phantoms(sub)
     register_experiments(sub)
     register_structures_report(sub)
+    register_average(sub)
     for register in extra:
         register(sub)
     return parser

@@ -20,7 +20,8 @@
 #        DR_PART (default s-D), DR_SEED (601) and DR_CASES (40) name its phantoms, DR_DATA
 #        (structures-data-dr) the combined data folder, DR_OUT (structures-dr) the run. An
 #        existing DR_PART folder is reused as it is (phantoms of an older generator included):
-#        name a new DR_PART after changing the generator.
+#        name a new DR_PART after changing the generator (s-D5 and later: 70 % of site-D
+#        patients have their breasts drawn alike, docs/training.md).
 # Wall time on a 2-core CPU is reported in docs/ and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."

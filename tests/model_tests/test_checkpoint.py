@@ -57,3 +57,48 @@ def test_other_encoder_is_refused(tmp_path: Path) -> None:
 def test_missing_checkpoint_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="nowhere"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_weight_average_is_the_mean_and_refuses_other_networks(tmp_path: Path) -> None:
+    """``llmctv average-checkpoints``: the averaged network's weights are the sources' mean,
+    it loads and predicts like any checkpoint, the sources are recorded, and networks of
+    another config are refused (an average over different networks has no meaning)."""
+    from model.cli import main as cli_main
+    from model.training.weight_average import average_checkpoints
+
+    (a_net, a_ctx), (b_net, b_ctx) = _trained_pair(), _trained_pair()
+    with torch.no_grad():
+        for p in b_net.parameters():
+            p.add_(0.1)
+    save_checkpoint(
+        tmp_path / "a",
+        a_net,
+        a_ctx,
+        text_encoder=a_ctx.identity,
+        meta={"split": {"train": ["c1"], "val": ["c2", "c3"]}, "metrics": {"x": 1}},
+    )
+    save_checkpoint(tmp_path / "b", b_net, b_ctx, text_encoder=b_ctx.identity,
+                    meta={"split": {"train": ["c2"], "val": ["c3"]}})  # fmt: skip
+    assert cli_main(["average-checkpoints", str(tmp_path / "a"), str(tmp_path / "b"),
+                     "--out", str(tmp_path / "ab")]) == 0  # fmt: skip
+    avg = load_checkpoint(tmp_path / "ab", expected=a_net.config)
+    for name, value in avg.network.state_dict().items():
+        if value.is_floating_point():
+            mean = (a_net.state_dict()[name] + b_net.state_dict()[name]) / 2
+            torch.testing.assert_close(value, mean)
+    torch.testing.assert_close(avg.text_state["seg"], (a_ctx.seg + b_ctx.seg) / 2)
+    assert [s["weight"] for s in avg.meta["weight_average"]] == [0.5, 0.5]
+    assert avg.meta["split"] == {"train": ["c1", "c2"], "val": ["c3"]}
+    assert "metrics" not in avg.meta
+    ctx = attach_encoder(avg, tiny_llama())
+    with torch.no_grad():
+        assert torch.isfinite(
+            avg.network(torch.rand(1, 1, *a_net.config.roi_size), ctx(["N1"]))
+        ).all()
+
+    other = ContourNet(preset("tiny", tuning="single_prompt")).eval()
+    other_ctx = PromptContext(other.config, tiny_llama()).eval()
+    save_checkpoint(tmp_path / "c", other, other_ctx, text_encoder=other_ctx.identity)
+    with pytest.raises(CheckpointMismatchError, match="network"):
+        average_checkpoints([tmp_path / "a", tmp_path / "c"], tmp_path / "ac")
+    assert not (tmp_path / "ac").exists()
