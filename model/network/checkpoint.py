@@ -73,6 +73,14 @@ def save_checkpoint(
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(meta or {}),
     }
+    return write_checkpoint_files(folder, tensors, doc)
+
+
+def write_checkpoint_files(
+    folder: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]
+) -> str:
+    """Write weights and config atomically (temporary files, then rename); returns the
+    weights digest. ``folder`` must exist."""
     tmp_w, tmp_c = folder / (WEIGHTS + ".tmp"), folder / (CONFIG + ".tmp")
     save_file(tensors, str(tmp_w), metadata={"format": "pt", "llmctv": str(FORMAT_VERSION)})
     tmp_c.write_text(json.dumps(doc, indent=2, sort_keys=True))

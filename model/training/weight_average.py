@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from model.errors import CheckpointMismatchError, ConfigurationError
 from model.files import file_digest
-from model.network.checkpoint import CONFIG, FORMAT_VERSION, WEIGHTS, read_config
+from model.network.checkpoint import FORMAT_VERSION, WEIGHTS, read_config, write_checkpoint_files
 
 _SAME = ("network", "text_encoder", "text_encoder_name", "preprocessing", "structure_rules")
 
@@ -111,12 +111,7 @@ def average_checkpoints(
         for folder, w in zip(folders, norm, strict=True)
     ]
     out.mkdir(parents=True, exist_ok=True)
-    tmp_w, tmp_c = out / (WEIGHTS + ".tmp"), out / (CONFIG + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "pt", "llmctv": str(FORMAT_VERSION)})
-    tmp_c.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    tmp_w.replace(out / WEIGHTS)
-    tmp_c.replace(out / CONFIG)
-    return file_digest(out / WEIGHTS)
+    return write_checkpoint_files(out, tensors, doc)
 
 
 def cmd_average(args: argparse.Namespace) -> int:
