@@ -363,7 +363,8 @@ def randomise_domain(rng: np.random.Generator, params: PhantomParams) -> Phantom
     )
     scan_bottom = params.scan_bottom - uniform(rng, (0, 60))  # more of the upper abdomen
     mediastinum = _sample_mediastinum(rng, body)
-    # Drawn last: the phantoms drawn before this field existed keep every other value.
+    # Drawn last: every other value stays what it was before pairing existed; a paired
+    # phantom changes one breast and, to keep the spec's scan extent, the scan limits.
     paired = _pair_breasts(rng, breasts, body.a) if rng.random() < PAIRED_BREASTS else breasts
     scan_top = (
         params.scan_top + max(b.top for b in paired.values()) - max(b.top for b in breasts.values())
@@ -407,7 +408,7 @@ def _pair_breasts(
         radius=min(src.radius + uniform(rng, (-4.0, 4.0)), centre_frac * a - 15.0),
         projection=src.projection * uniform(rng, (0.85, 1.15)),
     )
-    return {keep: src, other: mirrored}
+    return {side: src if side is keep else mirrored for side in breasts}  # order kept
 
 
 def _sample_mediastinum(rng: np.random.Generator, body: BodyParams) -> MediastinumParams:
