@@ -61,7 +61,6 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
 ) -> str:
     """Write a checkpoint atomically (temporary files, then rename); returns its digest."""
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     if context is not None:
         for k, v in context.text_state().items():
@@ -79,8 +78,9 @@ def save_checkpoint(
 def write_checkpoint_files(
     folder: Path, tensors: dict[str, torch.Tensor], doc: dict[str, Any]
 ) -> str:
-    """Write weights and config atomically (temporary files, then rename); returns the
-    weights digest. ``folder`` must exist."""
+    """Write weights and config atomically (temporary files, then rename) into ``folder``
+    (created if missing); returns the weights digest."""
+    folder.mkdir(parents=True, exist_ok=True)
     tmp_w, tmp_c = folder / (WEIGHTS + ".tmp"), folder / (CONFIG + ".tmp")
     save_file(tensors, str(tmp_w), metadata={"format": "pt", "llmctv": str(FORMAT_VERSION)})
     tmp_c.write_text(json.dumps(doc, indent=2, sort_keys=True))

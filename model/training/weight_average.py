@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from model.errors import CheckpointMismatchError, ConfigurationError
 from model.files import file_digest
-from model.network.checkpoint import FORMAT_VERSION, WEIGHTS, read_config, write_checkpoint_files
+from model.network.checkpoint import WEIGHTS, read_config, write_checkpoint_files
 
 _SAME = ("network", "text_encoder", "text_encoder_name", "preprocessing", "structure_rules")
 
@@ -104,13 +104,11 @@ def average_checkpoints(
     split = _union_split(docs)
     if split is not None:
         doc["split"] = split
-    doc["format"] = FORMAT_VERSION
     doc["saved_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["weight_average"] = [
         {"checkpoint": str(folder), "weights_digest": file_digest(folder / WEIGHTS), "weight": w}
         for folder, w in zip(folders, norm, strict=True)
     ]
-    out.mkdir(parents=True, exist_ok=True)
     return write_checkpoint_files(out, tensors, doc)
 
 
